@@ -1,0 +1,204 @@
+"""Typed run configuration: model, data, method, train, eval, output_dir.
+
+A run is fully described by one `RunConfig`. YAML in, YAML out; dotted overrides
+(`method.r=16 train.lr=1e-4`) are applied before validation so every error names the key.
+Unknown keys are errors (`extra="forbid"`), never silently ignored.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tunelab.errors import ConfigError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Section):
+    name: str = Field(
+        "embedded:smollm2-135m",
+        description="embedded:smollm2-135m | random:<arch> | local dir | .gguf path | hub id",
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="weights dtype for training (mixed precision: train.precision)"
+    )
+    attn_implementation: Literal["sdpa", "eager"] = "sdpa"
+    seed: int = Field(0, description="seed for random:<arch> initialisation")
+
+
+class DataConfig(Section):
+    train: str = Field("builtin:reverse", description="file path or builtin:NAME")
+    eval: str | None = Field(None, description="file path or builtin:NAME; else eval_fraction")
+    eval_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    seed: int = 0
+    format: Literal["text", "pairs", "instruction", "chat"] = "pairs"
+    text_field: str = "text"
+    prompt_field: str = "prompt"
+    response_field: str = "response"
+    messages_field: str = "messages"
+    template: str = Field(
+        "auto",
+        description="auto (chat template if the tokenizer has one) | chat | plain | alpaca | "
+        "a format string with {prompt}",
+    )
+    system_prompt: str | None = None
+    max_length: int = Field(512, gt=1)
+    truncate: bool = Field(True, description="false: a row longer than max_length is an error")
+    train_on_prompt: bool = Field(False, description="loss on prompt tokens too")
+    max_train_examples: int | None = Field(None, gt=0)
+    max_eval_examples: int | None = Field(None, gt=0)
+    packing: bool = Field(True, description="pack examples into rows with per-example attention")
+    builtin_size: int = Field(2000, gt=0, description="rows generated for builtin:NAME data")
+
+
+class MethodConfig(Section):
+    """Method section: `name` picks the method; other keys belong to that method's config."""
+
+    model_config = ConfigDict(extra="allow", validate_assignment=False)
+    name: str = "lora"
+
+
+class TrainConfig(Section):
+    lr: float | None = Field(None, gt=0, description="peak learning rate; default: the method's")
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    batch_size: int = Field(8, gt=0, description="examples per micro-batch (padded mode) ")
+    tokens_per_batch: int | None = Field(
+        None, gt=0, description="packed mode: tokens per micro-batch (default batch_size*max_length/2)"
+    )
+    grad_accum: int = Field(1, gt=0)
+    max_steps: int | None = Field(None, gt=0, description="optimizer steps; overrides epochs")
+    epochs: float = Field(1.0, gt=0)
+    schedule: Literal["constant", "linear", "cosine", "stlr"] = "linear"
+    warmup_steps: int = Field(0, ge=0)
+    warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    stlr_cut_frac: float = Field(0.1, gt=0, lt=1, description="slanted triangular: rising part")
+    stlr_ratio: float = Field(32.0, ge=1, description="slanted triangular: peak/min LR ratio")
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    seed: int = 0
+    log_every: int = Field(10, gt=0)
+    eval_every: int | None = Field(None, gt=0)
+    save_every: int | None = Field(None, gt=0, description="checkpoint every N optimizer steps")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    gradient_checkpointing: bool = False
+    compile: bool = False
+    num_threads: int | None = Field(None, gt=0, description="torch CPU threads")
+    progress: bool = True
+
+
+class EvalConfig(Section):
+    metrics: list[str] = Field(default_factory=lambda: ["loss", "perplexity"])
+    before: bool = Field(True, description="also evaluate the untouched base model")
+    max_new_tokens: int = Field(64, gt=0)
+    batch_size: int = Field(16, gt=0)
+    max_examples: int | None = Field(None, gt=0, description="cap for generation metrics")
+
+    @field_validator("metrics")
+    @classmethod
+    def _known_metrics(cls, value: list[str]) -> list[str]:
+        from tunelab.evaluate.metrics import METRICS
+
+        unknown = [m for m in value if m not in METRICS]
+        if unknown:
+            raise ValueError(f"unknown metric {unknown[0]!r}; known: {', '.join(sorted(METRICS))}")
+        return value
+
+
+class RunConfig(Section):
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    method: MethodConfig = Field(default_factory=MethodConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    output_dir: str = "runs/run"
+    search: dict[str, Any] | None = Field(None, description="hyperparameter search space")
+
+    @model_validator(mode="after")
+    def _validate_method(self) -> RunConfig:
+        from tunelab.methods import resolve_method_config
+
+        self.method = resolve_method_config(self.method)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=False)
+
+
+def _format_error(err: ValidationError, source: str) -> str:
+    first = err.errors()[0]
+    key = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    message = first["msg"]
+    if first["type"] == "extra_forbidden":
+        message = "unknown key"
+    return f"{source}: {key}: {message}"
+
+
+def parse_value(text: str) -> Any:
+    """Parse an override value the way YAML would (`1e-4` -> float, `true` -> bool)."""
+    value = yaml.safe_load(text)
+    if isinstance(value, str):
+        try:
+            return float(value) if any(c in value for c in ".eE") else int(value)
+        except ValueError:
+            return value
+    return value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `a.b.c=value` overrides to a nested dict (in place) and return it."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected KEY=VALUE (e.g. train.lr=1e-4)")
+        key, text = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = raw
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {key}: {part} is not a section")
+            node = child
+        node[parts[-1]] = parse_value(text)
+    return raw
+
+
+def load_config(
+    source: str | os.PathLike | dict[str, Any] | RunConfig, overrides: list[str] | None = None
+) -> RunConfig:
+    """Read and validate a run config from a YAML path, a dict or a RunConfig."""
+    if isinstance(source, RunConfig):
+        if not overrides:
+            return source
+        source = source.to_dict()
+    label = "config"
+    if isinstance(source, dict):
+        raw = yaml.safe_load(yaml.safe_dump(source))  # deep copy of plain data
+    else:
+        path = Path(source)
+        label = str(path)
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such config file") from None
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f":{mark.line + 1}" if mark else ""
+            raise ConfigError(f"{path}{where}: not valid YAML ({exc.__class__.__name__})") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    apply_overrides(raw, overrides or [])
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_error(err, label)) from None
+
+
+def dump_config(config: RunConfig) -> str:
+    return yaml.safe_dump(config.to_dict(), sort_keys=False, allow_unicode=True)

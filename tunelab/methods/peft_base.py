@@ -1,0 +1,62 @@
+"""Shared plumbing for methods implemented by PEFT: wrap, save in PEFT's own format
+(`adapter_config.json` + `adapter_model.safetensors`), load with `PeftModel`, merge."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from peft import PeftConfig, PeftModel, get_peft_model
+from torch import nn
+
+from tunelab.errors import MergeNotSupported
+from tunelab.methods.base import Method, MethodContext, MethodSettings
+from tunelab.models.arch import arch_of
+
+Targets = Literal["all", "attention", "mlp"] | list[str]
+
+
+def resolve_targets(model: nn.Module, targets: Targets) -> list[str]:
+    """Module names for `targets`: a preset from the architecture table, or names as given."""
+    if isinstance(targets, list):
+        return targets
+    spec = arch_of(model)
+    chosen = {
+        "all": spec.projections,
+        "attention": spec.attention_projections,
+        "mlp": spec.mlp_projections,
+    }[targets]
+    return list(dict.fromkeys(chosen))
+
+
+class PeftMethod(Method):
+    """A method whose injection, saving and merging PEFT already does well."""
+
+    prompt_learning: ClassVar[bool] = False
+
+    def peft_config(self, model: nn.Module, cfg: MethodSettings) -> PeftConfig:
+        raise NotImplementedError
+
+    def apply(self, model: nn.Module, cfg: MethodSettings, ctx: MethodContext) -> nn.Module:
+        return get_peft_model(model, self.peft_config(model, cfg))
+
+    def save(self, model: nn.Module, cfg: MethodSettings, directory: Path) -> None:
+        model.save_pretrained(str(directory))
+
+    def load(self, base: nn.Module, cfg: MethodSettings, directory: Path) -> nn.Module:
+        return PeftModel.from_pretrained(base, str(directory), is_trainable=False)
+
+    def merge(self, model: nn.Module, cfg: MethodSettings) -> nn.Module:
+        if not self.mergeable:
+            raise MergeNotSupported(
+                f"{self.name}: its trained vectors are extra inputs to attention, not a change "
+                "of any weight, so there is nothing to fold into the base; serve it unmerged"
+            )
+        return model.merge_and_unload()
+
+    def trainable_names(self, model: nn.Module) -> list[str]:
+        return [n for n, p in model.named_parameters() if p.requires_grad]
+
+
+def peft_kwargs(cfg: MethodSettings, *, exclude: set[str] = frozenset()) -> dict[str, Any]:
+    return cfg.model_dump(exclude={"name", *exclude})
