@@ -71,7 +71,9 @@ class TrainConfig(Section):
     betas: tuple[float, float] = (0.9, 0.999)
     batch_size: int = Field(8, gt=0, description="examples per micro-batch (padded mode) ")
     tokens_per_batch: int | None = Field(
-        None, gt=0, description="packed mode: tokens per micro-batch (default batch_size*max_length/2)"
+        None,
+        gt=0,
+        description="packed mode: tokens per micro-batch (default batch_size*max_length/2)",
     )
     grad_accum: int = Field(1, gt=0)
     max_steps: int | None = Field(None, gt=0, description="optimizer steps; overrides epochs")

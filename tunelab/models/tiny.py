@@ -71,10 +71,17 @@ def _config(arch: str, vocab_size: int, tokenizer: PreTrainedTokenizerFast) -> P
     if arch == "gemma":
         return GemmaConfig(**llama_like, head_dim=HIDDEN // HEADS)
     if arch == "bloom":
-        return BloomConfig(vocab_size=vocab_size, hidden_size=HIDDEN, n_layer=LAYERS, n_head=HEADS, **ids)
+        return BloomConfig(
+            vocab_size=vocab_size, hidden_size=HIDDEN, n_layer=LAYERS, n_head=HEADS, **ids
+        )
     if arch == "gpt2":
         return GPT2Config(
-            vocab_size=vocab_size, n_embd=HIDDEN, n_layer=LAYERS, n_head=HEADS, n_positions=1024, **ids
+            vocab_size=vocab_size,
+            n_embd=HIDDEN,
+            n_layer=LAYERS,
+            n_head=HEADS,
+            n_positions=1024,
+            **ids,
         )
     raise ModelError(f"random:{arch}: unknown architecture; known: {', '.join(TINY_ARCHS)}")
 

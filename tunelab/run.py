@@ -1,0 +1,103 @@
+"""The run directory: the contract between training and everything that consumes runs.
+
+RUN/config.yaml      fully resolved config
+RUN/metrics.jsonl    one record per logged step (loss, lr, tokens/s) and eval
+RUN/before.json      metrics of the untouched base model
+RUN/samples-*.jsonl  prompts, references and generations (before / after)
+RUN/summary.json     method, parameter counts, speed, memory, before / after
+RUN/adapter/         what trained: PEFT format, a transformers model dir, or ours
+RUN/checkpoints/     only while a run is in progress (for --resume)
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tunelab.config import RunConfig, dump_config, load_config
+from tunelab.errors import TunelabError
+from tunelab.io import atomic_dir, atomic_write_text
+
+
+@dataclass(frozen=True)
+class RunFiles:
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.jsonl"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "summary.json"
+
+    @property
+    def before(self) -> Path:
+        return self.root / "before.json"
+
+    @property
+    def adapter(self) -> Path:
+        return self.root / "adapter"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    def samples(self, tag: str) -> Path:
+        return self.root / f"samples-{tag}.jsonl"
+
+    def reset(self) -> None:
+        """Start a run afresh: remove what an earlier run in this folder left."""
+        for path in (self.metrics, self.summary, self.before, self.samples("before"),
+                     self.samples("after")):  # fmt: skip
+            path.unlink(missing_ok=True)
+        for folder in (self.adapter, self.checkpoints):
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def read_summary(self) -> dict[str, Any]:
+        return json.loads(self.summary.read_text(encoding="utf-8"))
+
+    def read_before(self) -> dict[str, Any] | None:
+        return json.loads(self.before.read_text(encoding="utf-8")) if self.before.exists() else None
+
+    def adapter_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.adapter.rglob("*") if p.is_file())
+
+
+def write_run_config(files: RunFiles, cfg: RunConfig) -> None:
+    atomic_write_text(files.config, dump_config(cfg))
+
+
+def save_adapter(method, model, cfg: RunConfig, files: RunFiles) -> None:
+    with atomic_dir(files.adapter) as tmp:
+        method.save(model, cfg.method, tmp)
+
+
+def read_run_config(run_dir: str | Path) -> RunConfig:
+    files = RunFiles(Path(run_dir))
+    if not files.config.exists():
+        raise TunelabError(f"{run_dir}: not a run directory (no config.yaml)")
+    if not files.adapter.exists():
+        raise TunelabError(f"{run_dir}: the run has no adapter/ (unfinished or failed)")
+    return load_config(files.config)
+
+
+def load_run(run_dir: str | Path, *, device: str | None = None):
+    """(model, tokenizer): the base model with the run's trained weights applied, in eval mode."""
+    from tunelab.methods import get_method
+    from tunelab.models import load_model_and_tokenizer
+
+    cfg = read_run_config(run_dir)
+    base, tokenizer = load_model_and_tokenizer(cfg.model)
+    model = get_method(cfg.method.name).load(base, cfg.method, RunFiles(Path(run_dir)).adapter)
+    if device:
+        model.to(device)
+    model.eval()
+    return model, tokenizer

@@ -1,0 +1,1 @@
+"""Using finished runs: evaluate, merge, and serve several adapters on one base."""

@@ -1,0 +1,47 @@
+"""`tunelab eval`: score a finished run on its own eval split or on another file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tunelab.config import EvalConfig
+from tunelab.data import build_datasets, make_batches, tokenize_examples
+from tunelab.evaluate import evaluate
+from tunelab.io import atomic_write_json
+from tunelab.run import load_run, read_run_config
+
+
+def evaluate_saved_run(
+    run_dir: str | Path,
+    *,
+    metrics: list[str] | None = None,
+    data: str | None = None,
+    max_examples: int | None = None,
+) -> dict[str, float]:
+    """Metrics of a saved run; also written to RUN/eval.json."""
+    cfg = read_run_config(run_dir)
+    eval_cfg = EvalConfig(
+        metrics=metrics or cfg.eval.metrics, max_examples=max_examples or cfg.eval.max_examples
+    )
+    data_cfg = cfg.data.model_copy(update={"eval": data} if data else {})
+    model, tokenizer = load_run(run_dir)
+    examples = build_datasets(data_cfg, tokenizer).eval
+    batches = make_batches(
+        tokenize_examples(examples, tokenizer, data_cfg),
+        batch_size=cfg.eval.batch_size,
+        tokens_per_batch=None,
+        packing=False,
+        pad_id=tokenizer.pad_token_id,
+        seed=0,
+        epoch=0,
+        shuffle=False,
+    )
+    scores = evaluate(
+        model, tokenizer, examples, eval_cfg.metrics, loss_batches=batches,
+        max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size,
+        max_examples=eval_cfg.max_examples,
+    )  # fmt: skip
+    atomic_write_json(
+        Path(run_dir) / "eval.json", {"data": data_cfg.eval or "eval split", **scores}
+    )
+    return scores

@@ -1,0 +1,31 @@
+"""Before/after evaluation of a run: the configured metrics on the eval split, with the
+generations kept beside the run for people to read."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tunelab.evaluate import evaluate_with_predictions
+from tunelab.io import atomic_write_text
+
+
+def evaluate_run(model, tokenizer, plan, cfg, files, *, tag: str) -> dict[str, Any]:
+    """Score `model` on the run's eval data; write `samples-<tag>.jsonl`; return the metrics."""
+    if not plan.eval_examples:
+        return {}
+    scores, samples = evaluate_with_predictions(
+        model,
+        tokenizer,
+        plan.eval_examples,
+        cfg.eval.metrics,
+        loss_batches=plan.eval_batches,
+        max_new_tokens=cfg.eval.max_new_tokens,
+        batch_size=cfg.eval.batch_size,
+        max_examples=cfg.eval.max_examples,
+    )
+    if samples:
+        import json
+
+        lines = "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples)
+        atomic_write_text(files.samples(tag), lines)
+    return scores

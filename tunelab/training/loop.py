@@ -1,0 +1,324 @@
+"""The one training loop. Every method runs through it; methods customise it only through
+the seam in `tunelab.methods.base` (apply, param_groups, on_step, save).
+
+train(config) -> TrainResult:
+  load base -> data -> evaluate base ("before") -> method.apply -> AdamW + schedule
+  -> optimizer steps (gradient accumulation, clipping, eval, checkpoints) -> save adapter
+  -> evaluate ("after") -> summary.json
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+
+from tunelab.config import RunConfig, load_config
+from tunelab.data import build_datasets, make_batches, tokenize_examples
+from tunelab.io import append_jsonl, atomic_write_json
+from tunelab.loss import token_loss_sum
+from tunelab.methods import MethodContext, get_method
+from tunelab.methods.base import count_parameters
+from tunelab.models import arch_of, load_model_and_tokenizer
+from tunelab.run import RunFiles, save_adapter, write_run_config
+from tunelab.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from tunelab.training.evaluation import evaluate_run
+from tunelab.training.progress import BarReporter, Reporter, SilentReporter
+from tunelab.training.schedules import build_scheduler
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    summary: dict[str, Any]
+
+
+class StopTraining(Exception):
+    """Raised by a caller's hook to stop a run early (tests use it to simulate a kill)."""
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def make_accelerator(cfg: RunConfig) -> Accelerator:
+    use_cpu = cfg.train.device == "cpu" or not torch.cuda.is_available()
+    precision = cfg.train.precision
+    if precision == "auto":
+        precision = "bf16" if not use_cpu and torch.cuda.is_bf16_supported() else "fp32"
+    mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
+    if cfg.train.num_threads:
+        torch.set_num_threads(cfg.train.num_threads)
+    return Accelerator(cpu=use_cpu, mixed_precision=mixed)
+
+
+def labelled_tokens(batch: dict[str, torch.Tensor]) -> int:
+    return int((batch["labels"][:, 1:] != -100).sum())
+
+
+def real_tokens(batch: dict[str, torch.Tensor]) -> int:
+    mask = batch.get("attention_mask")
+    return int(mask.sum()) if mask is not None else batch["input_ids"].numel()
+
+
+@dataclass
+class Plan:
+    """What the loop iterates: tokenised data, batching mode and step counts."""
+
+    train_items: list
+    eval_batches: list[dict[str, torch.Tensor]]
+    eval_examples: list
+    packing: bool
+    steps_per_epoch: int
+    total_steps: int
+
+    def batches(self, cfg: RunConfig, epoch: int, pad_id: int) -> list[dict[str, torch.Tensor]]:
+        return make_batches(
+            self.train_items,
+            batch_size=cfg.train.batch_size,
+            tokens_per_batch=tokens_per_batch(cfg),
+            packing=self.packing,
+            pad_id=pad_id,
+            seed=cfg.train.seed,
+            epoch=epoch,
+        )
+
+    def windows(self, cfg: RunConfig, pad_id: int, start_step: int) -> Iterator[list[dict]]:
+        """Gradient-accumulation windows in order, skipping the first `start_step`."""
+        step, epoch, accum = 0, 0, cfg.train.grad_accum
+        while True:
+            batches = self.batches(cfg, epoch, pad_id)
+            for first in range(0, len(batches) - accum + 1, accum):
+                if step >= start_step:
+                    yield batches[first : first + accum]
+                step += 1
+            epoch += 1
+
+
+def tokens_per_batch(cfg: RunConfig) -> int:
+    return cfg.train.tokens_per_batch or max(cfg.train.batch_size * cfg.data.max_length // 2, 2)
+
+
+def plan_data(cfg: RunConfig, tokenizer, method, model) -> Plan:
+    datasets = build_datasets(cfg.data, tokenizer)
+    train_items = tokenize_examples(datasets.train, tokenizer, cfg.data)
+    eval_items = tokenize_examples(datasets.eval, tokenizer, cfg.data) if datasets.eval else []
+    packing = cfg.data.packing and method.supports_packing and arch_of(model).supports_packing
+    pad_id = tokenizer.pad_token_id
+    plan = Plan(train_items, [], datasets.eval, packing, 1, 1)
+    plan.eval_batches = make_batches(
+        eval_items,
+        batch_size=cfg.eval.batch_size,
+        tokens_per_batch=tokens_per_batch(cfg),
+        packing=packing,
+        pad_id=pad_id,
+        seed=0,
+        epoch=0,
+        shuffle=False,
+    )
+    plan.steps_per_epoch = max(len(plan.batches(cfg, 0, pad_id)) // cfg.train.grad_accum, 1)
+    plan.total_steps = cfg.train.max_steps or math.ceil(cfg.train.epochs * plan.steps_per_epoch)
+    return plan
+
+
+def train(
+    config: RunConfig | dict | str | Path,
+    *,
+    overrides: list[str] | None = None,
+    resume: bool = False,
+    reporter: Reporter | None = None,
+    on_step=None,
+) -> TrainResult:
+    """Fine-tune as `config` says; write the run directory; return its summary."""
+    cfg = load_config(config, overrides)
+    files = RunFiles(Path(cfg.output_dir))
+    if resume and files.summary.exists():
+        return TrainResult(files.root, files.read_summary())
+    if not resume:
+        files.reset()
+    reporter = reporter or (BarReporter() if cfg.train.progress else SilentReporter())
+    seed_everything(cfg.train.seed)
+    accelerator = make_accelerator(cfg)
+    model, tokenizer = load_model_and_tokenizer(cfg.model)
+    method = get_method(cfg.method.name)
+    plan = plan_data(cfg, tokenizer, method, model)
+    write_run_config(files, cfg)
+    model.to(accelerator.device)
+
+    before = files.read_before()
+    if before is None and cfg.eval.before:
+        reporter.message(f"evaluating the base model on {len(plan.eval_examples)} examples")
+        before = evaluate_run(model, tokenizer, plan, cfg, files, tag="before")
+        atomic_write_json(files.before, before)
+
+    context = MethodContext(
+        calibration_batches=lambda: _on_device(
+            plan.batches(cfg, 0, tokenizer.pad_token_id), accelerator
+        ),
+        loss_fn=lambda m, b: _mean_loss(m, b),
+        total_steps=plan.total_steps,
+        tokenizer=tokenizer,
+    )
+    seed_everything(cfg.train.seed)
+    model = method.apply(model, cfg.method, context)
+    model.to(accelerator.device)
+    if cfg.train.gradient_checkpointing:
+        _enable_checkpointing(model)
+    trainable, total = count_parameters(model)
+    lr = cfg.train.lr or method.default_lr
+    optimizer = torch.optim.AdamW(
+        method.param_groups(model, cfg.method, lr, cfg.train.weight_decay),
+        lr=lr,
+        betas=cfg.train.betas,
+    )
+    scheduler = build_scheduler(optimizer, cfg.train, plan.total_steps)
+    model, optimizer = accelerator.prepare(model, optimizer)
+
+    start_step = 0
+    checkpoint = latest_checkpoint(files.checkpoints) if resume else None
+    if checkpoint is not None:
+        start_step = load_checkpoint(
+            checkpoint, accelerator.unwrap_model(model), optimizer, scheduler
+        )["step"]
+        reporter.message(f"resuming from {checkpoint.name}")
+
+    stats = run_steps(
+        model, optimizer, scheduler, method, plan, cfg, files, accelerator, tokenizer,
+        reporter, start_step, on_step,
+    )  # fmt: skip
+    model = accelerator.unwrap_model(model)
+    save_adapter(method, model, cfg, files)
+    after = evaluate_run(model, tokenizer, plan, cfg, files, tag="after")
+    summary = _summary(
+        cfg, method, trainable, total, stats, before or {}, after, plan, files, accelerator
+    )
+    atomic_write_json(files.summary, summary)
+    shutil.rmtree(files.checkpoints, ignore_errors=True)
+    return TrainResult(files.root, summary)
+
+
+def _mean_loss(model, batch) -> torch.Tensor:
+    total, count = token_loss_sum(model, batch)
+    return total / max(count, 1)
+
+
+def _on_device(batches, accelerator):
+    for batch in batches:
+        yield {k: v.to(accelerator.device) for k, v in batch.items()}
+
+
+def _enable_checkpointing(model) -> None:
+    target = model.get_base_model() if hasattr(model, "get_base_model") else model
+    target.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if hasattr(target, "enable_input_require_grads"):
+        target.enable_input_require_grads()
+
+
+def run_steps(
+    model, optimizer, scheduler, method, plan, cfg, files, accelerator, tokenizer,
+    reporter, start_step, on_step,
+) -> dict[str, Any]:  # fmt: skip
+    """The optimizer-step loop. Returns timing and throughput statistics."""
+    total_steps, device = plan.total_steps, accelerator.device
+    windows = plan.windows(cfg, tokenizer.pad_token_id, start_step)
+    reporter.start(f"{cfg.method.name} on {cfg.model.name}", total_steps, completed=start_step)
+    model.train()
+    seen_tokens, train_seconds, log_loss, log_tokens, last_loss = 0, 0.0, 0.0, 0, float("nan")
+    started = time.perf_counter()
+    for step in range(start_step, total_steps):
+        window = next(windows)
+        method.on_step(accelerator.unwrap_model(model), cfg.method, step, total_steps)
+        n_labelled = max(sum(labelled_tokens(b) for b in window), 1)
+        window_loss = 0.0
+        for batch in window:
+            batch = {k: v.to(device) for k, v in batch.items()}
+            with accelerator.autocast():
+                loss_sum, _ = token_loss_sum(model, batch)
+            accelerator.backward(loss_sum / n_labelled)
+            window_loss += float(loss_sum.detach())
+            seen_tokens += real_tokens(batch)
+        if cfg.train.max_grad_norm:
+            accelerator.clip_grad_norm_(
+                [p for p in model.parameters() if p.requires_grad], cfg.train.max_grad_norm
+            )
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        log_loss += window_loss
+        log_tokens += n_labelled
+        last_loss = window_loss / n_labelled
+        done = step + 1
+        elapsed = time.perf_counter() - started
+        speed = seen_tokens / max(elapsed, 1e-9)
+        reporter.update(done, {"loss": last_loss, "tokens_per_second": speed})
+        if done % cfg.train.log_every == 0 or done == total_steps:
+            loss = log_loss / max(log_tokens, 1)
+            lr = scheduler.get_last_lr()[0]
+            record = {"step": done, "loss": loss, "lr": lr, "tokens_per_second": speed}
+            append_jsonl(files.metrics, record)
+            log_loss, log_tokens = 0.0, 0
+        if cfg.train.eval_every and done % cfg.train.eval_every == 0 and done < total_steps:
+            eval_loss = _eval_loss(model, plan, device)
+            append_jsonl(files.metrics, {"step": done, "eval_loss": eval_loss})
+            model.train()
+        if cfg.train.save_every and done % cfg.train.save_every == 0 and done < total_steps:
+            save_checkpoint(files.checkpoints, done, accelerator.unwrap_model(model), optimizer,
+                            scheduler, {"seen_tokens": seen_tokens})  # fmt: skip
+        if on_step is not None:
+            on_step(done)
+    train_seconds = time.perf_counter() - started
+    reporter.finish()
+    return {"train_seconds": train_seconds, "seen_tokens": seen_tokens,
+            "steps": total_steps - start_step, "final_loss": last_loss}  # fmt: skip
+
+
+@torch.inference_mode()
+def _eval_loss(model, plan: Plan, device) -> float:
+    model.eval()
+    total, count = 0.0, 0
+    for batch in plan.eval_batches:
+        loss_sum, n = token_loss_sum(model, {k: v.to(device) for k, v in batch.items()})
+        total, count = total + float(loss_sum), count + n
+    return total / max(count, 1)
+
+
+def _peak_memory_mb(accelerator) -> float:
+    if accelerator.device.type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _summary(cfg, method, trainable, total, stats, before, after, plan, files, accelerator) -> dict:
+    return {
+        "method": cfg.method.name,
+        "model": cfg.model.name,
+        "trainable_params": trainable,
+        "total_params": total,
+        "trainable_percent": 100.0 * trainable / max(total, 1),
+        "steps": plan.total_steps,
+        "train_seconds": stats["train_seconds"],
+        "train_tokens_per_second": stats["seen_tokens"] / max(stats["train_seconds"], 1e-9),
+        "peak_memory_mb": _peak_memory_mb(accelerator),
+        "final_train_loss": stats["final_loss"],
+        "packing": plan.packing,
+        "train_examples": len(plan.train_items),
+        "eval_examples": len(plan.eval_examples),
+        "adapter_bytes": files.adapter_bytes(),
+        "lr": cfg.train.lr or method.default_lr,
+        "device": str(accelerator.device),
+        "before": before,
+        "after": after,
+    }
