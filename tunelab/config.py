@@ -12,13 +12,20 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator
 
 from tunelab.errors import ConfigError
 
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class MethodSettings(Section):
+    """Base of every method's settings: `name` plus the method's own fields (unknown keys fail).
+    Each method module subclasses it; `tunelab.methods` picks the subclass by name."""
+
+    name: str
 
 
 class ModelConfig(Section):
@@ -56,13 +63,6 @@ class DataConfig(Section):
     max_eval_examples: int | None = Field(None, gt=0)
     packing: bool = Field(True, description="pack examples into rows with per-example attention")
     builtin_size: int = Field(2000, gt=0, description="rows generated for builtin:NAME data")
-
-
-class MethodConfig(Section):
-    """Method section: `name` picks the method; other keys belong to that method's config."""
-
-    model_config = ConfigDict(extra="allow", validate_assignment=False)
-    name: str = "lora"
 
 
 class TrainConfig(Section):
@@ -114,21 +114,32 @@ class EvalConfig(Section):
         return value
 
 
+def _method_settings(raw: dict[str, Any]) -> MethodSettings:
+    from tunelab.methods import resolve_method_config
+
+    return resolve_method_config(raw)
+
+
 class RunConfig(Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
-    method: MethodConfig = Field(default_factory=MethodConfig)
+    method: SerializeAsAny[MethodSettings] = Field(
+        default_factory=lambda: _method_settings({"name": "lora"}),
+        description="`name` picks the method; the other keys are that method's settings",
+    )
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     output_dir: str = "runs/run"
     search: dict[str, Any] | None = Field(None, description="hyperparameter search space")
 
-    @model_validator(mode="after")
-    def _validate_method(self) -> RunConfig:
-        from tunelab.methods import resolve_method_config
-
-        self.method = resolve_method_config(self.method)
-        return self
+    @field_validator("method", mode="before")
+    @classmethod
+    def _validate_method(cls, value: Any) -> MethodSettings:
+        if isinstance(value, MethodSettings):
+            return value
+        if not isinstance(value, dict):
+            raise ValueError("expected a mapping with at least `name`")
+        return _method_settings(value)
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_none=False)

@@ -86,7 +86,10 @@ def read_json(name: str, text: str) -> list[Row]:
         return []
     if text[position] != "[":
         line = text.count("\n", 0, position) + 1
-        raise DataError(f"{name}:{line}: expected a JSON list of objects ([{{...}}, ...])")
+        raise DataError(
+            f"{name}:{line}: expected a JSON list of objects ([{{...}}, ...]); "
+            "for one object per line use a .jsonl file"
+        )
     position = _skip_space(text, position + 1)
     rows: list[Row] = []
     while position < len(text) and text[position] != "]":

@@ -97,7 +97,7 @@ class BottleneckAdapter(Method):
     name = "adapter"
     paper = "Houlsby et al. 2019, Parameter-Efficient Transfer Learning for NLP"
     idea = "freeze the model, insert small bottleneck MLPs after attention and MLP sublayers"
-    default_lr = 1e-3
+    default_lr = 1e-3  # on par with 3e-4, better than 3e-3, on SmolLM2-135M over 25 steps
     mergeable = False
     Config: ClassVar[type[MethodSettings]] = AdapterSettings
 

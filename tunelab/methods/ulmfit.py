@@ -4,7 +4,7 @@ https://arxiv.org/abs/1801.06146.
 Every weight trains, in layer groups (embeddings, each decoder block, final norm + head).
 Discriminative fine-tuning gives the group d groups below the top the rate lr / factor^d;
 gradual unfreezing starts with the top group only and unfreezes one more group at a time.
-Its schedule is slanted triangular: set `train.schedule: stlr` (see tunelab/train/schedules.py).
+Its schedule is slanted triangular: set `train.schedule: stlr` (see tunelab/training/schedules.py).
 """
 
 from __future__ import annotations

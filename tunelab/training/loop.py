@@ -43,7 +43,9 @@ class TrainResult:
 
 
 class StopTraining(Exception):
-    """Raised by a caller's hook to stop a run early (tests use it to simulate a kill)."""
+    """Raised by a caller's `on_step` hook to end training early (e.g. a wall-time budget):
+    the loop stops after that step, then saves and evaluates as usual. Any other exception
+    from the hook aborts the run (tests use one to simulate a kill)."""
 
 
 def seed_everything(seed: int) -> None:
@@ -139,20 +141,21 @@ def train(
     resume: bool = False,
     reporter: Reporter | None = None,
     on_step=None,
+    on_eval=None,
 ) -> TrainResult:
     """Fine-tune as `config` says; write the run directory; return its summary."""
     cfg = load_config(config, overrides)
     files = RunFiles(Path(cfg.output_dir))
     if resume and files.summary.exists():
         return TrainResult(files.root, files.read_summary())
-    if not resume:
-        files.reset()
     reporter = reporter or (BarReporter() if cfg.train.progress else SilentReporter())
     seed_everything(cfg.train.seed)
     accelerator = make_accelerator(cfg)
     model, tokenizer = load_model_and_tokenizer(cfg.model)
     method = get_method(cfg.method.name)
-    plan = plan_data(cfg, tokenizer, method, model)
+    plan = plan_data(cfg, tokenizer, method, model)  # bad data fails here, before any write
+    if not resume:
+        files.reset()
     write_run_config(files, cfg)
     model.to(accelerator.device)
 
@@ -195,7 +198,7 @@ def train(
 
     stats = run_steps(
         model, optimizer, scheduler, method, plan, cfg, files, accelerator, tokenizer,
-        reporter, start_step, on_step,
+        reporter, start_step, on_step, on_eval=on_eval,
     )  # fmt: skip
     model = accelerator.unwrap_model(model)
     save_adapter(method, model, cfg, files)
@@ -227,7 +230,7 @@ def _enable_checkpointing(model) -> None:
 
 def run_steps(
     model, optimizer, scheduler, method, plan, cfg, files, accelerator, tokenizer,
-    reporter, start_step, on_step,
+    reporter, start_step, on_step, on_eval=None,
 ) -> dict[str, Any]:  # fmt: skip
     """The optimizer-step loop. Returns timing and throughput statistics."""
     total_steps, device = plan.total_steps, accelerator.device
@@ -236,6 +239,7 @@ def run_steps(
     model.train()
     seen_tokens, train_seconds, log_loss, log_tokens, last_loss = 0, 0.0, 0.0, 0, float("nan")
     started = time.perf_counter()
+    done = start_step
     for step in range(start_step, total_steps):
         window = next(windows)
         method.on_step(accelerator.unwrap_model(model), cfg.method, step, total_steps)
@@ -272,15 +276,20 @@ def run_steps(
             eval_loss = _eval_loss(model, plan, device)
             append_jsonl(files.metrics, {"step": done, "eval_loss": eval_loss})
             model.train()
+            if on_eval is not None:  # e.g. a search's pruner; its exceptions end the run
+                on_eval(done, eval_loss)
         if cfg.train.save_every and done % cfg.train.save_every == 0 and done < total_steps:
             save_checkpoint(files.checkpoints, done, accelerator.unwrap_model(model), optimizer,
                             scheduler, {"seen_tokens": seen_tokens})  # fmt: skip
         if on_step is not None:
-            on_step(done)
+            try:
+                on_step(done)
+            except StopTraining:  # the caller's budget is spent: keep what trained so far
+                break
     train_seconds = time.perf_counter() - started
     reporter.finish()
     return {"train_seconds": train_seconds, "seen_tokens": seen_tokens,
-            "steps": total_steps - start_step, "final_loss": last_loss}  # fmt: skip
+            "steps": done, "final_loss": last_loss}  # fmt: skip
 
 
 @torch.inference_mode()
@@ -308,7 +317,7 @@ def _summary(cfg, method, trainable, total, stats, before, after, plan, files, a
         "trainable_params": trainable,
         "total_params": total,
         "trainable_percent": 100.0 * trainable / max(total, 1),
-        "steps": plan.total_steps,
+        "steps": stats["steps"],
         "train_seconds": stats["train_seconds"],
         "train_tokens_per_second": stats["seen_tokens"] / max(stats["train_seconds"], 1e-9),
         "peak_memory_mb": _peak_memory_mb(accelerator),
