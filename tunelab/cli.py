@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import json
 import sys
+import warnings
 from pathlib import Path
 
 import typer
@@ -16,7 +17,8 @@ from tunelab.errors import TunelabError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 console = Console()
-errors = Console(stderr=True)
+# PEFT calls a transformers API that warns of its own deprecation on every model wrap.
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 
 def user_errors(command):
@@ -27,7 +29,7 @@ def user_errors(command):
         try:
             return command(*args, **kwargs)
         except TunelabError as error:
-            errors.print(f"[red]error:[/red] {error}", highlight=False, markup=True)
+            typer.echo(f"error: {error}", err=True)
             raise typer.Exit(2) from None
 
     return wrapper
@@ -162,6 +164,35 @@ def merge(
 
     merge_run(run, output)
     console.print(f"merged model written to {output}")
+
+
+@app.command()
+@user_errors
+def search(
+    config: Path = typer.Argument(..., help="run config YAML with a search: section"),
+    overrides: list[str] = typer.Argument(None, help="dotted overrides: search.seed=1"),
+    trials: int = typer.Option(
+        None, "--trials", help="run until the study has N finished trials (default search.trials)"
+    ),
+    workers: int = typer.Option(1, "--workers", min=1, help="local worker processes"),
+    storage: str = typer.Option(None, "--storage", help="database URL (default OUTPUT/study.db)"),
+):
+    """Hyperparameter search with Optuna; rerun to resume. Writes best.yaml, trials.csv,
+    report.html and one run directory per trial into the output directory."""
+    import optuna
+
+    from tunelab.config import load_config
+    from tunelab.search import run_search
+    from tunelab.search.progress import RichSearchReporter, result_table
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    cfg = load_config(config, overrides or [])
+    result = run_search(
+        cfg, trials=trials, workers=workers, storage=storage, reporter=RichSearchReporter()
+    )
+    console.print(result_table(result))
+    for name, path in result.files.items():
+        console.print(f"{name:12} {path}", highlight=False)
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -1,0 +1,67 @@
+"""Every run config in examples/ validates and trains (shrunk to a tiny model and a few
+steps, on the same data files and fields), and the embedded model learns the Xhosa task."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tunelab import train
+from tunelab.config import RunConfig, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+RUN_KEYS = set(RunConfig.model_fields)
+
+
+def run_examples() -> list[Path]:
+    paths = sorted((ROOT / "examples").glob("*.yaml"))
+    return [p for p in paths if set(yaml.safe_load(p.read_text())) <= RUN_KEYS]
+
+
+def shrink(path: Path, tmp_path: Path, model: str = "random:llama") -> list[str]:
+    return [
+        f"model.name={model}",
+        "data.max_train_examples=16",
+        "data.max_eval_examples=4",
+        "train.max_steps=2",
+        "train.progress=false",
+        "eval.max_new_tokens=4",
+        f"output_dir={tmp_path / path.stem}",
+    ]
+
+
+def test_there_are_run_examples():
+    names = {p.stem for p in run_examples()}
+    assert {"demo", "xhosa-lora"} <= names
+
+
+@pytest.mark.parametrize("path", run_examples(), ids=lambda p: p.stem)
+def test_example_trains(path, tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)  # examples name ../shared/data relative to the repository root
+    cfg = load_config(path, shrink(path, tmp_path))
+    result = train(cfg)
+    assert result.summary["steps"] == 2
+    assert (result.run_dir / "adapter").is_dir()
+
+
+@pytest.mark.integration
+def test_embedded_model_learns_xhosa(tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.chdir(ROOT)
+    torch.set_num_threads(2)
+    overrides = [
+        "data.max_train_examples=64",
+        "data.max_eval_examples=12",
+        "data.max_length=160",
+        "train.max_steps=8",
+        "train.batch_size=4",
+        "train.progress=false",
+        "eval.metrics=[loss]",
+        f"output_dir={tmp_path / 'xhosa'}",
+    ]
+    result = train(load_config(ROOT / "examples/xhosa-lora.yaml", overrides))
+    before, after = result.summary["before"], result.summary["after"]
+    assert after["loss"] < before["loss"] - 0.1
