@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator
 
 from tunelab.errors import ConfigError
+from tunelab.search.space import SearchSettings  # schema only: no cycle back here
 
 
 class Section(BaseModel):
@@ -130,7 +131,7 @@ class RunConfig(Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     output_dir: str = "runs/run"
-    search: dict[str, Any] | None = Field(None, description="hyperparameter search space")
+    search: SearchSettings | None = Field(None, description="`tunelab search` space")
 
     @field_validator("method", mode="before")
     @classmethod

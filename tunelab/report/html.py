@@ -1,0 +1,88 @@
+"""Self-contained HTML pages: one file, styles inline, images embedded as base64 PNG data URIs,
+no scripts and no network, so a report opens anywhere (offline, attached to an email).
+
+Build a page from pieces: `page(title, [heading(...), paragraph(...), table(...), image(...)])`.
+Every text argument is escaped here; callers pass plain strings.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterable, Sequence
+from html import escape
+
+STYLE = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto;
+       max-width: 1200px; padding: 0 1rem; color: #1d1d1f; line-height: 1.45; }
+h1 { font-size: 1.6rem; margin-bottom: .2rem; } h2 { font-size: 1.2rem; margin-top: 2rem; }
+p.note { color: #555; margin-top: 0; }
+table { border-collapse: collapse; font-size: .88rem; width: 100%; }
+th, td { border-bottom: 1px solid #ddd; padding: .35rem .55rem; text-align: right;
+         white-space: nowrap; }
+th:first-child, td:first-child, th:nth-child(2), td:nth-child(2) { text-align: left; }
+th { background: #f4f4f6; position: sticky; top: 0; }
+td.best { background: #e3f4e1; font-weight: 600; }
+tr.failed td { color: #b00020; white-space: normal; }
+.charts { display: grid; grid-template-columns: repeat(auto-fit, minmax(520px, 1fr)); gap: 1rem; }
+figure { margin: 0; } figure img { width: 100%; height: auto; border: 1px solid #eee; }
+figcaption { font-size: .85rem; color: #555; }
+"""
+BEST = ' class="best"'
+
+
+def page(title: str, parts: Iterable[str]) -> str:
+    """A complete HTML document holding `parts` (already-rendered fragments)."""
+    body = "\n".join(parts)
+    return (
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f"<title>{escape(title)}</title>\n<style>{STYLE}</style>\n</head>\n"
+        f"<body>\n<h1>{escape(title)}</h1>\n{body}\n</body>\n</html>\n"
+    )
+
+
+def heading(text: str, level: int = 2) -> str:
+    return f"<h{level}>{escape(text)}</h{level}>"
+
+
+def paragraph(text: str, *, note: bool = False) -> str:
+    attributes = ' class="note"' if note else ""
+    return f"<p{attributes}>{escape(text)}</p>"
+
+
+def bullet_list(items: Iterable[str]) -> str:
+    return "<ul>" + "".join(f"<li>{escape(item)}</li>" for item in items) + "</ul>"
+
+
+def image(png: bytes, caption: str) -> str:
+    """A figure with the PNG embedded as a data URI, and its caption (also the alt text)."""
+    data = base64.b64encode(png).decode("ascii")
+    return (
+        f'<figure><img src="data:image/png;base64,{data}" alt="{escape(caption)}">'
+        f"<figcaption>{escape(caption)}</figcaption></figure>"
+    )
+
+
+def charts(figures: Iterable[str]) -> str:
+    """Figures side by side in a responsive grid."""
+    return '<div class="charts">' + "".join(figures) + "</div>"
+
+
+def table(
+    headers: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    *,
+    best: set[tuple[int, int]] = frozenset(),
+    failed_rows: set[int] = frozenset(),
+) -> str:
+    """A table of text cells; `best` cells (row, column) are highlighted, `failed_rows` red."""
+    head = "".join(f"<th>{escape(text)}</th>" for text in headers)
+    lines = [f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>"]
+    for index, row in enumerate(rows):
+        cells = "".join(
+            f"<td{BEST if (index, column) in best else ''}>{escape(text)}</td>"
+            for column, text in enumerate(row)
+        )
+        attributes = ' class="failed"' if index in failed_rows else ""
+        lines.append(f"<tr{attributes}>{cells}</tr>")
+    lines.append("</tbody>\n</table>")
+    return "\n".join(lines)
