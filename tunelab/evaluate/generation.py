@@ -9,12 +9,12 @@ real token sits at the same index and the new tokens line up. We pad the token i
 rather than flipping `tokenizer.padding_side`, so the tokenizer is never modified (and a
 tokenizer without a pad token works: EOS pads).
 
-PEFT prompt-learning models (prompt tuning, prefix tuning, ...) are special: with
+PEFT prompt-learning models (prompt tuning, p-tuning, prefix tuning) are special: with
 transformers 5 and peft 0.21, `model.generate` re-injects the virtual tokens at every cached
 decoding step (prompt tuning) or drops the prefix entirely (prefix tuning), silently producing
-text the trained model would not. For them we decode with full forward passes and no cache —
-exactly the computation training optimised — and batch only prompts of equal length, since
-left pads between the virtual tokens and the text would shift positions.
+text the trained model would not. For them `tunelab.methods.prompt_cache.generate_tokens`
+puts the virtual tokens or the prefix in front once and runs the base model's cached
+`generate` (tests check it equals full forward passes without a cache, token for token).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from tunelab.evaluate.modes import inference, model_device
+from tunelab.methods.prompt_cache import generate_tokens, is_prompt_learning
 
 
 def generate(
@@ -54,7 +55,7 @@ def generate(
     outputs: list[str] = [""] * len(prompts)
     with inference(model), _progress_bar(progress, len(prompts)) as advance:
         device = model_device(model)
-        for chosen in _batches(lengths, batch_size, equal_lengths=prompt_learning):
+        for chosen in _batches(lengths, batch_size):
             batch = _left_pad([encoded[index] for index in chosen], pad_id)
             batch = {name: tensor.to(device) for name, tensor in batch.items()}
             tokens = _generate_batch(
@@ -65,12 +66,6 @@ def generate(
                 outputs[index] = _decode(tokenizer, row, stop_ids)
             advance(len(chosen))
     return outputs
-
-
-def is_prompt_learning(model: nn.Module) -> bool:
-    """True for a PEFT model whose active adapter adds virtual tokens or a KV prefix."""
-    config = getattr(model, "active_peft_config", None)
-    return bool(getattr(config, "is_prompt_learning", False))
 
 
 def _encode(tokenizer, prompts: list[str]) -> list[list[int]]:
@@ -95,12 +90,11 @@ def _stop_ids(model: nn.Module, tokenizer) -> list[int]:
     return list(dict.fromkeys(ids))
 
 
-def _batches(lengths: list[int], batch_size: int, equal_lengths: bool) -> Iterator[list[int]]:
+def _batches(lengths: list[int], batch_size: int) -> Iterator[list[int]]:
     """Prompt indices in batches, longest prompts first (a memory problem shows at once)."""
     batch: list[int] = []
     for index in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
-        full = len(batch) == batch_size
-        if batch and (full or (equal_lengths and lengths[index] != lengths[batch[0]])):
+        if len(batch) == batch_size:
             yield batch
             batch = []
         batch.append(index)
@@ -130,7 +124,10 @@ def _generate_batch(
 ) -> torch.Tensor:
     """(B, T + new) tokens: prompt then continuation, padded after a row stops."""
     if prompt_learning:
-        return _generate_without_cache(model, batch, max_new_tokens, do_sample, stop_ids, pad_id)
+        return generate_tokens(
+            model, batch["input_ids"], batch["attention_mask"], max_new_tokens=max_new_tokens,
+            eos_ids=stop_ids, pad_id=pad_id, do_sample=do_sample,
+        )  # fmt: skip
     return model.generate(
         **batch,
         max_new_tokens=max_new_tokens,
@@ -139,37 +136,6 @@ def _generate_batch(
         eos_token_id=stop_ids,
         pad_token_id=pad_id,
     )
-
-
-def _generate_without_cache(
-    model: nn.Module,
-    batch: dict[str, torch.Tensor],
-    max_new_tokens: int,
-    do_sample: bool,
-    stop_ids: list[int],
-    pad_id: int,
-) -> torch.Tensor:
-    """(B, T + new) tokens from one full forward pass per new token (prompt-learning models).
-
-    Sampling draws from the plain softmax (temperature 1, no top-k/top-p).
-    """
-    input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]  # (B, T)
-    stops = torch.tensor(stop_ids, device=input_ids.device)
-    finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-    for _ in range(max_new_tokens):
-        output = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-        logits = output.logits[:, -1]  # (B, V)
-        if do_sample:
-            chosen = torch.multinomial(torch.softmax(logits.float(), dim=-1), 1).squeeze(-1)
-        else:
-            chosen = logits.argmax(dim=-1)  # (B,)
-        chosen = torch.where(finished, torch.full_like(chosen, pad_id), chosen)
-        input_ids = torch.cat([input_ids, chosen[:, None]], dim=1)
-        attention_mask = torch.cat([attention_mask, torch.ones_like(chosen)[:, None]], dim=1)
-        finished |= torch.isin(chosen, stops)
-        if bool(finished.all()):
-            break
-    return input_ids
 
 
 def _decode(tokenizer, new_tokens: list[int], stop_ids: list[int]) -> str:
