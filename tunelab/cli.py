@@ -150,7 +150,8 @@ def methods(model: str = typer.Option(None, "--model", help="count parameters on
     """Every method with its paper and idea (and parameter counts with --model)."""
     from tunelab.methods.catalog import methods_table
 
-    console.print(methods_table(model))
+    wide = console if console.is_terminal else Console(width=220)  # a pipe gets whole rows
+    wide.print(methods_table(model))
 
 
 @app.command()
@@ -164,6 +165,30 @@ def merge(
 
     merge_run(run, output)
     console.print(f"merged model written to {output}")
+
+
+@app.command()
+@user_errors
+def compare(
+    config: Path = typer.Argument(..., help="comparison YAML: base, methods, budget, overrides"),
+    methods: str = typer.Option(None, "--methods", help="comma-separated methods, or all"),
+    budget_steps: int = typer.Option(None, "--budget-steps", help="optimizer steps per method"),
+    budget_seconds: float = typer.Option(None, "--budget-seconds", help="training s per method"),
+    output: Path = typer.Option(None, "--output", "-o", help="folder (default: output_dir)"),
+):
+    """Every method on the same data, seed and budget, side by side; rerun to resume.
+    Writes runs/<method>/, results.json, results.md and report.html into the output folder."""
+    from tunelab.compare import load_compare_config
+    from tunelab.compare.report import rich_table
+    from tunelab.compare.runner import compare as run_comparison
+
+    chosen = None if methods is None else methods if methods == "all" else methods.split(",")
+    flags = {"methods": chosen, "budget_steps": budget_steps, "budget_seconds": budget_seconds,
+             "output_dir": str(output) if output else None}  # fmt: skip
+    cfg = load_compare_config(config, flags=flags)
+    results = run_comparison(cfg, label=str(config))
+    console.print(rich_table(results))
+    console.print(f"report: {Path(cfg.output_dir) / 'report.html'}", highlight=False)
 
 
 @app.command()
