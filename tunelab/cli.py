@@ -65,6 +65,8 @@ def train(
 
     result = run_training(config, overrides=overrides or [], resume=resume)
     summary = result.summary
+    if not summary:  # a non-main process of a multi-process launch
+        return
     rows = {"before": summary["before"], "after": summary["after"]}
     console.print(metrics_table(f"{summary['method']} · {result.run_dir}", rows))
     console.print(
@@ -229,3 +231,7 @@ def main() -> None:  # pragma: no cover - console entry point
 
 def print_json(data) -> None:
     print(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+if __name__ == "__main__":  # `python -m tunelab.cli` (e.g. under `accelerate launch`)
+    main()

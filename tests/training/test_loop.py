@@ -62,12 +62,14 @@ def test_run_directory_contract(tmp_path):
 def test_lora_adapter_loads_with_plain_peft(tmp_path):
     result = train(tiny_config(tmp_path, eval={"before": False, "metrics": ["loss"]}))
     adapter = result.run_dir / "adapter"
-    assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in adapter.iterdir()}
+    names = {p.name for p in adapter.iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= names
     base, _ = random_model("llama", seed=0)
     plain = PeftModel.from_pretrained(base.eval(), str(adapter)).eval()
     ours, _ = load_run(result.run_dir)
     assert torch.equal(probe_logits(plain), probe_logits(ours))
-    assert not torch.equal(probe_logits(plain), probe_logits(random_model("llama", seed=0)[0].eval()))
+    untouched, _ = random_model("llama", seed=0)
+    assert not torch.equal(probe_logits(plain), probe_logits(untouched.eval()))
 
 
 def test_full_fine_tuning_saves_a_transformers_model(tmp_path):

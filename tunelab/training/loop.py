@@ -84,6 +84,8 @@ class Plan:
     packing: bool
     steps_per_epoch: int
     total_steps: int
+    rank: int = 0  # this process among `world` data-parallel processes
+    world: int = 1
 
     def batches(self, cfg: RunConfig, epoch: int, pad_id: int) -> list[dict[str, torch.Tensor]]:
         return make_batches(
@@ -97,13 +99,15 @@ class Plan:
         )
 
     def windows(self, cfg: RunConfig, pad_id: int, start_step: int) -> Iterator[list[dict]]:
-        """Gradient-accumulation windows in order, skipping the first `start_step`."""
-        step, epoch, accum = 0, 0, cfg.train.grad_accum
+        """Gradient-accumulation windows in order, skipping the first `start_step`. With several
+        processes, each optimizer step consumes accum x world micro-batches; this process
+        takes every world-th of them."""
+        step, epoch, span = 0, 0, cfg.train.grad_accum * self.world
         while True:
             batches = self.batches(cfg, epoch, pad_id)
-            for first in range(0, len(batches) - accum + 1, accum):
+            for first in range(0, len(batches) - span + 1, span):
                 if step >= start_step:
-                    yield batches[first : first + accum]
+                    yield batches[first : first + span][self.rank :: self.world]
                 step += 1
             epoch += 1
 
@@ -112,13 +116,13 @@ def tokens_per_batch(cfg: RunConfig) -> int:
     return cfg.train.tokens_per_batch or max(cfg.train.batch_size * cfg.data.max_length // 2, 2)
 
 
-def plan_data(cfg: RunConfig, tokenizer, method, model) -> Plan:
+def plan_data(cfg: RunConfig, tokenizer, method, model, rank: int = 0, world: int = 1) -> Plan:
     datasets = build_datasets(cfg.data, tokenizer)
     train_items = tokenize_examples(datasets.train, tokenizer, cfg.data)
     eval_items = tokenize_examples(datasets.eval, tokenizer, cfg.data) if datasets.eval else []
     packing = cfg.data.packing and method.supports_packing and arch_of(model).supports_packing
     pad_id = tokenizer.pad_token_id
-    plan = Plan(train_items, [], datasets.eval, packing, 1, 1)
+    plan = Plan(train_items, [], datasets.eval, packing, 1, 1, rank, world)
     plan.eval_batches = make_batches(
         eval_items,
         batch_size=cfg.eval.batch_size,
@@ -129,7 +133,8 @@ def plan_data(cfg: RunConfig, tokenizer, method, model) -> Plan:
         epoch=0,
         shuffle=False,
     )
-    plan.steps_per_epoch = max(len(plan.batches(cfg, 0, pad_id)) // cfg.train.grad_accum, 1)
+    span = cfg.train.grad_accum * world
+    plan.steps_per_epoch = max(len(plan.batches(cfg, 0, pad_id)) // span, 1)
     plan.total_steps = cfg.train.max_steps or math.ceil(cfg.train.epochs * plan.steps_per_epoch)
     return plan
 
@@ -148,19 +153,24 @@ def train(
     files = RunFiles(Path(cfg.output_dir))
     if resume and files.summary.exists():
         return TrainResult(files.root, files.read_summary())
-    reporter = reporter or (BarReporter() if cfg.train.progress else SilentReporter())
     seed_everything(cfg.train.seed)
     accelerator = make_accelerator(cfg)
+    if not accelerator.is_main_process:
+        reporter = SilentReporter()
+    reporter = reporter or (BarReporter() if cfg.train.progress else SilentReporter())
     model, tokenizer = load_model_and_tokenizer(cfg.model)
     method = get_method(cfg.method.name)
-    plan = plan_data(cfg, tokenizer, method, model)  # bad data fails here, before any write
-    if not resume:
+    rank, world = accelerator.process_index, accelerator.num_processes
+    plan = plan_data(cfg, tokenizer, method, model, rank, world)  # bad data fails before writes
+    main = accelerator.is_main_process  # only the main process writes the run directory
+    if main and not resume:
         files.reset()
-    write_run_config(files, cfg)
+    if main:
+        write_run_config(files, cfg)
     model.to(accelerator.device)
 
     before = files.read_before()
-    if before is None and cfg.eval.before:
+    if before is None and cfg.eval.before and main:
         reporter.message(f"evaluating the base model on {len(plan.eval_examples)} examples")
         before = evaluate_run(model, tokenizer, plan, cfg, files, tag="before")
         atomic_write_json(files.before, before)
@@ -201,13 +211,16 @@ def train(
         reporter, start_step, on_step, on_eval=on_eval,
     )  # fmt: skip
     model = accelerator.unwrap_model(model)
-    save_adapter(method, model, cfg, files)
-    after = evaluate_run(model, tokenizer, plan, cfg, files, tag="after")
-    summary = _summary(
-        cfg, method, trainable, total, stats, before or {}, after, plan, files, accelerator
-    )
-    atomic_write_json(files.summary, summary)
-    shutil.rmtree(files.checkpoints, ignore_errors=True)
+    summary: dict[str, Any] = {}
+    if main:
+        save_adapter(method, model, cfg, files)
+        after = evaluate_run(model, tokenizer, plan, cfg, files, tag="after")
+        summary = _summary(
+            cfg, method, trainable, total, stats, before or {}, after, plan, files, accelerator
+        )
+        atomic_write_json(files.summary, summary)
+        shutil.rmtree(files.checkpoints, ignore_errors=True)
+    accelerator.wait_for_everyone()
     return TrainResult(files.root, summary)
 
 
@@ -266,19 +279,30 @@ def run_steps(
         elapsed = time.perf_counter() - started
         speed = seen_tokens / max(elapsed, 1e-9)
         reporter.update(done, {"loss": last_loss, "tokens_per_second": speed})
-        if done % cfg.train.log_every == 0 or done == total_steps:
+        main = accelerator.is_main_process  # only the main process writes
+        if main and (done % cfg.train.log_every == 0 or done == total_steps):
             loss = log_loss / max(log_tokens, 1)
             lr = scheduler.get_last_lr()[0]
             record = {"step": done, "loss": loss, "lr": lr, "tokens_per_second": speed}
             append_jsonl(files.metrics, record)
             log_loss, log_tokens = 0.0, 0
-        if cfg.train.eval_every and done % cfg.train.eval_every == 0 and done < total_steps:
+        if (
+            main
+            and cfg.train.eval_every
+            and done % cfg.train.eval_every == 0
+            and done < total_steps
+        ):
             eval_loss = _eval_loss(model, plan, device)
             append_jsonl(files.metrics, {"step": done, "eval_loss": eval_loss})
             model.train()
             if on_eval is not None:  # e.g. a search's pruner; its exceptions end the run
                 on_eval(done, eval_loss)
-        if cfg.train.save_every and done % cfg.train.save_every == 0 and done < total_steps:
+        if (
+            main
+            and cfg.train.save_every
+            and done % cfg.train.save_every == 0
+            and done < total_steps
+        ):
             save_checkpoint(files.checkpoints, done, accelerator.unwrap_model(model), optimizer,
                             scheduler, {"seen_tokens": seen_tokens})  # fmt: skip
         if on_step is not None:
