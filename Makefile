@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: install
-	$(VENV)/bin/tunelab train examples/demo.yaml
+	$(VENV)/bin/tunelab compare examples/demo-compare.yaml
 
 lint: install
 	$(VENV)/bin/ruff check tunelab tests benchmarks

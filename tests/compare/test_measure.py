@@ -1,0 +1,99 @@
+"""The forgetting probe, the inference timing, the wall-time budget (the loop stops
+gracefully on StopTraining) and the progress view."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import pytest
+from rich.console import Console
+
+from tunelab.compare.measure import forced_length, ms_per_token
+from tunelab.compare.probe import PROBE_TEXT, WINDOW, probe_batches, probe_perplexity
+from tunelab.compare.progress import CompareProgress
+from tunelab.compare.worker import QueueReporter
+from tunelab.config import load_config
+from tunelab.evaluate import generate
+from tunelab.loss import IGNORE
+from tunelab.models.tiny import random_model
+from tunelab.training.loop import StopTraining, train
+
+from .conftest import tiny_base
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return random_model("llama")
+
+
+def test_probe_is_general_prose_in_labelled_windows(tiny):
+    _, tokenizer = tiny
+    assert len(PROBE_TEXT.split()) > 300 and PROBE_TEXT.count("\n\n") >= 4
+    batches = probe_batches(tokenizer)
+    tokens = sum(int(b["attention_mask"].sum()) for b in batches)
+    assert tokens == len(tokenizer(PROBE_TEXT, add_special_tokens=False)["input_ids"])
+    for batch in batches:
+        assert batch["input_ids"].shape[1] <= WINDOW
+        assert bool(((batch["labels"] == IGNORE) == (batch["attention_mask"] == 0)).all())
+
+
+def test_probe_perplexity_is_finite(tiny):
+    model, tokenizer = tiny
+    assert (
+        math.isfinite(probe_perplexity(model, tokenizer)) and probe_perplexity(model, tokenizer) > 1
+    )
+
+
+def test_timing_forces_the_length_and_restores_the_config(tiny):
+    model, tokenizer = tiny
+    before = model.generation_config.min_new_tokens
+    with forced_length(model, 6):
+        (text,) = generate(model, tokenizer, ["hi"], max_new_tokens=6, batch_size=1)
+    assert len(tokenizer(text, add_special_tokens=False)["input_ids"]) == 6  # byte tokens
+    assert model.generation_config.min_new_tokens == before
+    assert ms_per_token(model, tokenizer, load_config({}), tokens=2, rounds=1) > 0
+
+
+def test_stop_training_ends_the_run_gracefully(tmp_path):
+    def stop_after_two(step: int) -> None:
+        if step == 2:
+            raise StopTraining
+
+    config = {**tiny_base(), "method": {"name": "lora"}, "output_dir": str(tmp_path / "run")}
+    config["train"] = {**config["train"], "max_steps": 50, "progress": False}
+    config["eval"] = {"metrics": ["loss"]}
+    result = train(config, on_step=stop_after_two)
+    assert result.summary["steps"] == 2
+    assert result.summary["after"]["loss"] > 0 and (result.run_dir / "adapter").is_dir()
+
+
+def test_budget_clock_starts_with_training():
+    events = []
+
+    class Events:
+        put = staticmethod(events.append)
+
+    reporter = QueueReporter(Events(), "lora", budget_seconds=1e-9)
+    reporter.check_budget(1)  # the clock has not started: no stop
+    reporter.start("lora", 10)
+    with pytest.raises(StopTraining):
+        reporter.check_budget(1)
+    reporter.update(5, {"loss": 1.5})
+    assert events[0] == ("start", "lora", 10, 0)
+    assert events[1] == ("update", "lora", 5, 1.0, 1.5)  # time spent: the whole budget
+
+
+def test_progress_view_follows_the_events():
+    console = Console(file=io.StringIO(), width=120, force_terminal=False)
+    with CompareProgress(2, console=console) as view:
+        view.begin("lora")
+        for event in [("start", "lora", 4, 0), ("update", "lora", 2, 0.5, 2.25),
+                      ("message", "lora", "evaluating"), ("finish", "lora")]:  # fmt: skip
+            view.handle(event)
+        view.end("lora", "finished")
+        view.begin("prompt")
+        view.end("prompt", "failed", "ValueError: bad")
+    output = console.file.getvalue()
+    assert "lora: finished" in output and "prompt: failed (ValueError: bad)" in output
+    assert view.finished == 2

@@ -1,0 +1,112 @@
+"""report.html for a comparison: the table with each criterion's winner highlighted, the
+Pareto-optimal methods named, and four charts embedded as PNG (loss curves of every method,
+quality vs trainable parameters on a log scale, quality vs training time, peak memory)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tunelab.compare.results import budget_text, pareto_sentences, table_cells
+from tunelab.io import read_jsonl
+from tunelab.report import html, plots
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+
+def loss_curves(results: dict[str, Any]) -> dict[str, list[tuple[float, float]]]:
+    """{method: [(step, training loss)]} from each run's metrics.jsonl; for a step logged
+    twice (a resumed run) the last record counts."""
+    curves = {}
+    for row in results["methods"]:
+        records = read_jsonl(Path(row["run_dir"]) / "metrics.jsonl")
+        by_step = {r["step"]: r["loss"] for r in records if "step" in r and "loss" in r}
+        curves[row["method"]] = sorted(by_step.items())
+    return curves
+
+
+def chart_figures(results: dict[str, Any]) -> list[str]:
+    """The four charts as embedded figures."""
+    quality = results["quality_metric"]
+    direction = "higher" if results["quality_higher_is_better"] else "lower"
+    axis = f"{quality} ({direction} is better)"
+    done = [row for row in results["methods"] if row["status"] == "finished"]
+    scored = [row for row in done if row.get("quality") is not None]
+    fronts = results["pareto"]
+    by_params = {r["method"]: (r["trainable_params"], r["quality"]) for r in scored}
+    by_time = {r["method"]: (r["train_seconds"], r["quality"]) for r in scored}
+    memory = {r["method"]: r["peak_memory_mb"] for r in done}
+    least_memory = results["best"].get("peak_memory_mb", [])
+    return [
+        html.image(
+            plots.line_chart(loss_curves(results), title="Training loss",
+                             xlabel="optimizer step", ylabel="loss (per token)"),
+            "Training loss of every method (same data, seed and budget)",
+        ),
+        html.image(
+            plots.scatter_chart(by_params, title=f"{quality} vs trainable parameters",
+                                xlabel="trainable parameters (log scale)", ylabel=axis,
+                                logx=True, highlight=fronts["quality_vs_trainable_params"],
+                                highlight_label="Pareto front"),
+            f"{quality} after training vs trainable parameters; red: Pareto-optimal",
+        ),
+        html.image(
+            plots.scatter_chart(by_time, title=f"{quality} vs training time",
+                                xlabel="training seconds", ylabel=axis,
+                                highlight=fronts["quality_vs_train_seconds"],
+                                highlight_label="Pareto front"),
+            f"{quality} after training vs training time; red: Pareto-optimal",
+        ),
+        html.image(
+            plots.bar_chart(memory, title="Peak memory", ylabel="MB", highlight=least_memory),
+            "Peak memory per method (its own process); red: least",
+        ),
+    ]  # fmt: skip
+
+
+def render_report(results: dict[str, Any], title: str = "tunelab comparison") -> str:
+    """The whole page as one self-contained HTML string."""
+    headers, cells, best = table_cells(results)
+    failed = {i for i, row in enumerate(results["methods"]) if row["status"] != "finished"}
+    base = results.get("base") or {}
+    notes = [
+        budget_text(results["budget"]),
+        f"Base model: {base.get('model', '?')}; probe perplexity "
+        f"{base.get('probe_perplexity', float('nan')):.4g}, "
+        f"{base.get('inference_ms_per_token', float('nan')):.2f} ms per generated token.",
+        "Highlighted: the best value of each column. Forgetting: change of perplexity on a "
+        "built-in general-English probe against the base model (lower is better).",
+    ]
+    return html.page(
+        title,
+        [
+            html.paragraph(" ".join(notes), note=True),
+            html.heading("Results"),
+            html.table(headers, cells, best=best, failed_rows=failed),
+            html.heading("Pareto-optimal methods"),
+            html.bullet_list(pareto_sentences(results)),
+            html.heading("Charts"),
+            html.charts(chart_figures(results)),
+        ],
+    )
+
+
+def rich_table(results: dict[str, Any]) -> Table:
+    """The same table for the terminal: best cells in bold green; a failed method's row says
+    `failed` and its error goes in the caption, so one long message cannot stretch the rows."""
+    from rich import box
+    from rich.markup import escape
+    from rich.table import Table
+
+    headers, cells, best = table_cells(results)
+    errors = [f"{r['method']}: {r.get('error')}" for r in results["methods"] if r.get("error")]
+    table = Table(title=f"quality: {results['quality_metric']}", box=box.SIMPLE_HEAD,
+                  caption="\n".join(errors) or None, caption_justify="left")  # fmt: skip
+    for index, header in enumerate(headers):
+        table.add_column(header, justify="left" if index < 2 else "right")
+    for index, row in enumerate(cells):
+        row = [row[0], "failed" if row[1].startswith("failed") else row[1], *row[2:]]
+        table.add_row(*(f"[bold green]{escape(text)}[/]" if (index, col) in best else escape(text)
+                        for col, text in enumerate(row)))  # fmt: skip
+    return table

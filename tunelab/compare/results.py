@@ -1,0 +1,192 @@
+"""The comparison's results: one row per method (from its run directory), the best method
+per criterion, the Pareto fronts; written as `results.json` and `results.md`.
+
+A row holds the five trade-offs and more: trainable parameters (count, %), artifact size,
+training seconds and tokens/s, peak memory, quality before/after (every configured metric),
+forgetting (probe perplexity change against the base model) and inference cost (ms per
+generated token, unmerged and merged). A failed method's row has `status: failed` and its
+`error`, and no numbers.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tunelab.compare.ranking import best_by, pareto_front
+from tunelab.compare.worker import MEASUREMENTS
+
+SUMMARY_FIELDS = (
+    "trainable_params", "total_params", "trainable_percent", "adapter_bytes", "steps",
+    "train_seconds", "train_tokens_per_second", "peak_memory_mb", "final_train_loss", "lr",
+    "before", "after",
+)  # fmt: skip
+MEASURED_FIELDS = ("probe_perplexity", "inference_ms_per_token", "merged_inference_ms_per_token")
+
+
+@dataclass(frozen=True)
+class Criterion:
+    """A column of the table that has a winner."""
+
+    key: str  # field of a result row
+    label: str
+    higher_is_better: bool
+    show: Callable[[dict[str, Any]], str]
+
+
+def criteria(quality: str, higher_is_better: bool) -> list[Criterion]:
+    """The ranked columns, in table order."""
+    return [
+        Criterion("quality", f"{quality} before→after", higher_is_better, _show_quality),
+        Criterion("trainable_params", "trainable", False, _show_trainable),
+        Criterion("adapter_bytes", "artifact", False, lambda r: human_bytes(r["adapter_bytes"])),
+        Criterion("train_seconds", "train s", False, lambda r: f"{r['train_seconds']:.1f}"),
+        Criterion(
+            "train_tokens_per_second",
+            "tokens/s",
+            True,
+            lambda r: f"{r['train_tokens_per_second']:,.0f}",
+        ),  # fmt: skip
+        Criterion("peak_memory_mb", "peak MB", False, lambda r: f"{r['peak_memory_mb']:,.0f}"),
+        Criterion("forgetting_percent", "forgetting", False, _show_forgetting),
+        Criterion(
+            "inference_ms_per_token",
+            "ms/tok",
+            False,
+            lambda r: _number(r["inference_ms_per_token"], "{:.2f}"),
+        ),  # fmt: skip
+        Criterion(
+            "merged_inference_ms_per_token",
+            "ms/tok merged",
+            False,
+            lambda r: _number(r["merged_inference_ms_per_token"], "{:.2f}"),
+        ),  # fmt: skip
+    ]
+
+
+def method_row(name: str, run_dir: Path, outcome: dict[str, Any], quality: str, base: dict):
+    """One method's result row from its run directory (`outcome`: status, error, skipped)."""
+    row: dict[str, Any] = {"method": name, "run_dir": str(run_dir), **outcome}
+    if outcome["status"] != "finished":
+        return row
+    summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+    measured = json.loads((run_dir / MEASUREMENTS).read_text(encoding="utf-8"))
+    row.update({key: summary.get(key) for key in SUMMARY_FIELDS})
+    row.update({key: measured.get(key) for key in MEASURED_FIELDS})
+    row["quality_before"] = summary["before"].get(quality)
+    row["quality"] = summary["after"].get(quality)
+    base_ppl = base.get("probe_perplexity")
+    if base_ppl:
+        row["forgetting"] = row["probe_perplexity"] - base_ppl
+        row["forgetting_percent"] = 100.0 * row["forgetting"] / base_ppl
+    return row
+
+
+def build_results(rows: list[dict], *, quality: str, higher_is_better: bool, base: dict,
+                  budget: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+    """The whole results document: rows, winners per criterion, Pareto fronts."""
+    done = [row for row in rows if row["status"] == "finished"]
+    best = {
+        c.key: best_by(
+            {r["method"]: r.get(c.key) for r in done}, higher_is_better=c.higher_is_better
+        )
+        for c in criteria(quality, higher_is_better)
+    }
+    fronts = {
+        "quality_vs_trainable_params": _front(done, "trainable_params", higher_is_better),
+        "quality_vs_train_seconds": _front(done, "train_seconds", higher_is_better),
+    }
+    return {
+        "quality_metric": quality,
+        "quality_higher_is_better": higher_is_better,
+        "budget": budget,
+        "base": base,
+        "methods": rows,
+        "best": best,
+        "pareto": fronts,
+    }
+
+
+def _front(rows: list[dict], cost: str, higher_is_better: bool) -> list[str]:
+    points = {row["method"]: (row.get(cost), row.get("quality")) for row in rows}
+    return pareto_front(points, higher_is_better=higher_is_better)
+
+
+def table_cells(results: dict[str, Any]) -> tuple[list[str], list[list[str]], set[tuple]]:
+    """(headers, rows of text, {(row, column) of each best cell}) shared by every renderer."""
+    ranked = criteria(results["quality_metric"], results["quality_higher_is_better"])
+    headers = ["method", "status", *(c.label for c in ranked)]
+    cells, best = [], set()
+    for index, row in enumerate(results["methods"]):
+        if row["status"] != "finished":
+            cells.append([row["method"], f"failed: {row.get('error', '')}"] + [""] * len(ranked))
+            continue
+        status = "done earlier" if row.get("skipped") else "done"
+        cells.append([row["method"], status, *(c.show(row) for c in ranked)])
+        for column, criterion in enumerate(ranked, start=2):
+            if row["method"] in results["best"].get(criterion.key, []):
+                best.add((index, column))
+    return headers, cells, best
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """results.md: the table (best cells in bold), the Pareto fronts, the errors."""
+    headers, cells, best = table_cells(results)
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    for index, row in enumerate(cells):
+        shown = [f"**{text}**" if (index, col) in best else text for col, text in enumerate(row)]
+        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in shown) + " |")
+    lines += ["", "Best in bold. " + budget_text(results["budget"]), ""]
+    lines += [f"- {sentence}" for sentence in pareto_sentences(results)]
+    return "# Comparison\n\n" + "\n".join(lines) + "\n"
+
+
+def pareto_sentences(results: dict[str, Any]) -> list[str]:
+    quality = results["quality_metric"]
+    names = {"quality_vs_trainable_params": "trainable parameters",
+             "quality_vs_train_seconds": "training time"}  # fmt: skip
+    return [
+        f"Pareto-optimal for {quality} vs {names[key]}: {', '.join(front) or 'none'}"
+        for key, front in results["pareto"].items()
+    ]
+
+
+def budget_text(budget: dict[str, Any]) -> str:
+    parts = []
+    if budget.get("steps"):
+        parts.append(f"{budget['steps']} optimizer steps")
+    if budget.get("seconds"):
+        parts.append(f"{budget['seconds']:g} s of training")
+    return "Budget per method: " + (" or ".join(parts) or "the base config's steps") + "."
+
+
+def human_bytes(count: int | None) -> str:
+    if count is None:
+        return "-"
+    size = float(count)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:,.0f} {unit}" if unit == "B" else f"{size:,.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GB"
+
+
+def _number(value: float | None, pattern: str) -> str:
+    return "-" if value is None else pattern.format(value)
+
+
+def _show_quality(row: dict[str, Any]) -> str:
+    return f"{_number(row.get('quality_before'), '{:.4g}')} → {_number(row['quality'], '{:.4g}')}"
+
+
+def _show_trainable(row: dict[str, Any]) -> str:
+    return f"{row['trainable_params']:,} ({row['trainable_percent']:.3g}%)"
+
+
+def _show_forgetting(row: dict[str, Any]) -> str:
+    if row.get("forgetting_percent") is None:
+        return _number(row.get("probe_perplexity"), "{:.4g}")
+    return f"{row['forgetting_percent']:+.1f}% ({row['probe_perplexity']:.4g})"
