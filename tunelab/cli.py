@@ -105,7 +105,7 @@ def generate(
     """Generate from a fine-tuned run, or from several adapters on one loaded base."""
     from tunelab.serve.adapters import AdapterSet
 
-    prompts = [p.encode("utf-8").decode("unicode_escape") if "\\n" in p else p for p in prompt]
+    prompts = [p.replace("\\n", "\n").replace("\\t", "\t") for p in prompt]  # shell-typed escapes
     adapters = dict(_pair(item) for item in adapter or [])
     if run is not None:
         adapters.setdefault(run.name, str(run))
