@@ -103,6 +103,17 @@ class EvalConfig(Section):
     max_new_tokens: int = Field(64, gt=0)
     batch_size: int = Field(16, gt=0)
     max_examples: int | None = Field(None, gt=0, description="cap for generation metrics")
+    repetition_penalty: float = Field(1.0, ge=1.0, description="generation: >1 discourages repeats")
+    no_repeat_ngram_size: int = Field(0, ge=0, description="generation: never repeat an n-gram")
+
+    def decoding(self) -> dict[str, Any]:
+        """Decoding options for `generate`, only those that differ from plain greedy."""
+        options: dict[str, Any] = {}
+        if self.repetition_penalty != 1.0:
+            options["repetition_penalty"] = self.repetition_penalty
+        if self.no_repeat_ngram_size:
+            options["no_repeat_ngram_size"] = self.no_repeat_ngram_size
+        return options
 
     @field_validator("metrics")
     @classmethod

@@ -112,3 +112,28 @@ def test_progress_bar_changes_nothing(tiny):
     quiet = generate(model, tokenizer, PROMPTS[:3], max_new_tokens=3, batch_size=2)
     shown = generate(model, tokenizer, PROMPTS[:3], max_new_tokens=3, batch_size=2, progress=True)
     assert shown == quiet
+
+
+def test_decoding_options_reach_generate(monkeypatch):
+    """`no_repeat_ngram_size` and `repetition_penalty` are passed to the model's generate."""
+    from tunelab.evaluate import generate
+    from tunelab.models.tiny import random_model
+
+    model, tokenizer = random_model("llama", seed=0)
+    seen, produced = {}, []
+    original = type(model).generate
+
+    def spy(self, *args, **kwargs):
+        seen.update(kwargs)
+        tokens = original(self, *args, **kwargs)
+        produced.extend(tokens[:, kwargs["input_ids"].shape[1] :].tolist())
+        return tokens
+
+    monkeypatch.setattr(type(model), "generate", spy)
+    generate(model, tokenizer, ["abc", "de"], max_new_tokens=12, batch_size=2,
+             no_repeat_ngram_size=2, repetition_penalty=1.3)  # fmt: skip
+    assert seen["no_repeat_ngram_size"] == 2 and seen["repetition_penalty"] == 1.3
+    for row in produced:  # the default tiny model repeats itself; here no bigram comes twice
+        row = [t for t in row if t != tokenizer.pad_token_id]
+        pairs = list(zip(row, row[1:], strict=False))
+        assert len(pairs) == len(set(pairs))

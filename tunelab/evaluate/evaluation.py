@@ -35,6 +35,7 @@ def evaluate(
     batch_size: int,
     max_examples: int | None = None,
     progress: bool = False,
+    decoding: dict | None = None,
 ) -> dict[str, float]:
     """{metric name: value} for the requested metrics (see the module docstring)."""
     scores, _ = evaluate_with_predictions(
@@ -47,6 +48,7 @@ def evaluate(
         batch_size=batch_size,
         max_examples=max_examples,
         progress=progress,
+        decoding=decoding,
     )
     return scores
 
@@ -62,6 +64,7 @@ def evaluate_with_predictions(
     batch_size: int,
     max_examples: int | None = None,
     progress: bool = False,
+    decoding: dict | None = None,
 ) -> tuple[dict[str, float], list[dict[str, str]]]:
     """(scores, samples): samples are {"prompt", "reference", "prediction"} per generated example.
 
@@ -89,6 +92,7 @@ def evaluate_with_predictions(
             max_new_tokens=max_new_tokens,
             batch_size=batch_size,
             progress=progress,
+            **(decoding or {}),
         )
         scores.update({name: score_predictions(name, predictions, chosen) for name in generative})
         samples = [

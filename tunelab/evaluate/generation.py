@@ -38,12 +38,14 @@ def generate(
     batch_size: int,
     do_sample: bool = False,
     progress: bool = False,
+    **decoding,
 ) -> list[str]:
     """The model's continuation of each prompt, decoded without special tokens and stripped.
 
     Generation stops at EOS (the tokenizer's and the model's generation config's) or after
-    `max_new_tokens`. The model is in eval mode under `torch.inference_mode()` for the call;
-    each module's training flag is restored afterwards.
+    `max_new_tokens`. `decoding` passes options such as `repetition_penalty` or
+    `no_repeat_ngram_size` on to `generate`. The model is in eval mode under
+    `torch.inference_mode()` for the call; each module's training flag is restored afterwards.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -58,9 +60,8 @@ def generate(
         for chosen in _batches(lengths, batch_size):
             batch = _left_pad([encoded[index] for index in chosen], pad_id)
             batch = {name: tensor.to(device) for name, tensor in batch.items()}
-            tokens = _generate_batch(
-                model, batch, max_new_tokens, do_sample, stop_ids, pad_id, prompt_learning
-            )  # (B, T + new)
+            options = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, **decoding)
+            tokens = _generate_batch(model, batch, options, stop_ids, pad_id, prompt_learning)
             new_tokens = tokens[:, batch["input_ids"].shape[1] :]  # (B, new)
             for index, row in zip(chosen, new_tokens.tolist(), strict=True):
                 outputs[index] = _decode(tokenizer, row, stop_ids)
@@ -116,8 +117,7 @@ def _left_pad(rows: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
 def _generate_batch(
     model: nn.Module,
     batch: dict[str, torch.Tensor],
-    max_new_tokens: int,
-    do_sample: bool,
+    options: dict,
     stop_ids: list[int],
     pad_id: int,
     prompt_learning: bool,
@@ -125,17 +125,12 @@ def _generate_batch(
     """(B, T + new) tokens: prompt then continuation, padded after a row stops."""
     if prompt_learning:
         return generate_tokens(
-            model, batch["input_ids"], batch["attention_mask"], max_new_tokens=max_new_tokens,
-            eos_ids=stop_ids, pad_id=pad_id, do_sample=do_sample,
+            model, batch["input_ids"], batch["attention_mask"], eos_ids=stop_ids, pad_id=pad_id,
+            **options,
         )  # fmt: skip
     return model.generate(
-        **batch,
-        max_new_tokens=max_new_tokens,
-        do_sample=do_sample,
-        use_cache=True,
-        eos_token_id=stop_ids,
-        pad_token_id=pad_id,
-    )
+        **batch, **options, use_cache=True, eos_token_id=stop_ids, pad_token_id=pad_id
+    )  # (B, T + new)
 
 
 def _decode(tokenizer, new_tokens: list[int], stop_ids: list[int]) -> str:

@@ -40,6 +40,7 @@ def generate_tokens(
     eos_ids: list[int],
     pad_id: int,
     do_sample: bool = False,
+    **decoding,
 ) -> torch.Tensor:
     """(B, T + new) tokens: the left-padded prompt (B, T) then its continuation, padded with
     `pad_id` after a row stops; decoded with the KV cache from a prompt-learning PeftModel."""
@@ -56,6 +57,7 @@ def generate_tokens(
         "use_cache": True,
         "eos_token_id": eos_ids,
         "pad_token_id": pad_id,
+        **decoding,
     }
     if config.peft_type == PeftType.PREFIX_TUNING:
         prefix = model.get_prompt(batch)  # DynamicCache: per layer (B, heads, V, head_dim)

@@ -14,7 +14,7 @@ tensor moves, and each view computes exactly what a fresh `load_run` of its run 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -40,6 +40,7 @@ class Served:
     model: nn.Module
     data: DataConfig  # how the run rendered prompts (template, system prompt)
     run_dir: Path
+    decoding: dict = field(default_factory=dict)  # the run's eval decoding options
 
 
 class AdapterSet:
@@ -92,7 +93,7 @@ class AdapterSet:
         else:
             give_own_copies(view, written_names(adapter, view))
             model = method.load(view, cfg.method, adapter)
-        self.runs[name] = Served(model.eval(), cfg.data, Path(run_dir))
+        self.runs[name] = Served(model.eval(), cfg.data, Path(run_dir), cfg.eval.decoding())
         if len(self.runs) == 1:
             self.active = name
 
@@ -108,11 +109,13 @@ class AdapterSet:
     ) -> list[str]:
         """Continuations from the active model; prompts go through the run's template unless
         `raw` (the base uses the default template)."""
-        data = self.runs[self.active].data if self.active else DataConfig()
+        config = self.runs[self.active] if self.active else None
+        data = config.data if config else DataConfig()
+        decoding = config.decoding if config else {}
         rendered = prompts if raw else [render_prompt(p, self.tokenizer, data) for p in prompts]
         return generate(
             self.model, self.tokenizer, rendered, max_new_tokens=max_new_tokens,
-            batch_size=batch_size,
+            batch_size=batch_size, **decoding,
         )  # fmt: skip
 
 

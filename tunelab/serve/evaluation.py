@@ -39,7 +39,7 @@ def evaluate_saved_run(
     scores = evaluate(
         model, tokenizer, examples, eval_cfg.metrics, loss_batches=batches,
         max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size,
-        max_examples=eval_cfg.max_examples,
+        max_examples=eval_cfg.max_examples, decoding=cfg.eval.decoding(),
     )  # fmt: skip
     atomic_write_json(
         Path(run_dir) / "eval.json", {"data": data_cfg.eval or "eval split", **scores}

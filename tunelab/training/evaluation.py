@@ -22,6 +22,7 @@ def evaluate_run(model, tokenizer, plan, cfg, files, *, tag: str) -> dict[str, A
         max_new_tokens=cfg.eval.max_new_tokens,
         batch_size=cfg.eval.batch_size,
         max_examples=cfg.eval.max_examples,
+        decoding=cfg.eval.decoding(),
     )
     if samples:
         import json
