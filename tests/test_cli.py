@@ -16,8 +16,12 @@ runner = CliRunner()
 def write_config(path, **changes):
     config = {
         "model": {"name": "random:llama"},
-        "data": {"train": "builtin:add", "eval": "builtin:add", "builtin_size": 32,
-                 "max_eval_examples": 4},  # fmt: skip
+        "data": {
+            "train": "builtin:add",
+            "eval": "builtin:add",
+            "builtin_size": 32,
+            "max_eval_examples": 4,
+        },  # fmt: skip
         "method": {"name": "lora"},
         "train": {"max_steps": 2, "batch_size": 4, "progress": False},
         "eval": {"metrics": ["loss", "exact_match"], "max_new_tokens": 4, "before": False},
@@ -53,7 +57,12 @@ def test_missing_field_is_reported(tmp_path):
     data.write_text('{"inputs": "a", "targets": "b"}\n{"inputs": "c"}\n')
     config = write_config(
         tmp_path / "c.yaml",
-        data={"train": str(data), "eval": None, "prompt_field": "inputs", "response_field": "targets"},
+        data={
+            "train": str(data),
+            "eval": None,
+            "prompt_field": "inputs",
+            "response_field": "targets",
+        },  # fmt: skip
     )
     result = runner.invoke(app, ["train", str(config)])
     assert result.exit_code == 2

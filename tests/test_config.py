@@ -15,7 +15,8 @@ def test_defaults_validate():
 
 
 def test_overrides_are_typed():
-    cfg = load_config({}, ["method.r=16", "train.lr=1e-4", "data.packing=false", "eval.metrics=[bleu]"])
+    overrides = ["method.r=16", "train.lr=1e-4", "data.packing=false", "eval.metrics=[bleu]"]
+    cfg = load_config({}, overrides)
     assert cfg.method.r == 16
     assert cfg.train.lr == pytest.approx(1e-4)
     assert cfg.data.packing is False
