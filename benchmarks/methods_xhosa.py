@@ -53,8 +53,9 @@ def main() -> int:
                "after": summary["after"]["loss"], "seconds": time.perf_counter() - started,
                "trainable_percent": summary["trainable_percent"]}  # fmt: skip
         rows.append(row)
-        print(f"{name:11s} dev loss {row['before']:.3f} -> {row['after']:.3f}"
-              f"  ({row['trainable_percent']:.3f}% trainable, {row['seconds']:.0f} s)", flush=True)  # fmt: skip
+        share, seconds = row["trainable_percent"], row["seconds"]
+        line = f"{name:11s} dev loss {row['before']:.3f} -> {row['after']:.3f}"
+        print(f"{line}  ({share:.3f}% trainable, {seconds:.0f} s)", flush=True)
     lowered = sum(row["after"] < row["before"] for row in rows)
     (ROOT / "benchmarks" / "methods_xhosa.json").write_text(json.dumps(rows, indent=2) + "\n")
     print(f"lowered={lowered}/{len(rows)}")
