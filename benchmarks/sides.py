@@ -1,0 +1,342 @@
+"""The two sides of the throughput benchmark, each run in its own process by throughput.py.
+
+Both sides train the same model on the same tokenised examples (tunelab's data pipeline builds
+them once per side, deterministically), one epoch over steps × batch_size examples, with AdamW,
+the same learning rate, a linear decay to 0 over the same number of optimizer steps, gradient
+clipping at 1.0 and no weight decay; then both are scored by `eval_loss` below.
+
+- reference: transformers `Trainer` + PEFT `get_peft_model`, as their documentation shows it:
+  `DataCollatorForSeq2Seq` pads each random batch of batch_size examples (labels -100 on the
+  prompt and the padding), no packing, random batches (`train_sampling_strategy="random"`, the old
+  `group_by_length=False`).
+- tunelab: the building blocks of `tunelab.training.loop.train` (method.apply, AdamW over the
+  method's parameter groups, the schedule, `run_steps` inside `packed_attention`), so what is
+  measured is what `tunelab train` runs. Packed rows get a token budget chosen so that one
+  epoch is exactly `steps` rows, i.e. as many optimizer steps as the reference.
+
+A side prints one JSON line: seconds, tokens, peak RSS, eval loss, parameter counts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import resource
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from tunelab.config import DataConfig, ModelConfig, RunConfig
+from tunelab.data import Tokenized, build_datasets, tokenize_examples
+from tunelab.data.batching import pack_rows, padded_batch
+
+IGNORE = -100
+EVAL_BATCH = 8
+
+
+@dataclass
+class Workload:
+    train: list[Tokenized]
+    eval: list[Tokenized]
+
+    @property
+    def real_tokens(self) -> int:
+        return sum(len(item) for item in self.train)
+
+
+def data_config(args: argparse.Namespace) -> DataConfig:
+    return DataConfig(
+        train=args.data,
+        format="pairs",
+        prompt_field=args.prompt_field,
+        response_field=args.response_field,
+        max_length=args.max_length,
+        eval_fraction=0.1,
+        seed=args.seed,
+        packing=True,
+    )
+
+
+def build_workload(args: argparse.Namespace, tokenizer) -> Workload:
+    """steps × batch_size training examples and eval_examples held-out ones, tokenised."""
+    cfg = data_config(args)
+    datasets = build_datasets(cfg, tokenizer)
+    train = tokenize_examples(datasets.train, tokenizer, cfg)
+    held_out = tokenize_examples(datasets.eval[: args.eval_examples], tokenizer, cfg)
+    if args.fixed_length:
+        train = [fixed for item in train if (fixed := cut(item, args.fixed_length)) is not None]
+    need = args.steps * args.batch_size
+    if len(train) < need:
+        sys.exit(f"{args.data}: {len(train)} usable examples, the run needs {need}")
+    return Workload(train=train[:need], eval=held_out)
+
+
+def cut(item: Tokenized, length: int) -> Tokenized | None:
+    """The first `length` tokens of an example at least that long that still has a label."""
+    if len(item) < length or all(label == IGNORE for label in item.labels[1:length]):
+        return None
+    return Tokenized(item.input_ids[:length], item.labels[:length], item.source)
+
+
+@torch.inference_mode()
+def eval_loss(model, items: list[Tokenized], pad_id: int) -> float:
+    """Mean token cross-entropy on `items`: right-padded batches with an attention mask and
+    plain full logits, computed the same way for both sides."""
+    model.eval()
+    total, count = 0.0, 0
+    for start in range(0, len(items), EVAL_BATCH):
+        batch = padded_batch(items[start : start + EVAL_BATCH], pad_id)
+        out = model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
+        )
+        logits = out.logits[:, :-1].float()  # (B, T-1, V)
+        targets = batch["labels"][:, 1:]  # (B, T-1)
+        total += float(
+            F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=IGNORE, reduction="sum")
+        )
+        count += int((targets != IGNORE).sum())
+    return total / max(count, 1)
+
+
+# ---------------------------------------------------------------- memory
+
+
+def reset_peak_rss() -> None:
+    """Start a new peak-RSS window (Linux: writing 5 to clear_refs resets VmHWM)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass  # the window then covers the whole process, which only overstates both sides
+
+
+def peak_rss_mb() -> float:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def matmul_params(model) -> tuple[int, int]:
+    """(weights of every linear layer incl. the head, the trainable ones among them)."""
+    total = trainable = 0
+    for module in model.modules():
+        weight = getattr(module, "weight", None)
+        if isinstance(module, torch.nn.Linear) or type(module).__name__ == "Conv1D":
+            total += weight.numel()
+            trainable += weight.numel() if weight.requires_grad else 0
+    return total, trainable
+
+
+@dataclass
+class Trained:
+    """What a side hands back after training: the model and how the training went."""
+
+    model: torch.nn.Module
+    pad_id: int
+    work: Workload
+    seconds: float  # wall clock, optimizer creation to the last step
+    cpu_seconds: float  # CPU time of the process over the same span (all threads)
+    steps: int
+    extra: dict
+
+
+def figures(trained: Trained) -> dict:
+    """The side's JSON record: speed, peak memory of the training window, eval loss."""
+    peak = peak_rss_mb()  # first: the evaluation below must not count
+    n_matmul, n_trainable = matmul_params(trained.model)
+    return {
+        "seconds": trained.seconds,
+        "cpu_seconds": trained.cpu_seconds,
+        "steps": trained.steps,
+        "tokens": trained.work.real_tokens,
+        "examples": len(trained.work.train),
+        "peak_rss_mb": peak,
+        "eval_loss": eval_loss(trained.model, trained.work.eval, trained.pad_id),
+        "matmul_params": n_matmul,
+        "trainable_matmul_params": n_trainable,
+        **trained.extra,
+    }
+
+
+class Clock:
+    """Wall and CPU time since construction."""
+
+    def __init__(self) -> None:
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+
+    def read(self) -> tuple[float, float]:
+        return time.perf_counter() - self.wall, time.process_time() - self.cpu
+
+
+# ---------------------------------------------------------------- reference
+
+
+def reference_model(name: str, seed: int):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tunelab.models import random_model, resolve_model_dir
+
+    if name.startswith("random:"):
+        return random_model(name.removeprefix("random:"), seed)
+    folder = resolve_model_dir(name)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def run_reference(args: argparse.Namespace) -> Trained:
+    from peft import LoraConfig, get_peft_model
+    from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
+
+    from tunelab.methods.peft_base import resolve_targets
+
+    model, tokenizer = reference_model(args.model, args.seed)
+    work = build_workload(args, tokenizer)
+    if args.method == "lora":
+        config = LoraConfig(
+            task_type="CAUSAL_LM",
+            r=8,
+            lora_alpha=16,
+            lora_dropout=0.0,
+            target_modules=resolve_targets(model, "all"),  # q,k,v,o,gate,up,down for llama
+        )
+        model = get_peft_model(model, config)
+    rows = [
+        {"input_ids": it.input_ids, "attention_mask": [1] * len(it), "labels": it.labels}
+        for it in work.train
+    ]
+    with tempfile.TemporaryDirectory() as scratch:
+        training = TrainingArguments(
+            output_dir=scratch,
+            per_device_train_batch_size=args.batch_size,
+            num_train_epochs=1,
+            learning_rate=args.lr,
+            lr_scheduler_type="linear",
+            warmup_steps=0,
+            weight_decay=0.0,
+            max_grad_norm=1.0,
+            optim="adamw_torch",
+            train_sampling_strategy="random",  # no length grouping (group_by_length=False)
+            logging_strategy="no",
+            save_strategy="no",
+            report_to="none",
+            use_cpu=True,
+            dataloader_num_workers=0,
+            seed=args.seed,
+            disable_tqdm=True,
+        )
+        collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE)
+        trainer = Trainer(model=model, args=training, train_dataset=rows, data_collator=collator)
+        reset_peak_rss()
+        clock = Clock()
+        trainer.train()
+        seconds, cpu = clock.read()
+    return Trained(model, tokenizer.pad_token_id, work, seconds, cpu, trainer.state.global_step, {})
+
+
+# ---------------------------------------------------------------- tunelab
+
+
+def tunelab_config(args: argparse.Namespace, tokens_per_batch: int | None) -> RunConfig:
+    return RunConfig(
+        model=ModelConfig(name=args.model, seed=args.seed),
+        data=data_config(args),
+        method={"name": args.method},
+        train={
+            "lr": args.lr,
+            "batch_size": args.batch_size,
+            "tokens_per_batch": tokens_per_batch,
+            "epochs": 1,
+            "schedule": "linear",
+            "max_grad_norm": 1.0,
+            "weight_decay": 0.0,
+            "seed": args.seed,
+            "precision": "fp32",
+            "device": "cpu",
+            "num_threads": args.threads,
+            "progress": False,
+            "log_every": 10**6,
+            "gradient_checkpointing": args.checkpointing,
+        },
+        eval={"before": False},
+    )
+
+
+def rows_budget(items: list[Tokenized], steps: int, seed: int) -> int:
+    """The smallest token budget per packed row that packs one epoch into <= steps rows."""
+    low, high = max(len(item) for item in items), sum(len(item) for item in items)
+    while low < high:
+        middle = (low + high) // 2
+        rows = pack_rows(items, middle, random.Random(f"{seed}:0"))
+        low, high = (low, middle) if len(rows) <= steps else (middle + 1, high)
+    return low
+
+
+def run_tunelab(args: argparse.Namespace) -> Trained:
+    from tunelab.methods import MethodContext, get_method
+    from tunelab.methods.base import count_parameters
+    from tunelab.models import arch_of, load_model_and_tokenizer
+    from tunelab.run import RunFiles
+    from tunelab.training.fastpath import fast_paths
+    from tunelab.training.loop import Plan, make_accelerator, run_steps, seed_everything
+    from tunelab.training.progress import SilentReporter
+    from tunelab.training.schedules import build_scheduler
+
+    cfg = tunelab_config(args, None)
+    accelerator = make_accelerator(cfg)
+    model, tokenizer = load_model_and_tokenizer(cfg.model)
+    work = build_workload(args, tokenizer)
+    method = get_method(cfg.method.name)
+    packing = method.supports_packing and arch_of(model).supports_packing
+    if packing:
+        cfg = tunelab_config(args, rows_budget(work.train, args.steps, args.seed))
+    plan = Plan(work.train, [], [], packing, args.steps, args.steps)
+    seed_everything(cfg.train.seed)
+    model = method.apply(model, cfg.method, MethodContext(total_steps=args.steps))
+    if cfg.train.gradient_checkpointing:
+        from tunelab.training.loop import _enable_checkpointing
+
+        _enable_checkpointing(model)
+    trainable, _ = count_parameters(model)
+    share = not args.no_shared_prefix
+    reset_peak_rss()
+    clock = Clock()
+    optimizer = torch.optim.AdamW(
+        method.param_groups(model, cfg.method, args.lr, 0.0), lr=args.lr, betas=cfg.train.betas
+    )
+    scheduler = build_scheduler(optimizer, cfg.train, plan.total_steps)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    with tempfile.TemporaryDirectory() as scratch, fast_paths(model, packing, share):
+        stats = run_steps(
+            model, optimizer, scheduler, method, plan, cfg, RunFiles(Path(scratch)),
+            accelerator, tokenizer, SilentReporter(), 0, None,
+        )  # fmt: skip
+    seconds, cpu = clock.read()
+    extra = {"tokens_per_row": cfg.train.tokens_per_batch, "trainable_params": trainable}
+    model = accelerator.unwrap_model(model)
+    return Trained(model, tokenizer.pad_token_id, work, seconds, cpu, stats["steps"], extra)
+
+
+SIDES = {"reference": run_reference, "tunelab": run_tunelab}
+
+
+def run_side(args: argparse.Namespace) -> None:
+    """Entry point of a side's process: print its figures as one JSON line."""
+    from tunelab.methods import get_method
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    args.lr = args.lr or get_method(args.method).default_lr
+    result = {**figures(SIDES[args.side](args)), "lr": args.lr}
+    print(json.dumps(result), flush=True)

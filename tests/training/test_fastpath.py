@@ -1,0 +1,140 @@
+"""Fast paths change the work, never the results: packed attention gives each example's own
+logits, a shared prompt prefix stored once gives the same loss and gradients, fused LoRA gives
+PEFT's, and leaving the block restores the model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+
+from tunelab.data.batching import packed_batch, padded_batch
+from tunelab.data.types import Tokenized
+from tunelab.loss import IGNORE, token_loss_sum
+from tunelab.methods.peft_base import resolve_targets
+from tunelab.models.tiny import random_model
+from tunelab.training.fastpath import fast_paths
+from tunelab.training.packed import MIN_SHARED, SHARED_SDPA, share_prefix
+
+PACKING_ARCHS = ("llama", "qwen2", "gemma")
+
+
+def rows(lengths: list[int], seed: int = 0, prefix: int = 0) -> list[Tokenized]:
+    """Examples whose first half is an unlabelled prompt; the first `prefix` tokens (a system
+    prompt) are the same in all of them."""
+    generator = torch.Generator().manual_seed(seed)
+    opening = torch.randint(0, 256, (prefix,), generator=generator).tolist()
+    items = []
+    for length in lengths:
+        ids = opening + torch.randint(0, 256, (length,), generator=generator).tolist()
+        cut = prefix + length // 2
+        items.append(Tokenized(ids, [IGNORE] * cut + ids[cut:]))
+    return items
+
+
+def with_lora(arch: str):
+    model, _ = random_model(arch, seed=0)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=resolve_targets(model, "all"))
+    model = get_peft_model(model.eval(), config)
+    for name, param in model.named_parameters():
+        if "lora_B" in name:  # zero at init: make the adapter matter
+            torch.nn.init.normal_(param, std=0.2, generator=torch.Generator().manual_seed(1))
+    return model
+
+
+def loss_and_gradients(model, batch, fast: bool):
+    model.zero_grad(set_to_none=True)
+    if fast:
+        with fast_paths(model, packing="position_ids" in batch):
+            loss, _ = token_loss_sum(model, batch)
+            loss.backward()
+    else:
+        loss, _ = token_loss_sum(model, batch)
+        loss.backward()
+    grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    return loss.detach(), grads
+
+
+@pytest.mark.parametrize("arch", PACKING_ARCHS)
+@pytest.mark.parametrize("lengths", [[5, 9, 3, 12], [6, 6, 6]], ids=["mixed", "equal"])
+def test_packed_row_logits_equal_each_example_alone(arch, lengths):
+    model, _ = random_model(arch, seed=0)
+    model.eval()
+    batch = packed_batch(rows(lengths))
+    with torch.no_grad(), fast_paths(model, packing=True):
+        assert model.config._attn_implementation == SHARED_SDPA
+        packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
+                       use_cache=False).logits[0]  # fmt: skip
+    assert model.config._attn_implementation == "sdpa"
+    start = 0
+    for item in rows(lengths):
+        with torch.no_grad():
+            alone = model(input_ids=torch.tensor([item.input_ids]), use_cache=False).logits[0]
+        torch.testing.assert_close(packed[start : start + len(item)], alone, atol=1e-5, rtol=0)
+        start += len(item)
+
+
+@pytest.mark.parametrize("arch", ("llama", "bloom", "gpt2"))
+def test_fused_lora_same_loss_and_gradients_as_peft(arch):
+    model = with_lora(arch)
+    items = rows([7, 11, 4])
+    batch = packed_batch(items) if arch == "llama" else padded_batch(items, pad_id=259)
+    reference_loss, reference = loss_and_gradients(model, batch, fast=False)
+    loss, grads = loss_and_gradients(model, batch, fast=True)
+    torch.testing.assert_close(loss, reference_loss, atol=1e-5, rtol=1e-5)
+    assert grads.keys() == reference.keys()
+    assert all("lora_" in name for name in grads)  # the frozen base gets no gradient
+    for name, grad in reference.items():
+        torch.testing.assert_close(grads[name], grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_leaving_the_block_restores_peft_forward():
+    model = with_lora("llama")
+    with fast_paths(model):
+        patched = [m for m in model.modules() if "forward" in vars(m)]
+        assert patched  # the LoRA layers were fused inside the block
+    assert not [m for m in model.modules() if "forward" in vars(m)]
+
+
+def test_disabled_adapter_inside_the_block_gives_the_base_model():
+    model = with_lora("llama")
+    ids = torch.tensor([rows([9])[0].input_ids])
+    with torch.no_grad():
+        with model.disable_adapter():
+            base = model(input_ids=ids).logits
+        with fast_paths(model), model.disable_adapter():
+            fused = model(input_ids=ids).logits
+    torch.testing.assert_close(fused, base)
+
+
+def test_shared_prefix_is_stored_once_and_only_unlearned_tokens_share():
+    items = rows([6, 9, 4], prefix=MIN_SHARED + 2)
+    packed = packed_batch(items)
+    compact = share_prefix(packed)
+    shared = MIN_SHARED + 2
+    assert compact["input_ids"].shape[1] == packed["input_ids"].shape[1] - 2 * shared
+    assert compact["position_ids"][0].tolist() == [
+        *range(shared), *range(shared, shared + 6), *range(shared, shared + 9),
+        *range(shared, shared + 4),
+    ]  # fmt: skip
+    learned = compact["labels"] != IGNORE
+    assert int(learned.sum()) == int((packed["labels"] != IGNORE).sum())
+    unshared = packed_batch(rows([6, 9, 4], prefix=2))
+    assert share_prefix(unshared) is unshared  # too little in common: the row as it was
+
+
+@pytest.mark.parametrize("arch", PACKING_ARCHS)
+def test_shared_prefix_same_loss_and_gradients(arch):
+    model = with_lora(arch)
+    batch = packed_batch(rows([7, 11, 4, 9], prefix=12))
+    reference_loss, reference = loss_and_gradients(model, batch, fast=False)
+    seen = []
+    hook = model.get_input_embeddings().register_forward_hook(
+        lambda module, args, out: seen.append(args[0].shape[1])
+    )
+    loss, grads = loss_and_gradients(model, batch, fast=True)
+    hook.remove()
+    assert seen == [batch["input_ids"].shape[1] - 3 * 12]  # the prefix ran once, not four times
+    torch.testing.assert_close(loss, reference_loss, atol=1e-5, rtol=1e-5)
+    for name, grad in reference.items():
+        torch.testing.assert_close(grads[name], grad, atol=1e-5, rtol=1e-4, msg=name)

@@ -1,0 +1,195 @@
+"""Packed rows done right: per-example attention without an (L, L) mask, and a prompt prefix
+that the examples of a row share stored and computed once.
+
+A packed row (1, L) holds several examples whose position_ids restart at 0. Under "sdpa",
+transformers turns the resets into a block-diagonal (L, L) mask; a masked SDPA computes all L²
+scores, on CPU in the slow math kernel that also keeps the (H, L, L) probabilities for
+backward. Within `packed_attention(model)` the model runs under "tunelab_packed_sdpa": each
+example attends to itself with `is_causal=True` (the flash kernel), so the work is the sum of
+the examples' squares. Anything that is not a packed row falls through to plain SDPA.
+
+Shared prefixes. Chat-templated data repeat the same opening in every example (SmolLM2's
+default system prompt and a fixed instruction: 39 of the ~132 tokens of the Xhosa examples).
+A causal model computes the same hidden states for those tokens in every example, so
+`share_prefix` stores them once: [P S1 P S2 ...] becomes [P S1 S2 ...] with S_i's positions
+continuing from len(P), and the attention lets each S_i see P and itself. Outputs, loss and
+gradients are those of the full row (P's activations get the summed gradient of every example
+that reads them); only the duplicated work is gone. Such a row means something only to this
+attention, so the loss compacts a row only while the model runs under it (`shares_prefixes`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from itertools import pairwise
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+PACKED_SDPA = "tunelab_packed_sdpa"  # per-example attention
+SHARED_SDPA = "tunelab_packed_shared_sdpa"  # the same, and the loss compacts shared prefixes
+IGNORE = -100
+MIN_SHARED = 8  # shared tokens below which compacting a row is not worth it
+
+
+@contextmanager
+def packed_attention(model: nn.Module, share_prefixes: bool = True) -> Iterator[None]:
+    """Within the block, a model that uses "sdpa" runs packed rows example by example."""
+    base = _transformers_model(model)
+    if base is None or base.config._attn_implementation != "sdpa":
+        yield
+        return
+    name = SHARED_SDPA if share_prefixes else PACKED_SDPA
+    AttentionInterface.register(name, packed_sdpa_forward)  # idempotent
+    AttentionMaskInterface.register(name, sdpa_mask)
+    base.config._attn_implementation = name
+    try:
+        yield
+    finally:
+        base.config._attn_implementation = "sdpa"
+
+
+def shares_prefixes(model: nn.Module) -> bool:
+    """Is `model` inside `packed_attention(model, share_prefixes=True)`?"""
+    base = _transformers_model(model)
+    return base is not None and base.config._attn_implementation == SHARED_SDPA
+
+
+# ---------------------------------------------------------------- attention
+
+
+def packed_sdpa_forward(
+    module: nn.Module,
+    query: torch.Tensor,  # (B, H, L, D)
+    key: torch.Tensor,  # (B, H_kv, L, D)
+    value: torch.Tensor,  # (B, H_kv, L, D)
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """Per-example attention for a packed row; plain SDPA otherwise. Output (B, L, H, D)."""
+    layout = _row_layout(module, query, key, kwargs.get("position_ids"))
+    if layout is None:
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
+    lengths, offsets = layout
+    groups = getattr(module, "num_key_value_groups", 1)
+    key, value = repeat_kv(key, groups), repeat_kv(value, groups)  # CPU: faster than enable_gqa
+    options = {"dropout_p": dropout, "scale": scaling}
+    if not any(offsets) and lengths.count(lengths[0]) == len(lengths):  # fixed-length data
+        # (1, H, n*W, D) -> (n, H, W, D): one batched call, no splitting
+        batched = [x[0].unflatten(1, (len(lengths), lengths[0])).transpose(0, 1)
+                   for x in (query, key, value)]  # fmt: skip
+        out = F.scaled_dot_product_attention(*batched, is_causal=True, **options)
+        return out.transpose(1, 2).reshape(1, query.shape[2], query.shape[1], query.shape[3]), None
+    pieces = list(zip(*(x.split(lengths, dim=2) for x in (query, key, value)), strict=True))
+    outputs = []
+    for (q, k, v), offset in zip(pieces, offsets, strict=True):
+        if offset == 0:  # an example of its own (or the shared prefix itself)
+            outputs.append(F.scaled_dot_product_attention(q, k, v, is_causal=True, **options))
+            continue
+        _, prefix_k, prefix_v = pieces[0]  # the shared prefix: segment 0, `offset` tokens long
+        sees = torch.ones(q.shape[2], offset + q.shape[2], dtype=torch.bool, device=q.device)
+        sees[:, offset:].tril_()  # all of the prefix, then causal within the example
+        outputs.append(F.scaled_dot_product_attention(
+            q, torch.cat([prefix_k, k], dim=2), torch.cat([prefix_v, v], dim=2),
+            attn_mask=sees, **options,
+        ))  # fmt: skip
+    return torch.cat(outputs, dim=2).transpose(1, 2).contiguous(), None  # (1, L, H, D)
+
+
+def _row_layout(module, query, key, position_ids) -> tuple[list[int], list[int]] | None:
+    """(lengths, first positions) of the segments of a packed row, else None.
+
+    A packed row: batch 1, no cache, no sliding window, and position_ids counting up by one
+    within each of at least two segments. A segment starts at position 0 (an example) or at
+    P > 0 (an example continuing the shared prefix: the row's first P tokens, returned as a
+    segment of its own). Packed rows never hold padding: tunelab gives them no mask.
+    """
+    if position_ids is None or query.shape[0] != 1 or query.shape[2] != key.shape[2]:
+        return None
+    if getattr(module, "sliding_window", None) or not getattr(module, "is_causal", True):
+        return None
+    positions = position_ids.reshape(-1)  # (L,)
+    if positions.shape[0] != query.shape[2] or int(positions[0]) != 0:
+        return None
+    starts = [0, *((positions.diff() != 1).nonzero().squeeze(-1) + 1).tolist()]
+    if len(starts) < 2:
+        return None
+    lengths = [end - start for start, end in pairwise([*starts, len(positions)])]
+    offsets = positions[starts].tolist()
+    shared = {offset for offset in offsets if offset}
+    if not shared:
+        return lengths, offsets
+    prefix = shared.pop()
+    if shared or prefix > lengths[0]:
+        return None
+    if prefix < lengths[0]:  # positions run on from the prefix into the first example: split
+        lengths, offsets = [prefix, lengths[0] - prefix, *lengths[1:]], [0, prefix, *offsets[1:]]
+    return lengths, offsets
+
+
+def _transformers_model(model: nn.Module) -> nn.Module | None:
+    """The module whose `config` holds the attention implementation, under PEFT/accelerate."""
+    for _ in range(4):
+        if hasattr(getattr(model, "config", None), "_attn_implementation"):
+            return model
+        inner = getattr(model, "base_model", None) or getattr(model, "module", None)
+        if inner is None or inner is model:
+            return None
+        model = inner
+    return None
+
+
+# ---------------------------------------------------------------- shared prefixes
+
+
+def share_prefix(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A packed row with the prefix all its examples share stored once (module docstring).
+
+    The prefix stops before the first token any example learns, so no target is predicted
+    from a hidden state that several examples share. Rows that share less than MIN_SHARED
+    tokens, or are not packed rows, come back unchanged.
+    """
+    if set(batch) != {"input_ids", "labels", "position_ids"} or batch["input_ids"].shape[0] != 1:
+        return batch
+    ids, labels = batch["input_ids"][0].tolist(), batch["labels"][0].tolist()
+    positions = batch["position_ids"][0].tolist()
+    starts = [index for index, position in enumerate(positions) if position == 0]
+    if len(starts) < 2 or starts[0] != 0:
+        return batch
+    spans = list(zip(starts, [*starts[1:], len(ids)], strict=True))
+    shared = _shared_length(ids, labels, spans)
+    if shared < MIN_SHARED:
+        return batch
+    new_ids, new_labels, new_positions = ids[:shared], labels[:shared], list(range(shared))
+    for start, end in spans:
+        new_ids += ids[start + shared : end]
+        new_labels += labels[start + shared : end]
+        new_positions += range(shared, end - start)
+    return {
+        "input_ids": torch.tensor([new_ids], dtype=torch.long),  # (1, L')
+        "labels": torch.tensor([new_labels], dtype=torch.long),  # (1, L')
+        "position_ids": torch.tensor([new_positions], dtype=torch.long),  # (1, L')
+    }
+
+
+def _shared_length(ids: list[int], labels: list[int], spans: list[tuple[int, int]]) -> int:
+    """Tokens every example starts with, cut so that the token after them is not learned."""
+    first_start, first_end = spans[0]
+    shared = first_end - first_start
+    for start, end in spans:
+        limit = min(shared, end - start)
+        count = 0
+        while count < limit and ids[start + count] == ids[first_start + count]:
+            count += 1
+        learned = next((i for i in range(start, end) if labels[i] != IGNORE), end) - start
+        shared = min(count, learned - 1)  # the label at `shared` must stay IGNORE
+    return max(shared, 0)
