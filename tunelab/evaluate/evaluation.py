@@ -25,31 +25,11 @@ LOSS_METRICS = ("loss", "perplexity")
 
 
 def evaluate(
-    model: nn.Module,
-    tokenizer,
-    examples: list[Example],
-    metrics: list[str],
-    *,
-    loss_batches: list[dict] | None,
-    max_new_tokens: int,
-    batch_size: int,
-    max_examples: int | None = None,
-    progress: bool = False,
-    decoding: dict | None = None,
+    model: nn.Module, tokenizer, examples: list[Example], metrics: list[str], **options
 ) -> dict[str, float]:
-    """{metric name: value} for the requested metrics (see the module docstring)."""
-    scores, _ = evaluate_with_predictions(
-        model,
-        tokenizer,
-        examples,
-        metrics,
-        loss_batches=loss_batches,
-        max_new_tokens=max_new_tokens,
-        batch_size=batch_size,
-        max_examples=max_examples,
-        progress=progress,
-        decoding=decoding,
-    )
+    """{metric name: value} for the requested metrics; `options` as for
+    `evaluate_with_predictions` (loss_batches, max_new_tokens, batch_size, ...)."""
+    scores, _ = evaluate_with_predictions(model, tokenizer, examples, metrics, **options)
     return scores
 
 
