@@ -7,10 +7,10 @@ clipping at 1.0 and no weight decay; then both are scored by `eval_loss` below.
 
 - reference: transformers `Trainer` + PEFT `get_peft_model`, as their documentation shows it:
   `DataCollatorForSeq2Seq` pads each random batch of batch_size examples (labels -100 on the
-  prompt and the padding), no packing, random batches (`train_sampling_strategy="random"`, the old
-  `group_by_length=False`).
+  prompt and the padding), no packing, no length grouping (`train_sampling_strategy="random"`,
+  formerly `group_by_length=False`).
 - tunelab: the building blocks of `tunelab.training.loop.train` (method.apply, AdamW over the
-  method's parameter groups, the schedule, `run_steps` inside `packed_attention`), so what is
+  method's parameter groups, the schedule, `run_steps` inside `fast_paths`), so what is
   measured is what `tunelab train` runs. Packed rows get a token budget chosen so that one
   epoch is exactly `steps` rows, i.e. as many optimizer steps as the reference.
 
