@@ -14,6 +14,7 @@ from tunelab.evaluate import generate
 from tunelab.loss import token_loss_sum
 from tunelab.methods import METHODS
 from tunelab.methods.base import count_parameters
+from tunelab.methods.prefix import cache_tensors
 from tunelab.methods.prompt_cache import generate_tokens
 from tunelab.models.tiny import HIDDEN, LAYERS, TINY_ARCHS
 
@@ -128,6 +129,36 @@ def test_prompt_init_text_copies_token_embeddings():
     ids = tokenizer("abca", add_special_tokens=False)["input_ids"]
     expected = model.get_input_embeddings().weight[ids]
     assert torch.equal(model.prompt_encoder["default"].embedding.weight, expected)
+
+
+@pytest.mark.parametrize("arch", TINY_ARCHS)
+def test_prefix_starts_as_the_model_reading_its_init_text(arch):
+    """The prefix holds the keys and values of `init_text` (cycled over 4 positions): the
+    prefixed model's logits are the base model's on the text followed by the input."""
+    model, _, _, tokenizer = applied("prefix", arch, init_text="abc")
+    text = torch.tensor([tokenizer("abca", add_special_tokens=False)["input_ids"]])  # (1, 4)
+    ids = torch.tensor([tokenizer("hello world", add_special_tokens=False)["input_ids"]])
+    with torch.no_grad():
+        prefixed = model(input_ids=ids).logits  # (1, T, vocab)
+        with model.disable_adapter():
+            plain = model(input_ids=ids).logits
+            reading = model(input_ids=torch.cat([text, ids], dim=1)).logits[:, VIRTUAL:]
+    torch.testing.assert_close(prefixed, reading, atol=1e-5, rtol=0)
+    assert not torch.allclose(prefixed, plain, atol=1e-3)
+
+
+def test_prefix_default_init_reads_vocabulary_tokens():
+    """Without init_text the prefix is the model's own keys and values for sampled tokens, not
+    PEFT's N(0, 1) table: in the first layer each virtual position's values are those of one
+    vocabulary token (values carry no position and, in layer 0, no context)."""
+    model, _, _, _ = applied("prefix", "llama")
+    values = cache_tensors(model.get_prompt(batch_size=1))[1][0]  # layer 0: (heads, V, d)
+    layer = model.get_base_model().model.layers[0]
+    with torch.no_grad():
+        vocab = layer.self_attn.v_proj(layer.input_layernorm(model.get_input_embeddings().weight))
+    vocab = vocab.view(vocab.shape[0], values.shape[0], 1, values.shape[2])  # (vocab, heads, 1, d)
+    nearest = (vocab - values).abs().amax(dim=(1, 3)).amin(dim=0)  # (V,): best token's error
+    assert nearest.max() < 1e-5
 
 
 @pytest.mark.parametrize("name", PROMPT_LEARNING)
