@@ -17,6 +17,13 @@ from tunelab.errors import TunelabError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 console = Console()
+
+
+def wide_console() -> Console:
+    """The console for wide tables: a pipe or a log file gets whole rows, not 80 columns."""
+    return console if console.is_terminal else Console(width=220)
+
+
 # PEFT calls a transformers API that warns of its own deprecation on every model wrap.
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
@@ -152,8 +159,7 @@ def methods(model: str = typer.Option(None, "--model", help="count parameters on
     """Every method with its paper and idea (and parameter counts with --model)."""
     from tunelab.methods.catalog import methods_table
 
-    wide = console if console.is_terminal else Console(width=220)  # a pipe gets whole rows
-    wide.print(methods_table(model))
+    wide_console().print(methods_table(model))
 
 
 @app.command()
@@ -189,7 +195,7 @@ def compare(
              "output_dir": str(output) if output else None}  # fmt: skip
     cfg = load_compare_config(config, flags=flags)
     results = run_comparison(cfg, label=str(config))
-    console.print(rich_table(results))
+    wide_console().print(rich_table(results))
     console.print(f"report: {Path(cfg.output_dir) / 'report.html'}", highlight=False)
 
 
@@ -217,7 +223,7 @@ def search(
     result = run_search(
         cfg, trials=trials, workers=workers, storage=storage, reporter=RichSearchReporter()
     )
-    console.print(result_table(result))
+    wide_console().print(result_table(result))
     for name, path in result.files.items():
         console.print(f"{name:12} {path}", highlight=False)
 

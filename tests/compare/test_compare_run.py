@@ -50,6 +50,9 @@ def test_cli_prints_the_table_and_the_report_path(comparison):
     assert result.exit_code == 0, result.output
     assert "report:" in result.output and "report.html" in result.output
     assert all(name in result.output for name in ("lora", "prompt", "dora"))
+    lora = read_results(output)["methods"][0]
+    (line,) = [line for line in result.output.splitlines() if line.split()[:2] == ["lora", "done"]]
+    assert f"{lora['trainable_params']:,}" in line and "report.html" not in line  # whole rows
 
 
 def test_results_hold_every_method_with_its_trade_offs(comparison):
