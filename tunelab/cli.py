@@ -6,7 +6,6 @@ from __future__ import annotations
 import functools
 import json
 import sys
-import warnings
 from pathlib import Path
 
 import typer
@@ -22,10 +21,6 @@ console = Console()
 def wide_console() -> Console:
     """The console for wide tables: a pipe or a log file gets whole rows, not 80 columns."""
     return console if console.is_terminal else Console(width=220)
-
-
-# PEFT calls a transformers API that warns of its own deprecation on every model wrap.
-warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 
 def user_errors(command):

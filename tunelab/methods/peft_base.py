@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import logging
+import warnings
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -12,6 +14,14 @@ from torch import nn
 from tunelab.errors import MergeNotSupported
 from tunelab.methods.base import Method, MethodContext, MethodSettings
 from tunelab.models.arch import arch_of
+
+# PEFT 0.21 calls transformers 5 APIs that warn of their own deprecation on every wrap and, for
+# prefix tuning, on every forward (`past_key_values=`): nothing a user can act on.
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+warnings.filterwarnings("ignore", message="`past_key_values` is deprecated", category=FutureWarning)
+logging.getLogger("transformers.utils.generic").addFilter(
+    lambda record: "`past_key_values`/`cache_params` are deprecated" not in record.getMessage()
+)
 
 Targets = Literal["all", "attention", "mlp"] | list[str]
 
