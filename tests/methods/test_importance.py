@@ -106,6 +106,30 @@ def test_ties_go_to_the_earliest_entries():
     assert chosen["a"].tolist() == [1, 2] and chosen["b"].tolist() == [3]
 
 
+@pytest.mark.parametrize("fraction", [1e-3, 0.05, 0.5, 1.0])
+def test_selection_is_the_top_k_of_a_full_sort(fraction):
+    """Against a stable descending sort of all scores together, ties included (scores are
+    rounded so many entries tie)."""
+    generator = torch.Generator().manual_seed(0)
+    scores = {
+        name: (torch.rand(shape, generator=generator) * 50).round() / 7
+        for name, shape in [("a", (37, 11)), ("b", (5,)), ("c", (64, 3)), ("d", (1, 1))]
+    }
+    flat = torch.cat([score.reshape(-1) for score in scores.values()])
+    k = max(1, round(fraction * flat.numel()))
+    order = torch.sort(-flat, stable=True).indices[:k]  # earliest first among equals
+    expected = torch.zeros_like(flat, dtype=torch.bool)
+    expected[order] = True
+    chosen = select_top(scores, fraction)
+    got = torch.zeros_like(expected)
+    offset = 0
+    for name, score in scores.items():
+        if name in chosen:
+            got[offset + chosen[name]] = True
+        offset += score.numel()
+    assert torch.equal(got, expected)
+
+
 def test_apply_without_calibration_data_is_an_error():
     model, _ = random_model("llama")
     with pytest.raises(ConfigError, match="calibration"):

@@ -11,6 +11,7 @@ as it was. The artifact is the indices and values of the delta only; merging add
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from functools import partial
 from itertools import islice
 from pathlib import Path
 from typing import ClassVar, Literal
@@ -171,13 +172,20 @@ def importance_scores(
     model.eval()  # no dropout: the selection depends on the data only
     device = next(model.parameters()).device
     scores = {name: torch.zeros_like(w, dtype=torch.float32) for name, w in weights.items()}
+    # Each gradient is folded into its score as soon as backward has it, then dropped, so at
+    # most one weight's gradient is alive at a time (not all of them, as with .grad).
+    hooks = [
+        weight.register_post_accumulate_grad_hook(partial(_accumulate, scores[name], criterion))
+        for name, weight in weights.items()
+    ]
     seen = 0
     try:
         for batch in islice(batches, steps):
             loss_fn(model, _to_device(batch, device)).backward()
-            _accumulate(scores, weights, criterion)
             seen += 1
     finally:
+        for hook in hooks:
+            hook.remove()
         for param in model.parameters():
             param.grad = None
             param.requires_grad_(requires_grad[id(param)])
@@ -187,16 +195,14 @@ def importance_scores(
     return scores
 
 
-def _accumulate(
-    scores: dict[str, torch.Tensor], weights: dict[str, nn.Parameter], criterion: str
-) -> None:
-    """Add one batch's |g·w| (taylor) or g² (fisher) to each score, then drop the gradient."""
-    for name, weight in weights.items():
-        if weight.grad is None:  # a weight this loss does not reach scores nothing
-            continue
-        gradient, weight.grad = weight.grad.float(), None
-        taylor = criterion == "taylor"
-        scores[name] += (gradient * weight.float()).abs() if taylor else gradient.square()
+def _accumulate(score: torch.Tensor, criterion: str, weight: nn.Parameter) -> None:
+    """Add one batch's |g·w| (taylor) or g² (fisher) to `score` in place; drop the gradient.
+    A weight the loss does not reach gets no call and scores nothing."""
+    gradient, weight.grad = weight.grad.float(), None  # (out, in); ours to overwrite
+    if criterion == "taylor":
+        score.add_(gradient.mul_(weight.detach()).abs_())
+    else:
+        score.addcmul_(gradient, gradient)
 
 
 def _to_device(batch: Batch, device: torch.device) -> Batch:
@@ -207,17 +213,43 @@ def select_top(scores: dict[str, torch.Tensor], fraction: float) -> dict[str, to
     """Weight name -> sorted flat indices (k_i,) of the top `fraction` of all entries together.
 
     Ties at the threshold go to the earliest entries (model order, then flat index), so the
-    selection is deterministic.
+    selection is deterministic. Scores are non-negative; nothing the size of all of them
+    together is allocated (a topk over 10^8 entries would hold several GB).
     """
-    flat = torch.cat([score.reshape(-1) for score in scores.values()])  # (N,)
-    k = max(1, round(fraction * flat.numel()))
-    threshold = flat.topk(k).values[-1]
-    chosen = flat > threshold
-    ties = (flat == threshold).nonzero().squeeze(-1)
-    chosen[ties[: k - int(chosen.sum())]] = True
-    parts = chosen.split([score.numel() for score in scores.values()])
-    selection = {name: part.nonzero().squeeze(-1) for name, part in zip(scores, parts, strict=True)}
-    return {name: indices for name, indices in selection.items() if indices.numel()}
+    total = sum(score.numel() for score in scores.values())
+    k = max(1, round(fraction * total))
+    threshold = kth_largest(list(scores.values()), k)
+    ties_left = k - sum(int((score > threshold).sum()) for score in scores.values())
+    selection = {}
+    for name, score in scores.items():
+        flat = score.reshape(-1)
+        chosen = flat > threshold
+        if ties_left > 0:
+            ties = (flat == threshold).nonzero().squeeze(-1)[:ties_left]
+            chosen[ties] = True
+            ties_left -= ties.numel()
+        indices = chosen.nonzero().squeeze(-1)
+        if indices.numel():
+            selection[name] = indices
+    return selection
+
+
+def kth_largest(scores: list[torch.Tensor], k: int) -> float:
+    """The k-th largest entry of non-negative fp32 tensors taken together (1 <= k <= total).
+
+    Non-negative floats order as their int32 bit patterns do, so a bisection over the bits
+    (31 counting passes, no sort) finds the largest t with count(entries >= t) >= k exactly.
+    """
+
+    def count_at_least(bits: int) -> int:
+        value = torch.tensor(bits, dtype=torch.int32).view(torch.float32)
+        return sum(int((score >= value.to(score.device)).sum()) for score in scores)
+
+    low, high = 0, 0x7F800000  # 0.0 .. +inf
+    while low < high:
+        middle = (low + high + 1) // 2
+        low, high = (middle, high) if count_at_least(middle) >= k else (low, middle - 1)
+    return float(torch.tensor(low, dtype=torch.int32).view(torch.float32))
 
 
 def attach_deltas(model: nn.Module, selection: dict[str, torch.Tensor]) -> None:

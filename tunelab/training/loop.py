@@ -180,7 +180,7 @@ def train(
         calibration_batches=lambda: _on_device(
             plan.batches(cfg, 0, tokenizer.pad_token_id), accelerator
         ),
-        loss_fn=lambda m, b: _mean_loss(m, b),
+        loss_fn=lambda m, b: _calibration_loss(m, b, plan.packing),
         total_steps=plan.total_steps,
         tokenizer=tokenizer,
     )
@@ -229,6 +229,13 @@ def train(
 def _mean_loss(model, batch) -> torch.Tensor:
     total, count = token_loss_sum(model, batch)
     return total / max(count, 1)
+
+
+def _calibration_loss(model, batch, packing: bool) -> torch.Tensor:
+    """The mean token loss as training computes it: packed rows attend per example (stock
+    attention would build an (L, L) mask per row: 10.8 GB peak scoring SmolLM2-135M)."""
+    with fast_paths(model, packing=packing):
+        return _mean_loss(model, batch)
 
 
 def _on_device(batches, accelerator):
