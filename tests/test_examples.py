@@ -16,7 +16,7 @@ RUN_KEYS = set(RunConfig.model_fields)
 
 
 def run_examples() -> list[Path]:
-    paths = sorted((ROOT / "examples").glob("*.yaml"))
+    paths = sorted((ROOT / "examples").rglob("*.yaml"))
     return [p for p in paths if set(yaml.safe_load(p.read_text())) <= RUN_KEYS]
 
 
@@ -37,7 +37,17 @@ def test_there_are_run_examples():
     assert {"demo", "xhosa-lora"} <= names
 
 
-@pytest.mark.parametrize("path", run_examples(), ids=lambda p: p.stem)
+def test_every_method_has_an_example():
+    """examples/methods/<name>.yaml for each method (LoRA's is examples/xhosa-lora.yaml)."""
+    from tunelab.methods import METHODS
+
+    named = {yaml.safe_load(p.read_text())["method"]["name"] for p in run_examples()}
+    assert set(METHODS) <= named
+    for path in (ROOT / "examples" / "methods").glob("*.yaml"):
+        assert yaml.safe_load(path.read_text())["method"]["name"] == path.stem
+
+
+@pytest.mark.parametrize("path", run_examples(), ids=lambda p: p.relative_to(ROOT).as_posix())
 def test_example_trains(path, tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)  # examples name ../shared/data relative to the repository root
     cfg = load_config(path, shrink(path, tmp_path))
