@@ -233,7 +233,7 @@ def _mean_loss(model, batch) -> torch.Tensor:
 
 def _calibration_loss(model, batch, packing: bool) -> torch.Tensor:
     """The mean token loss as training computes it: packed rows attend per example (stock
-    attention would build an (L, L) mask per row: 10.8 GB peak scoring SmolLM2-135M)."""
+    attention would build an (L, L) block mask per row, slow and large on a CPU)."""
     with fast_paths(model, packing=packing):
         return _mean_loss(model, batch)
 
