@@ -88,6 +88,23 @@ def test_fused_lora_same_loss_and_gradients_as_peft(arch):
         torch.testing.assert_close(grads[name], grad, atol=1e-5, rtol=1e-4, msg=name)
 
 
+@pytest.mark.parametrize("arch", ("llama", "qwen2"))
+def test_swiglu_mlps_run_fused_with_peft_gradients(arch):
+    """The MLPs whose gate, up and down carry LoRA run as one function (it keeps neither
+    silu(gate) nor the product for backward); loss and every gradient are PEFT's."""
+    model = with_lora(arch)
+    with fast_paths(model, packing=False):
+        fused = [m for m in model.modules() if "forward" in vars(m) and hasattr(m, "gate_proj")]
+    assert len(fused) == len(model.get_base_model().model.layers)
+    batch = packed_batch(rows([7, 11, 4]))
+    reference_loss, reference = loss_and_gradients(model, batch, fast=False)
+    loss, grads = loss_and_gradients(model, batch, fast=True)
+    torch.testing.assert_close(loss, reference_loss, atol=1e-5, rtol=1e-5)
+    assert grads.keys() == reference.keys()
+    for name, grad in reference.items():
+        torch.testing.assert_close(grads[name], grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
 def test_leaving_the_block_restores_peft_forward():
     model = with_lora("llama")
     with fast_paths(model):
