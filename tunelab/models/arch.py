@@ -23,6 +23,7 @@ class ArchSpec:
     head: str = "lm_head"
     supports_packing: bool = True  # per-example attention from reset position_ids
     has_biases: bool = False  # do its linear layers carry bias terms
+    gated_mlp: bool = False  # MLP = down(act(gate(x)) * up(x)) over mlp_projections in that order
 
     @property
     def projections(self) -> tuple[str, ...]:
@@ -37,6 +38,7 @@ _LLAMA_LIKE = dict(
     mlp_projections=("gate_proj", "up_proj", "down_proj"),
     embeddings="model.embed_tokens",
     final_norm="model.norm",
+    gated_mlp=True,
 )
 
 ARCHS: dict[str, ArchSpec] = {

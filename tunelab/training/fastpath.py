@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tunelab.models.arch import arch_of, decoder_layers
 from tunelab.training.packed import packed_attention
 
 
@@ -48,19 +49,18 @@ def fast_paths(
 @contextmanager
 def fused_lora(model: nn.Module) -> Iterator[None]:
     """Within the block, plain LoRA layers (one adapter, no dropout, no DoRA, nn.Linear base)
-    run as `_LoraLinear`; any layer or call outside that case keeps PEFT's forward."""
+    run as `_LoraLinear`, and SwiGLU MLPs made of three of them as `_LoraSwiGLU`; any layer or
+    call outside that case keeps PEFT's forward."""
     patched = [m for m in model.modules() if _fusable(m)]
     for module in patched:
         module.forward = partial(_fused_forward, module, module.forward)
-    fused = {id(m) for m in patched}
-    mlps = [m for m in model.modules() if _swiglu_of_fusable(m, fused)]
+    mlps = _swiglu_mlps(model, {id(m) for m in patched})
     for module in mlps:
         module.forward = partial(_fused_mlp_forward, module, module.forward)
-    patched += mlps
     try:
         yield
     finally:
-        for module in patched:
+        for module in patched + mlps:
             del module.forward  # back to the class's forward
 
 
@@ -101,33 +101,29 @@ def _fused_forward(module, peft_forward, x: torch.Tensor, *args, **kwargs) -> to
 # ---------------------------------------------------------------- fused SwiGLU MLP
 
 
-def _swiglu_of_fusable(module: nn.Module, fused: set[int]) -> bool:
-    """A llama-style MLP, down(silu(gate(x)) * up(x)), whose three projections are fused LoRA
-    layers without biases."""
+def _swiglu_mlps(model: nn.Module, fused: set[int]) -> list[nn.Module]:
+    """The MLPs that compute down(silu(gate(x)) * up(x)) (the architecture table says which
+    families do) with all three projections among the `fused` LoRA layers, in layer order."""
     from transformers.activations import SiLUActivation
 
-    projections = [getattr(module, n, None) for n in ("gate_proj", "up_proj", "down_proj")]
-    if not isinstance(getattr(module, "act_fn", None), (SiLUActivation, nn.SiLU)):
-        return False
-    if any(p is None or id(p) not in fused or p.base_layer.bias is not None for p in projections):
-        return False
-    return "down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))" in _source(module)
-
-
-def _source(module: nn.Module) -> str:
-    import inspect
-
-    try:
-        return inspect.getsource(type(module).forward)
-    except (OSError, TypeError):
-        return ""
+    inner = getattr(model, "module", model)  # under DistributedDataParallel
+    spec = arch_of(inner)
+    if not spec.gated_mlp:
+        return []
+    mlps = [getattr(layer, spec.mlp) for layer in decoder_layers(inner)]
+    return [
+        mlp
+        for mlp in mlps
+        if isinstance(getattr(mlp, "act_fn", None), (SiLUActivation, nn.SiLU))
+        and all(id(getattr(mlp, name)) in fused for name in spec.mlp_projections)
+    ]
 
 
 def _fused_mlp_forward(module, mlp_forward, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     gate, up, down = module.gate_proj, module.up_proj, module.down_proj
     parts = [None if args or kwargs else _lora_parts(p, x) for p in (gate, up, down)]
-    if any(p is None or p[0].requires_grad for p in parts):  # only adapters train here
-        return mlp_forward(x, *args, **kwargs)
+    if any(p is None or p[0].requires_grad or p[1] is not None for p in parts):
+        return mlp_forward(x, *args, **kwargs)  # only adapters train here, and no biases
     (wg, _, ag, bg, sg), (wu, _, au, bu, su), (wd, _, ad, bd, sd) = parts
     return _LoraSwiGLU.apply(x, wg, ag, bg, wu, au, bu, wd, ad, bd, (sg, su, sd))
 
@@ -143,12 +139,10 @@ class _LoraSwiGLU(torch.autograd.Function):
     def forward(ctx, x, wg, ag, bg, wu, au, bu, wd, ad, bd, scalings):
         sg, su, sd = scalings
         flat = x.reshape(-1, x.shape[-1])  # (N, d)
-        down_g, down_u = flat @ ag.t(), flat @ au.t()  # (N, r)
-        g = F.linear(flat, wg).addmm_(down_g, bg.t(), alpha=sg)  # (N, m)
-        u = F.linear(flat, wu).addmm_(down_u, bu.t(), alpha=su)  # (N, m)
+        g, down_g = _lora_linear(flat, wg, None, ag, bg, sg)  # (N, m), (N, r)
+        u, down_u = _lora_linear(flat, wu, None, au, bu, su)
         h = F.silu(g).mul_(u)  # (N, m): not kept
-        down_d = h @ ad.t()  # (N, r)
-        y = F.linear(h, wd).addmm_(down_d, bd.t(), alpha=sd)  # (N, d)
+        y, down_d = _lora_linear(h, wd, None, ad, bd, sd)  # (N, d)
         ctx.save_for_backward(flat, g, u, down_g, down_u, down_d, wg, ag, bg, wu, au, bu, wd,
                               ad, bd)  # fmt: skip
         ctx.scalings, ctx.shape = scalings, x.shape
@@ -163,26 +157,16 @@ class _LoraSwiGLU(torch.autograd.Function):
         sigmoid = torch.sigmoid(g)  # (N, m)
         silu = g * sigmoid
         h = silu * u
-        grad_down_d = (grad_y @ bd).mul_(sd)  # (N, r)
-        grads = [None] * 11
-        grads[8] = grad_down_d.t() @ h if want[8] else None  # A_down (r, m)
-        grads[9] = (grad_y.t() @ down_d).mul_(sd) if want[9] else None  # B_down (d, r)
+        grads: list[torch.Tensor | None] = [None] * 11
+        grad_down_d, grads[8], grads[9] = _lora_grads(grad_y, h, down_d, ad, bd, sd, *want[8:10])
         del h
         grad_h = (grad_y @ wd).addmm_(grad_down_d, ad)  # (N, m)
         grad_u = grad_h * silu
         # d silu(g) / dg = sigmoid(g) · (1 + g · (1 - sigmoid(g)))
         grad_g = grad_h.mul_(u).mul_(sigmoid.mul_(g.mul(1 - sigmoid).add_(1)))
         del silu, sigmoid
-        grad_down_g = (grad_g @ bg).mul_(sg)  # (N, r)
-        grad_down_u = (grad_u @ bu).mul_(su)
-        if want[2]:
-            grads[2] = grad_down_g.t() @ flat  # A_gate (r, d)
-        if want[3]:
-            grads[3] = (grad_g.t() @ down_g).mul_(sg)  # B_gate (m, r)
-        if want[5]:
-            grads[5] = grad_down_u.t() @ flat
-        if want[6]:
-            grads[6] = (grad_u.t() @ down_u).mul_(su)
+        grad_down_g, grads[2], grads[3] = _lora_grads(grad_g, flat, down_g, ag, bg, sg, *want[2:4])
+        grad_down_u, grads[5], grads[6] = _lora_grads(grad_u, flat, down_u, au, bu, su, *want[5:7])
         if want[0]:
             grad_x = (grad_g @ wg).addmm_(grad_u, wu)  # (N, d)
             grad_x.addmm_(grad_down_g, ag).addmm_(grad_down_u, au)
@@ -196,9 +180,7 @@ class _LoraLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, lora_a, lora_b, scaling):
         flat = x.reshape(-1, x.shape[-1])  # (N, in)
-        down = flat @ lora_a.t()  # (N, r)
-        out = F.linear(flat, weight, bias)  # (N, out)
-        out.addmm_(down, lora_b.t(), alpha=scaling)
+        out, down = _lora_linear(flat, weight, bias, lora_a, lora_b, scaling)  # (N, out), (N, r)
         ctx.save_for_backward(flat, down, weight, lora_a, lora_b)
         ctx.scaling, ctx.shape = scaling, x.shape
         return out.view(*x.shape[:-1], out.shape[-1])
@@ -208,16 +190,29 @@ class _LoraLinear(torch.autograd.Function):
         flat, down, weight, lora_a, lora_b = ctx.saved_tensors
         want_x, want_w, want_bias, want_a, want_b, _ = ctx.needs_input_grad
         grad = grad_out.reshape(-1, grad_out.shape[-1])  # (N, out)
-        grad_down = (grad @ lora_b).mul_(ctx.scaling)  # (N, r)
-        grad_x = grad_w = grad_bias = grad_a = grad_b = None
+        grad_down, grad_a, grad_b = _lora_grads(
+            grad, flat, down, lora_a, lora_b, ctx.scaling, want_a, want_b
+        )
+        grad_x = grad_w = grad_bias = None
         if want_x:
             grad_x = (grad @ weight).addmm_(grad_down, lora_a).view(ctx.shape)  # (..., in)
         if want_w:
             grad_w = grad.t() @ flat  # (out, in)
         if want_bias:
             grad_bias = grad.sum(0)
-        if want_a:
-            grad_a = grad_down.t() @ flat  # (r, in)
-        if want_b:
-            grad_b = (grad.t() @ down).mul_(ctx.scaling)  # (out, r)
         return grad_x, grad_w, grad_bias, grad_a, grad_b, None
+
+
+def _lora_linear(flat, weight, bias, lora_a, lora_b, scaling):
+    """(x Wᵀ + b + s·(x Aᵀ) Bᵀ, x Aᵀ) for x (N, in): the base GEMM plus one in-place addmm."""
+    down = flat @ lora_a.t()  # (N, r)
+    return F.linear(flat, weight, bias).addmm_(down, lora_b.t(), alpha=scaling), down
+
+
+def _lora_grads(grad, flat, down, lora_a, lora_b, scaling, want_a: bool, want_b: bool):
+    """For the output gradient `grad` (N, out) of `_lora_linear`: the gradient at x Aᵀ (N, r)
+    (the input gradient adds it times A), and those of A (r, in) and B (out, r) where wanted."""
+    grad_down = (grad @ lora_b).mul_(scaling)  # (N, r)
+    grad_a = grad_down.t() @ flat if want_a else None
+    grad_b = (grad.t() @ down).mul_(scaling) if want_b else None
+    return grad_down, grad_a, grad_b
