@@ -174,11 +174,12 @@ def share_prefix(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         new_ids += ids[start + shared : end]
         new_labels += labels[start + shared : end]
         new_positions += range(shared, end - start)
+    device = batch["input_ids"].device  # the row stays where the model is
     return {
-        "input_ids": torch.tensor([new_ids], dtype=torch.long),  # (1, L')
-        "labels": torch.tensor([new_labels], dtype=torch.long),  # (1, L')
-        "position_ids": torch.tensor([new_positions], dtype=torch.long),  # (1, L')
-    }
+        key: torch.tensor([values], dtype=torch.long, device=device)  # (1, L')
+        for key, values in (("input_ids", new_ids), ("labels", new_labels),
+                            ("position_ids", new_positions))
+    }  # fmt: skip
 
 
 def _shared_length(ids: list[int], labels: list[int], spans: list[tuple[int, int]]) -> int:
