@@ -35,8 +35,8 @@ import torch.nn.functional as F
 from tunelab.config import DataConfig, ModelConfig, RunConfig
 from tunelab.data import Tokenized, build_datasets, tokenize_examples
 from tunelab.data.batching import pack_rows, padded_batch
+from tunelab.data.types import IGNORE
 
-IGNORE = -100
 EVAL_BATCH = 8
 
 

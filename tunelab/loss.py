@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tunelab.data.types import IGNORE
 from tunelab.training.packed import share_prefix, shares_prefixes
 
-IGNORE = -100
 MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids")
 CHUNK_ELEMENTS = 2**23  # logits per chunk (32 MiB in fp32): rows = CHUNK_ELEMENTS // V
 

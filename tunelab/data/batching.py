@@ -21,9 +21,8 @@ import random
 
 import torch
 
-from tunelab.data.types import Tokenized
+from tunelab.data.types import IGNORE, Tokenized
 
-IGNORE = -100
 PACK_CHUNK = 256  # examples per first-fit window: big enough to fill rows, small enough to mix
 GROUP_BATCHES = 50  # padded mode: batches per length-sorted chunk
 

@@ -18,10 +18,9 @@ import logging
 from typing import Any
 
 from tunelab.config import DataConfig
-from tunelab.data.types import Example, Tokenized
+from tunelab.data.types import IGNORE, Example, Tokenized
 from tunelab.errors import DataError
 
-IGNORE = -100
 log = logging.getLogger(__name__)
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+IGNORE = -100  # the label of a token that is not learned (PyTorch's ignore_index)
+
 
 @dataclass(frozen=True)
 class Example:

@@ -31,9 +31,10 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+from tunelab.data.types import IGNORE
+
 PACKED_SDPA = "tunelab_packed_sdpa"  # per-example attention
 SHARED_SDPA = "tunelab_packed_shared_sdpa"  # the same, and the loss compacts shared prefixes
-IGNORE = -100
 MIN_SHARED = 8  # shared tokens below which compacting a row is not worth it
 
 
