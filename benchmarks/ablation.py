@@ -24,10 +24,10 @@ import torch
 from tunelab.config import DataConfig, ModelConfig
 from tunelab.data import build_datasets, tokenize_examples
 from tunelab.data.batching import packed_batch, padded_batch
-from tunelab.loss import token_loss_sum
 from tunelab.methods import MethodContext, get_method
 from tunelab.models import load_model_and_tokenizer
 from tunelab.training.fastpath import fused_lora
+from tunelab.training.loss import token_loss_sum
 from tunelab.training.packed import packed_attention
 
 DATA = "../shared/data/xhosa/en-xho-aya-style/train.jsonl"
@@ -56,7 +56,7 @@ def step(model, group, pad_id: int, packed: bool, chunked: bool, contexts: list)
             model(**padded_batch(group, pad_id), use_cache=False).loss.backward()
         else:
             bypass = contextlib.nullcontext() if chunked else mock.patch(
-                "tunelab.loss._plain_head", return_value=None
+                "tunelab.training.loss._plain_head", return_value=None
             )  # fmt: skip
             with bypass:
                 total, count = token_loss_sum(model, packed_batch(group))

@@ -14,8 +14,8 @@ from tunelab.compare.probe import PROBE_TEXT, WINDOW, probe_batches, probe_perpl
 from tunelab.compare.progress import CompareProgress
 from tunelab.compare.worker import QueueReporter
 from tunelab.config import load_config
+from tunelab.data.types import IGNORE
 from tunelab.evaluate import generate
-from tunelab.loss import IGNORE
 from tunelab.models.tiny import random_model
 from tunelab.training.loop import StopTraining, train
 

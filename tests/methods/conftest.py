@@ -12,9 +12,9 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from tunelab.loss import token_loss_sum
 from tunelab.methods import METHODS, MethodContext, MethodSettings
 from tunelab.models.tiny import random_model
+from tunelab.training.loss import token_loss_sum
 
 VIRTUAL = 4  # virtual tokens of the prompt-learning methods: few, so the tiny models stay fast
 SMALL_SETTINGS = {

@@ -11,12 +11,12 @@ import torch
 
 from tunelab.errors import MergeNotSupported
 from tunelab.evaluate import generate
-from tunelab.loss import token_loss_sum
 from tunelab.methods import METHODS
 from tunelab.methods.base import count_parameters
 from tunelab.methods.prefix import cache_tensors
 from tunelab.methods.prompt_cache import generate_tokens
 from tunelab.models.tiny import HIDDEN, LAYERS, TINY_ARCHS
+from tunelab.training.loss import token_loss_sum
 
 from .conftest import PROMPTS, VIRTUAL, applied, greedy_without_cache, logits, spread_model, train
 

@@ -9,11 +9,11 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from tunelab.data.batching import packed_batch, padded_batch
-from tunelab.data.types import Tokenized
-from tunelab.loss import IGNORE, token_loss_sum
+from tunelab.data.types import IGNORE, Tokenized
 from tunelab.methods.peft_base import resolve_targets
 from tunelab.models.tiny import random_model
 from tunelab.training.fastpath import fast_paths
+from tunelab.training.loss import token_loss_sum
 from tunelab.training.packed import MIN_SHARED, SHARED_SDPA, share_prefix
 
 PACKING_ARCHS = ("llama", "qwen2", "gemma")

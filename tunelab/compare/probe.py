@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import torch
 
+from tunelab.data.types import IGNORE
 from tunelab.evaluate.evaluation import mean_token_loss
 from tunelab.evaluate.metrics import perplexity_from_loss
-from tunelab.loss import IGNORE
 
 PROBE_TEXT = """\
 The town sits where the river bends twice before it reaches the sea. In the morning the \

@@ -19,7 +19,7 @@ from tunelab.errors import ConfigError
 from tunelab.evaluate.generation import generate
 from tunelab.evaluate.metrics import METRICS, perplexity_from_loss
 from tunelab.evaluate.modes import inference, model_device
-from tunelab.loss import token_loss_sum
+from tunelab.training.loss import token_loss_sum
 
 LOSS_METRICS = ("loss", "perplexity")
 

@@ -23,7 +23,6 @@ from torch.nn.utils import parametrize
 
 from tunelab.errors import ConfigError
 from tunelab.io import atomic_write_json
-from tunelab.loss import token_loss_sum
 from tunelab.methods.base import (
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
@@ -35,6 +34,7 @@ from tunelab.methods.base import (
 )
 from tunelab.methods.bitfit import target_projections
 from tunelab.models.arch import arch_of, get_submodule
+from tunelab.training.loss import token_loss_sum
 
 INDICES, DELTA = ".importance_indices", ".importance_delta"  # saved keys: <weight name> + suffix
 Batch = dict[str, torch.Tensor]

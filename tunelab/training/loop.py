@@ -25,7 +25,6 @@ from accelerate import Accelerator
 from tunelab.config import RunConfig, load_config
 from tunelab.data import build_datasets, make_batches, tokenize_examples
 from tunelab.io import append_jsonl, atomic_write_json
-from tunelab.loss import token_loss_sum
 from tunelab.methods import MethodContext, get_method
 from tunelab.methods.base import count_parameters
 from tunelab.models import arch_of, load_model_and_tokenizer
@@ -33,6 +32,7 @@ from tunelab.run import RunFiles, save_adapter, write_run_config
 from tunelab.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from tunelab.training.evaluation import evaluate_run
 from tunelab.training.fastpath import fast_paths
+from tunelab.training.loss import token_loss_sum
 from tunelab.training.progress import BarReporter, Reporter, SilentReporter
 from tunelab.training.schedules import build_scheduler
 

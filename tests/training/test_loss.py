@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from peft import LoraConfig, PromptTuningConfig, get_peft_model
 
 from tunelab.data.batching import packed_batch, padded_batch
-from tunelab.data.types import Tokenized
-from tunelab.loss import IGNORE, _plain_head, linear_cross_entropy, token_loss_sum
+from tunelab.data.types import IGNORE, Tokenized
 from tunelab.models.tiny import random_model
+from tunelab.training.loss import _plain_head, linear_cross_entropy, token_loss_sum
 
 ARCHS = ("llama", "bloom", "gpt2")
 
