@@ -35,6 +35,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from tunelab.compat import attn_implementation
 from tunelab.config import ModelConfig
 from tunelab.errors import ModelError
 from tunelab.io import atomic_dir, atomic_write_json
@@ -65,7 +66,7 @@ def load_model_and_tokenizer(cfg: ModelConfig) -> tuple[PreTrainedModel, PreTrai
     name = cfg.name
     if name.startswith("random:"):
         model, tokenizer = random_model(name.removeprefix("random:"), cfg.seed, dtype)
-        if model.config._attn_implementation != cfg.attn_implementation:
+        if attn_implementation(model) != cfg.attn_implementation:
             model.set_attn_implementation(cfg.attn_implementation)
     elif _is_hub_id(name):
         model, tokenizer = _load_hub(name, dtype, cfg.attn_implementation)

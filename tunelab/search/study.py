@@ -21,6 +21,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
+from tunelab.compat import fail_trial
 from tunelab.config import RunConfig, load_config
 from tunelab.errors import ConfigError, TunelabError
 from tunelab.search.apply import settings_of
@@ -110,13 +111,8 @@ def fail_dead_trials(study: optuna.Study) -> list[int]:
         worker = trial.user_attrs.get("worker") or {}
         if worker.get("host") != host or _alive(int(worker.get("pid", -1))):
             continue
-        storage = study._storage  # Optuna has no public call to fail another process's trial
-        try:
-            storage.set_trial_user_attr(trial._trial_id, "error", "worker process died mid-trial")
-            if storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
-                failed.append(trial.number)
-        except optuna.exceptions.UpdateFinishedTrialError:
-            pass  # another worker starting at the same moment failed it first
+        if fail_trial(study, trial, "worker process died mid-trial"):
+            failed.append(trial.number)  # else another worker failed it first
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)  # other hosts' trials whose heartbeat stopped

@@ -20,12 +20,19 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tunelab.compat import (
+    fast_paths_enabled,
+    lora_parts,
+    patch_forward,
+    plain_lora_layer,
+    restore_forward,
+    silu_modules,
+)
 from tunelab.models.arch import arch_of, decoder_layers
 from tunelab.training.packed import packed_attention
 
@@ -35,8 +42,12 @@ def fast_paths(
     model: nn.Module, packing: bool = True, share_prefixes: bool = True
 ) -> Iterator[None]:
     """Within the block: packed rows attend per example and store a shared prompt prefix once
-    (if `packing`; `share_prefixes=False` keeps every example whole), LoRA layers are fused."""
+    (if `packing`; `share_prefixes=False` keeps every example whole), LoRA layers are fused.
+    Where the installed libraries are not the tested ones (`tunelab.compat`), nothing changes."""
     with ExitStack() as stack:
+        if not fast_paths_enabled():
+            yield
+            return
         if packing:
             stack.enter_context(packed_attention(model, share_prefixes))
         stack.enter_context(fused_lora(model))
@@ -51,48 +62,21 @@ def fused_lora(model: nn.Module) -> Iterator[None]:
     """Within the block, plain LoRA layers (one adapter, no dropout, no DoRA, nn.Linear base)
     run as `_LoraLinear`, and SwiGLU MLPs made of three of them as `_LoraSwiGLU`; any layer or
     call outside that case keeps PEFT's forward."""
-    patched = [m for m in model.modules() if _fusable(m)]
+    patched = [m for m in model.modules() if plain_lora_layer(m)]
     for module in patched:
-        module.forward = partial(_fused_forward, module, module.forward)
+        patch_forward(module, _fused_forward)
     mlps = _swiglu_mlps(model, {id(m) for m in patched})
     for module in mlps:
-        module.forward = partial(_fused_mlp_forward, module, module.forward)
+        patch_forward(module, _fused_mlp_forward)
     try:
         yield
     finally:
         for module in patched + mlps:
-            del module.forward  # back to the class's forward
-
-
-def _fusable(module: nn.Module) -> bool:
-    from peft.tuners.lora.layer import Linear as LoraLinear
-
-    if not isinstance(module, LoraLinear) or type(module.base_layer) is not nn.Linear:
-        return False
-    if len(module.lora_A) != 1 or module.lora_variant:  # several adapters, DoRA and such
-        return False
-    name = next(iter(module.lora_A))
-    return isinstance(module.lora_dropout[name], nn.Identity) and module.lora_B[name].bias is None
-
-
-def _lora_parts(module, x: torch.Tensor) -> tuple | None:
-    """(W, b, A, B, s) of a fusable LoRA layer for this call, or None where PEFT's own forward
-    must run (adapter disabled or merged, several active, mixed precision, other dtypes)."""
-    names = module.active_adapters
-    if module.disable_adapters or module.merged or len(names) != 1:
-        return None
-    if torch.is_autocast_enabled(x.device.type):  # mixed precision: leave the casts to PEFT
-        return None
-    name = names[0]
-    if name not in module.lora_A or x.dtype != module.lora_A[name].weight.dtype:
-        return None
-    base = module.base_layer
-    return (base.weight, base.bias, module.lora_A[name].weight, module.lora_B[name].weight,
-            module.scaling[name])  # fmt: skip
+            restore_forward(module)
 
 
 def _fused_forward(module, peft_forward, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-    parts = None if args or kwargs else _lora_parts(module, x)
+    parts = None if args or kwargs else lora_parts(module, x)
     if parts is None:
         return peft_forward(x, *args, **kwargs)
     return _LoraLinear.apply(x, *parts)
@@ -104,8 +88,6 @@ def _fused_forward(module, peft_forward, x: torch.Tensor, *args, **kwargs) -> to
 def _swiglu_mlps(model: nn.Module, fused: set[int]) -> list[nn.Module]:
     """The MLPs that compute down(silu(gate(x)) * up(x)) (the architecture table says which
     families do) with all three projections among the `fused` LoRA layers, in layer order."""
-    from transformers.activations import SiLUActivation
-
     inner = getattr(model, "module", model)  # under DistributedDataParallel
     spec = arch_of(inner)
     if not spec.gated_mlp:
@@ -114,14 +96,14 @@ def _swiglu_mlps(model: nn.Module, fused: set[int]) -> list[nn.Module]:
     return [
         mlp
         for mlp in mlps
-        if isinstance(getattr(mlp, "act_fn", None), (SiLUActivation, nn.SiLU))
+        if isinstance(getattr(mlp, "act_fn", None), silu_modules())
         and all(id(getattr(mlp, name)) in fused for name in spec.mlp_projections)
     ]
 
 
 def _fused_mlp_forward(module, mlp_forward, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     gate, up, down = module.gate_proj, module.up_proj, module.down_proj
-    parts = [None if args or kwargs else _lora_parts(p, x) for p in (gate, up, down)]
+    parts = [None if args or kwargs else lora_parts(p, x) for p in (gate, up, down)]
     if any(p is None or p[0].requires_grad or p[1] is not None for p in parts):
         return mlp_forward(x, *args, **kwargs)  # only adapters train here, and no biases
     (wg, _, ag, bg, sg), (wu, _, au, bu, su), (wd, _, ad, bd, sd) = parts

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tunelab.compat import accepts_logits_to_keep, fast_paths_enabled
 from tunelab.data.types import IGNORE
 from tunelab.training.packed import share_prefix, shares_prefixes
 
@@ -144,28 +145,28 @@ def _kept_hidden(
 
     handle = head.register_forward_pre_hook(bypass)
     try:
-        try:
+        if accepts_logits_to_keep(model):
             model(**inputs, logits_to_keep=keep, use_cache=False)
             return captured[-1]
-        except TypeError:  # models or wrappers without logits_to_keep
-            captured.clear()
-            model(**inputs, use_cache=False)
-            return captured[-1][:, keep]
+        model(**inputs, use_cache=False)
+        return captured[-1][:, keep]
     finally:
         handle.remove()
 
 
 def _kept_logits(model: nn.Module, inputs: dict, keep: torch.Tensor) -> torch.Tensor:
     """Logits (B, K, V) at sequence positions `keep` (K,)."""
-    try:
+    if accepts_logits_to_keep(model):
         return model(**inputs, logits_to_keep=keep, use_cache=False).logits
-    except TypeError:  # models or wrappers without logits_to_keep
-        return model(**inputs, use_cache=False).logits[:, keep]
+    return model(**inputs, use_cache=False).logits[:, keep]
 
 
 def _plain_head(model: nn.Module) -> nn.Linear | None:
     """The output projection if the logits are exactly `head(hidden)`, else None (a head with
-    an adapter on it, or models that rescale or soft-cap their logits)."""
+    an adapter on it, models that rescale or soft-cap their logits, or untested libraries:
+    bypassing the head relies on the model calling it once, on its final hidden states)."""
+    if not fast_paths_enabled():
+        return None
     get_head = getattr(model, "get_output_embeddings", None)
     head = get_head() if get_head is not None else None
     config = getattr(model, "config", None)

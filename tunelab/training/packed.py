@@ -27,10 +27,14 @@ from itertools import pairwise
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AttentionInterface
-from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
-from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+from tunelab.compat import (
+    attn_implementation,
+    register_attention,
+    repeat_kv,
+    sdpa_attention_forward,
+    set_attn_implementation,
+)
 from tunelab.data.types import IGNORE
 
 PACKED_SDPA = "tunelab_packed_sdpa"  # per-example attention
@@ -41,24 +45,21 @@ MIN_SHARED = 8  # shared tokens below which compacting a row is not worth it
 @contextmanager
 def packed_attention(model: nn.Module, share_prefixes: bool = True) -> Iterator[None]:
     """Within the block, a model that uses "sdpa" runs packed rows example by example."""
-    base = _transformers_model(model)
-    if base is None or base.config._attn_implementation != "sdpa":
+    if attn_implementation(model) != "sdpa":
         yield
         return
     name = SHARED_SDPA if share_prefixes else PACKED_SDPA
-    AttentionInterface.register(name, packed_sdpa_forward)  # idempotent
-    AttentionMaskInterface.register(name, sdpa_mask)
-    base.config._attn_implementation = name
+    register_attention(name, packed_sdpa_forward)
+    set_attn_implementation(model, name)
     try:
         yield
     finally:
-        base.config._attn_implementation = "sdpa"
+        set_attn_implementation(model, "sdpa")
 
 
 def shares_prefixes(model: nn.Module) -> bool:
     """Is `model` inside `packed_attention(model, share_prefixes=True)`?"""
-    base = _transformers_model(model)
-    return base is not None and base.config._attn_implementation == SHARED_SDPA
+    return attn_implementation(model) == SHARED_SDPA
 
 
 # ---------------------------------------------------------------- attention
@@ -135,18 +136,6 @@ def _row_layout(module, query, key, position_ids) -> tuple[list[int], list[int]]
     if prefix < lengths[0]:  # positions run on from the prefix into the first example: split
         lengths, offsets = [prefix, lengths[0] - prefix, *lengths[1:]], [0, prefix, *offsets[1:]]
     return lengths, offsets
-
-
-def _transformers_model(model: nn.Module) -> nn.Module | None:
-    """The module whose `config` holds the attention implementation, under PEFT/accelerate."""
-    for _ in range(4):
-        if hasattr(getattr(model, "config", None), "_attn_implementation"):
-            return model
-        inner = getattr(model, "base_model", None) or getattr(model, "module", None)
-        if inner is None or inner is model:
-            return None
-        model = inner
-    return None
 
 
 # ---------------------------------------------------------------- shared prefixes
