@@ -19,17 +19,24 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tunelab import train
 
-TEXTS = ["hello world, exported", "Molo! Unjani namhlanje? Ndiyabulela kakhulu."]
+# multilingual: English, isiXhosa (clicks, long agglutinated words), digits, accents, emoji
+TEXTS = [
+    "hello world, exported in 2026",
+    "Molo! Unjani namhlanje? Ndiyabulela kakhulu. Abantwana bafunda iincwadi ezili-12.",
+    "Ça va très bien 😊 — ñandú, straße",
+]
 
 
 def make_run(root: Path, method: str, arch: str = "llama", settings: dict | None = None,
-             steps: int = 3, data: dict | None = None) -> Path:  # fmt: skip
-    """A run of a few steps at a high learning rate, so the update is far from zero."""
+             steps: int = 3, data: dict | None = None, model: str | None = None,
+             lr: float | None = 3e-2) -> Path:  # fmt: skip
+    """A run of a few steps, by default at a high learning rate, so the update is far from zero
+    (`lr=None`: the method's own default)."""
     config = {
-        "model": {"name": f"random:{arch}"},
+        "model": {"name": model or f"random:{arch}"},
         "data": {"train": "builtin:reverse", "builtin_size": 16, "max_length": 32, **(data or {})},
         "method": {"name": method, **(settings or {})},
-        "train": {"max_steps": steps, "lr": 3e-2, "batch_size": 4, "tokens_per_batch": 128,
+        "train": {"max_steps": steps, "lr": lr, "batch_size": 4, "tokens_per_batch": 128,
                   "progress": False},
         "eval": {"before": False, "metrics": ["loss"]},
         "output_dir": str(root / f"{method}-{arch}"),
