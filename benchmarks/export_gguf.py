@@ -33,7 +33,8 @@ def short_run(out: Path) -> Path:
     config = {
         "model": {"name": "embedded:smollm2-135m"},
         "data": {"train": str(DATA / "train.jsonl"), "prompt_field": "inputs",
-                 "response_field": "targets", "max_length": 128, "max_train_examples": 40},
+                 "response_field": "targets", "max_length": 128, "max_train_examples": 40,
+                 "max_eval_examples": 8},
         "method": {"name": "lora"},
         "train": {"max_steps": 5, "batch_size": 4, "progress": False},
         "eval": {"before": False, "metrics": ["loss"]},
