@@ -163,11 +163,32 @@ def merge(
     run: Path = typer.Argument(..., help="run directory"),
     output: Path = typer.Option(..., "--output", "-o", help="where to write the merged model"),
 ):
-    """Fold a run's update into the base weights: a plain transformers model directory."""
-    from tunelab.serve.merge import merge_run
+    """Fold a run's update into the base weights: a plain transformers model directory
+    (the same as `tunelab export RUN --format hf`)."""
+    from tunelab.export.merge import merge_run
 
     merge_run(run, output)
     console.print(f"merged model written to {output}")
+
+
+@app.command()
+@user_errors
+def export(
+    run: Path = typer.Argument(..., help="run directory"),
+    output: Path = typer.Option(..., "--output", "-o", help="the .gguf file (hf: a folder)"),
+    format: str = typer.Option("gguf", "--format", help="gguf (llama.cpp, Ollama) | hf"),
+    dtype: str = typer.Option("f32", "--dtype", help="gguf tensor type: f32 | f16 | bf16 | q8_0"),
+    ollama: Path = typer.Option(None, "--ollama", help="also write DIR/Modelfile for Ollama"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing .gguf file"),
+):
+    """Merge a run and write it as one GGUF file (llama.cpp, Ollama) or a transformers folder."""
+    from tunelab.export import export_run
+
+    result = export_run(run, output, format=format, dtype=dtype, ollama_dir=ollama,
+                        overwrite=overwrite, progress=console.is_terminal)  # fmt: skip
+    console.print(f"{format} written to {result.path} ({result.bytes / 1e6:.1f} MB)")
+    if result.modelfile is not None:
+        console.print(f"Ollama: ollama create NAME -f {result.modelfile}", highlight=False)
 
 
 @app.command()

@@ -11,9 +11,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tunelab import train
 from tunelab.errors import MergeNotSupported, TunelabError
+from tunelab.export.merge import merge_run
 from tunelab.models import load_model_and_tokenizer
 from tunelab.run import load_run, read_run_config
-from tunelab.serve.merge import merge_run
 
 TEXTS = ["hello world, merged", "abc"]
 
