@@ -25,8 +25,9 @@ import torch
 from transformers.utils.logging import disable_progress_bar
 
 from tunelab.compare.measure import measure_base, measure_run
+from tunelab.compare.samples import SHARED_SAMPLES
 from tunelab.config import RunConfig, load_config
-from tunelab.io import atomic_write_json
+from tunelab.io import atomic_write_json, atomic_write_text
 from tunelab.run import RunFiles
 from tunelab.training.checkpoint import latest_checkpoint
 from tunelab.training.loop import StopTraining, train
@@ -114,6 +115,9 @@ def train_and_measure(job: Job, events) -> None:
     result = train(cfg, resume=resume, reporter=reporter, on_step=reporter.check_budget)
     shared = Path(job.output_dir) / SHARED_BEFORE
     if not shared.exists() and files.before.exists():
+        if files.samples("before").exists():  # the base model's outputs, for the report
+            text = files.samples("before").read_text(encoding="utf-8")
+            atomic_write_text(Path(job.output_dir) / SHARED_SAMPLES, text)
         atomic_write_json(shared, {"key": before_key(cfg), "scores": files.read_before()})
     reporter.message(f"{job.name}: measuring forgetting and inference cost")
     measurements = measure_run(result.run_dir, cfg, job.inference_tokens)
