@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import queue
 from pathlib import Path
 from typing import Any
@@ -98,6 +99,7 @@ def _job(cfg: CompareConfig, name: str, run: RunConfig) -> Job:
         output_dir=str(cfg.output_dir),
         budget_seconds=cfg.budget_seconds,
         inference_tokens=cfg.inference_tokens,
+        parent_pid=os.getpid(),
     )
 
 
