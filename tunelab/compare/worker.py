@@ -111,7 +111,7 @@ def run_job(job: Job, events) -> None:
         events.put(("failed", job.name, f"{type(exc).__name__}: {exc}"))
 
 
-def watch_parent(pid: int | None, interval: float = 0.5) -> None:
+def watch_parent(pid: int | None, interval: float = 0.1) -> None:
     """End this process soon after the comparison that started it is gone (killed, so it
     could not stop its worker): a worker left behind would go on writing into a run folder
     that a rerun of the comparison is about to resume."""
