@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from tunelab.cli import app
 from tunelab.compare import load_compare_config
 from tunelab.compare.config import run_configs
-from tunelab.compare.report import render_report
+from tunelab.compare.report import loss_axis, loss_curves, render_report
 from tunelab.compare.results import markdown
 from tunelab.compare.samples import side_by_side
 from tunelab.errors import ConfigError
@@ -141,3 +141,14 @@ def test_report_shows_outputs_side_by_side_escaped_and_what_each_variant_changes
     assert "<td>lora</td><td>hi</td>" in page and "<td>prompt</td><td>-</td>" in page
     assert "<th>variant</th>" in page and "lora: method=lora, train.lr=0.002" in page
     assert "lora: method=lora, train.lr=0.002" in markdown(results)
+
+
+def test_loss_is_plotted_against_examples_under_an_example_budget(tmp_path):
+    results = fake_results(tmp_path)
+    assert loss_axis(results) == ("step", "optimizer step")
+    results["budget"] = {"examples": 100, "steps": None}
+    assert loss_axis(results) == ("examples_seen", "training examples seen")
+    metrics = tmp_path / "runs" / "lora" / "metrics.jsonl"
+    metrics.write_text('{"step": 1, "loss": 2.0, "examples_seen": 3}\n'
+                       '{"step": 2, "loss": 1.5, "examples_seen": 7}\n')  # fmt: skip
+    assert loss_curves(results, "examples_seen")["lora"] == [(3, 2.0), (7, 1.5)]

@@ -85,6 +85,10 @@ def test_packed_and_padded_runs_see_the_same_examples_under_an_example_budget(tm
     assert packed["examples_seen"] == padded["examples_seen"] == 30
     assert packed["steps"] > padded["steps"] == 8  # 4 examples a padded step; fewer packed
     assert packed["tokens_seen"] > 0 and padded["tokens_seen"] > 0
+    for packing in (True, False):  # the loss can be plotted against examples seen
+        records = (tmp_path / str(packing) / "run" / "metrics.jsonl").read_text().splitlines()
+        seen = [json.loads(line)["examples_seen"] for line in records]
+        assert seen == sorted(seen) and seen[-1] == 30
 
 
 def test_a_step_budget_records_what_each_batching_saw(tmp_path):

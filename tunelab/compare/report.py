@@ -16,15 +16,24 @@ if TYPE_CHECKING:
     from rich.table import Table
 
 
-def loss_curves(results: dict[str, Any]) -> dict[str, list[tuple[float, float]]]:
-    """{variant: [(step, training loss)]} from each run's metrics.jsonl; for a step logged
-    twice (a resumed run) the last record counts."""
+def loss_curves(results: dict[str, Any], x: str = "step") -> dict[str, list[tuple[float, float]]]:
+    """{variant: [(x, training loss)]} from each run's metrics.jsonl, x the step or the
+    examples seen by then; for a step logged twice (a resumed run) the last record counts."""
     curves = {}
     for row in results["methods"]:
         records = read_jsonl(Path(row["run_dir"]) / "metrics.jsonl")
-        by_step = {r["step"]: r["loss"] for r in records if "step" in r and "loss" in r}
-        curves[row["variant"]] = sorted(by_step.items())
+        by_step = {r["step"]: (r.get(x), r["loss"]) for r in records if "step" in r and "loss" in r}
+        curves[row["variant"]] = sorted(p for p in by_step.values() if p[0] is not None)
     return curves
+
+
+def loss_axis(results: dict[str, Any]) -> tuple[str, str]:
+    """(metrics.jsonl field, label) for the loss chart's x axis: examples seen under an
+    example or token budget (where runs take different numbers of steps), else steps."""
+    budget = results["budget"]
+    if budget.get("examples") or budget.get("tokens"):
+        return "examples_seen", "training examples seen"
+    return "step", "optimizer step"
 
 
 def chart_figures(results: dict[str, Any]) -> list[str]:
@@ -39,10 +48,11 @@ def chart_figures(results: dict[str, Any]) -> list[str]:
     by_time = {r["variant"]: (r["train_seconds"], r["quality"]) for r in scored}
     memory = {r["variant"]: r["peak_memory_mb"] for r in done}
     least_memory = results["best"].get("peak_memory_mb", [])
+    field, xlabel = loss_axis(results)
     return [
         html.image(
-            plots.line_chart(loss_curves(results), title="Training loss",
-                             xlabel="optimizer step", ylabel="loss (per token)"),
+            plots.line_chart(loss_curves(results, field), title="Training loss",
+                             xlabel=xlabel, ylabel="loss (per token)"),
             "Training loss of every variant (same data, seed and budget)",
         ),
         html.image(
@@ -117,7 +127,8 @@ def sample_blocks(results: dict[str, Any]) -> list[str]:
 def _output(output: dict[str, Any] | None) -> str:
     if output is None:
         return "-"
-    return output["text"] + ("" if output["same_prompt"] else "\n[prompted by its own template]")
+    text = output["text"] if output["text"].strip() else "(empty output)"
+    return text + ("" if output["same_prompt"] else "\n[prompted by its own template]")
 
 
 def rich_table(results: dict[str, Any]) -> Table:

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from tunelab.compare.config import flat_items
 from tunelab.compare.ranking import best_by, pareto_front
 from tunelab.compare.worker import MEASUREMENTS
@@ -164,9 +166,14 @@ def variant_sentences(results: dict[str, Any]) -> list[str]:
     """What each named variant changes in the base config, one line each."""
     lines = []
     for name, overrides in results.get("variants", {}).items():
-        changes = ", ".join(f"{key}={value}" for key, value in flat_items(overrides))
+        changes = ", ".join(f"{key}={_plain(value)}" for key, value in flat_items(overrides))
         lines.append(f"{name}: {changes or 'the base config as it is'}")
     return lines
+
+
+def _plain(value: Any) -> str:
+    """A value as YAML would write it inline (false, 0.002, [q_proj, v_proj])."""
+    return yaml.safe_dump(value, default_flow_style=True, width=1_000).removesuffix("...\n").strip()
 
 
 def pareto_sentences(results: dict[str, Any]) -> list[str]:

@@ -20,7 +20,7 @@ table { border-collapse: collapse; font-size: .88rem; width: 100%; }
 th, td { border-bottom: 1px solid #ddd; padding: .35rem .55rem; text-align: right;
          white-space: nowrap; }
 th:first-child, td:first-child, th:nth-child(2), td:nth-child(2) { text-align: left; }
-th { background: #f4f4f6; position: sticky; top: 0; }
+th { background: #f4f4f6; position: sticky; top: 0; white-space: normal; }
 td.best { background: #e3f4e1; font-weight: 600; }
 tr.failed td { color: #b00020; white-space: normal; }
 .charts { display: grid; grid-template-columns: repeat(auto-fit, minmax(520px, 1fr)); gap: 1rem; }

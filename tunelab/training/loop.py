@@ -322,7 +322,8 @@ def run_steps(
         if main and (done % cfg.train.log_every == 0 or done == total_steps):
             loss = log_loss / max(log_tokens, 1)
             lr = scheduler.get_last_lr()[0]
-            record = {"step": done, "loss": loss, "lr": lr, "tokens_per_second": speed}
+            record = {"step": done, "loss": loss, "lr": lr, "tokens_per_second": speed,
+                      "examples_seen": seen.examples}  # fmt: skip
             append_jsonl(files.metrics, record)
             log_loss, log_tokens = 0.0, 0
         if (
