@@ -62,7 +62,7 @@ def test_killed_comparison_resumes_without_losing_or_faking_work(tmp_path):
     log = (tmp_path / "output.txt").open("w")  # read it when this test fails
     process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
-        wait_for(lambda: logged_steps(runs / "padded") >= 1, 120, "the second variant to train")
+        wait_for(lambda: logged_steps(runs / "padded") >= 1, 300, "the second variant to train")
         workers = psutil.Process(process.pid).children(recursive=True)
         process.send_signal(signal.SIGKILL)
         process.wait()

@@ -256,15 +256,20 @@ def resolve(cfg: CompareConfig, variant: Variant, label: str) -> dict[str, Any]:
     overrides = dict(variant.overrides)
     if isinstance(overrides.get("method"), str):  # `method: lora` is {method: {name: lora}}
         overrides["method"] = {"name": overrides["method"]}
-    chosen = overrides.get("method.name", (overrides.get("method") or {}).get("name"))
-    if chosen is not None and chosen != (raw.get("method") or {}).get("name"):
+    chosen = overrides.get("method.name", _name(overrides.get("method")))
+    if chosen is not None and chosen != _name(raw.get("method")):
         raw["method"] = {}
     section = "overrides" if variant.kind == "method" else "variants"
     for key, value in overrides.items():
         set_dotted(raw, key, value, label=f"{label}: {section}.{variant.name}.{key}")
-    if not (raw.get("method") or {}).get("name"):
+    if "method" not in raw:
         raise ConfigError(f"{label}: variant {variant.name}: method: name one (or base.method)")
     return raw
+
+
+def _name(method: Any) -> str | None:
+    """The method a (not yet validated) `method` section names."""
+    return method.get("name") if isinstance(method, dict) else None
 
 
 def apply_budget(train: dict[str, Any], cfg: CompareConfig) -> None:
