@@ -194,20 +194,24 @@ def export(
 @app.command()
 @user_errors
 def compare(
-    config: Path = typer.Argument(..., help="comparison YAML: base, methods, budget, overrides"),
+    config: Path = typer.Argument(..., help="comparison YAML: base, methods/variants, budget"),
     methods: str = typer.Option(None, "--methods", help="comma-separated methods, or all"),
-    budget_steps: int = typer.Option(None, "--budget-steps", help="optimizer steps per method"),
-    budget_seconds: float = typer.Option(None, "--budget-seconds", help="training s per method"),
+    budget_steps: int = typer.Option(None, "--budget-steps", help="optimizer steps per run"),
+    budget_seconds: float = typer.Option(None, "--budget-seconds", help="training s per run"),
+    budget_examples: int = typer.Option(None, "--budget-examples", help="examples per run"),
+    budget_tokens: int = typer.Option(None, "--budget-tokens", help="training tokens per run"),
     output: Path = typer.Option(None, "--output", "-o", help="folder (default: output_dir)"),
 ):
-    """Every method on the same data, seed and budget, side by side; rerun to resume.
-    Writes runs/<method>/, results.json, results.md and report.html into the output folder."""
+    """Every method or variant on the same data, seed and budget, side by side; rerun to
+    resume. Writes runs/<name>/, results.json, results.md and report.html into the output
+    folder."""
     from tunelab.compare import load_compare_config
     from tunelab.compare.report import rich_table
     from tunelab.compare.runner import compare as run_comparison
 
     chosen = None if methods is None else methods if methods == "all" else methods.split(",")
     flags = {"methods": chosen, "budget_steps": budget_steps, "budget_seconds": budget_seconds,
+             "budget_examples": budget_examples, "budget_tokens": budget_tokens,
              "output_dir": str(output) if output else None}  # fmt: skip
     cfg = load_compare_config(config, flags=flags)
     results = run_comparison(cfg, label=str(config))

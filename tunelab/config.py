@@ -78,6 +78,14 @@ class TrainConfig(Section):
     )
     grad_accum: int = Field(1, gt=0)
     max_steps: int | None = Field(None, gt=0, description="optimizer steps; overrides epochs")
+    max_examples: int | None = Field(
+        None, gt=0, description="stop after this many training examples (overrides epochs; "
+        "equal for packed and padded batching; with max_steps, whichever comes first)"
+    )  # fmt: skip
+    max_tokens: int | None = Field(
+        None, gt=0, description="stop after this many training tokens (non-padding, whole "
+        "examples; overrides epochs; with max_steps, whichever comes first)"
+    )  # fmt: skip
     epochs: float = Field(1.0, gt=0)
     schedule: Literal["constant", "linear", "cosine", "stlr"] = "linear"
     warmup_steps: int = Field(0, ge=0)

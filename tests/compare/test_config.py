@@ -103,6 +103,16 @@ def test_example_configs_validate(name):
     assert cfg.budget_steps and all(c.train.max_steps == cfg.budget_steps for c in configs.values())
 
 
+def test_variants_example_validates_with_an_example_budget(monkeypatch):
+    monkeypatch.chdir(EXAMPLES.parent)  # its data paths are relative to the repository root
+    cfg = load_compare_config(EXAMPLES / "xhosa-variants-compare.yaml")
+    configs = run_configs(cfg)
+    assert len(configs) >= 4 and {c.method.name for c in configs.values()} == {"lora"}
+    assert all(c.train.max_examples == cfg.budget_examples for c in configs.values())
+    assert configs["lora-r4"].method.r == 4 and configs["lora"].method.r == 16
+    assert configs["lora-padded"].data.packing is False
+
+
 def test_a_run_counts_as_finished_only_under_the_same_config(comparison_dict, tmp_path):
     from tunelab.compare.worker import MEASUREMENTS, is_finished
     from tunelab.run import RunFiles, write_run_config

@@ -1,5 +1,5 @@
 """Every comparison example in examples/ runs end to end, shrunk to a tiny model and two
-steps per method on the same data files: every listed method finishes and is measured."""
+steps per run on the same data files: every listed method or variant finishes and is measured."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def shrunk(path: Path, output: Path) -> dict:
 
 
 def test_there_are_comparison_examples():
-    assert {"demo-compare", "xhosa-compare"} <= {p.stem for p in EXAMPLES}
+    assert {"demo-compare", "xhosa-compare", "xhosa-variants-compare"} <= {p.stem for p in EXAMPLES}
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
@@ -38,5 +38,5 @@ def test_example_comparison_runs(path, tmp_path, monkeypatch):
     results = compare(cfg, label=path.name, progress=False)
     failed = {r["method"]: r["error"] for r in results["methods"] if r["status"] != "finished"}
     assert not failed
-    assert [r["method"] for r in results["methods"]] == cfg.method_names()
+    assert [r["variant"] for r in results["methods"]] == cfg.variant_names()
     assert (tmp_path / "out" / "report.html").exists()

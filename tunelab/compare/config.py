@@ -1,25 +1,38 @@
-"""The comparison config: one shared run config (`base`), the methods to run, the budget they
-share, and per-method overrides. Everything is validated up front, so a typo fails before
-the first method spends any time; every error names the key.
+"""The comparison config: one shared run config (`base`), what to compare (methods, and/or
+named variants of the run config), the budget they share, and per-method overrides.
+Everything is validated up front, every variant's resolved run config included, so a typo
+fails before the first run spends any time; every error names the variant and the key.
 
 ```yaml
-base:                      # a run config without `method`, `train.lr` or `output_dir`
-  model: {name: embedded:smollm2-135m}
+base:                      # a run config without `output_dir` (and, when `methods:` are
+  model: {name: embedded:smollm2-135m}    # compared, without `method` or `train.lr`)
   data: {train: builtin:json, eval: builtin:json}
   eval: {metrics: [loss, perplexity, exact_match]}
-methods: [lora, prompt, adapter, bitfit]      # or: all
-budget_steps: 60           # equal optimizer steps for every method ...
+methods: [lora, prompt, adapter, bitfit]      # or: all (the default when there are no variants)
+variants:                  # name: overrides of the base run config, dotted keys or sections
+  lora-r64: {method: {name: lora, r: 64}}
+  lora-padded: {method: lora, data.packing: false}
+  lora-fast: {method: lora, train: {lr: 3.0e-3}}
+budget_examples: 240       # equal training examples for every run (or budget_tokens) ...
+budget_steps: 60           # ... or equal optimizer steps (with both: whichever comes first)
 budget_seconds: null       # ... and/or equal wall time (training only, not evaluation)
-overrides:                 # dotted run-config keys, per method
+overrides:                 # dotted run-config keys, per method of `methods:`
   lora: {method.r: 16, train.lr: 1.0e-3}
 quality: exact_match       # the metric the charts and the Pareto fronts use
 output_dir: runs/compare
 ```
+
+A method is one kind of variant: `methods: [lora]` runs what `variants: {lora: {method: lora}}`
+would, at the method's own default learning rate. A step budget is not equal work across
+batching modes (a packed micro-batch holds fewer examples than a padded one), which is why
+`budget_examples` / `budget_tokens` exist: every run records `examples_seen` / `tokens_seen`.
 """
 
 from __future__ import annotations
 
 import copy
+import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -35,6 +48,8 @@ FORBIDDEN_BASE_KEYS = {
     "output_dir": "set `output_dir` at the top level; each method writes OUTPUT/runs/<method>",
 }
 FORBIDDEN_OVERRIDES = {"output_dir", "method.name"}
+BUDGET_KEYS = ("train.max_steps", "train.max_examples", "train.max_tokens")
+VARIANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # a folder name: OUTPUT/runs/<name>
 
 
 class CompareConfig(BaseModel):
@@ -43,11 +58,24 @@ class CompareConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     base: dict[str, Any] = Field(
-        default_factory=dict, description="run config shared by every method (no method section)"
+        default_factory=dict, description="run config shared by every variant (no output_dir)"
     )
-    methods: list[str] | Literal["all"] = Field("all", description="method names, or all")
-    budget_steps: int | None = Field(None, gt=0, description="optimizer steps per method")
-    budget_seconds: float | None = Field(None, gt=0, description="training seconds per method")
+    methods: list[str] | Literal["all"] | None = Field(
+        None, description="method names, or all (the default when no variants are given)"
+    )
+    variants: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="name: overrides of the base run config, as dotted keys or nested "
+        "sections, e.g. {method: lora, train.lr: 1.0e-3, data: {packing: false}}",
+    )
+    budget_steps: int | None = Field(None, gt=0, description="optimizer steps per run")
+    budget_seconds: float | None = Field(None, gt=0, description="training seconds per run")
+    budget_examples: int | None = Field(
+        None, gt=0, description="training examples per run (equal for packed and padded batches)"
+    )
+    budget_tokens: int | None = Field(
+        None, gt=0, description="training tokens per run (non-padding; whole examples)"
+    )
     overrides: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="per method: {dotted.run.config.key: value}"
     )
@@ -59,10 +87,10 @@ class CompareConfig(BaseModel):
 
     @field_validator("methods")
     @classmethod
-    def _known_methods(cls, value: list[str] | str) -> list[str] | str:
+    def _known_methods(cls, value: list[str] | str | None) -> list[str] | str | None:
         from tunelab.methods import METHODS
 
-        if value == "all":
+        if value is None or value == "all":
             return value
         if not value:
             raise ValueError("name at least one method (or: all)")
@@ -82,15 +110,47 @@ class CompareConfig(BaseModel):
             fixed = FORBIDDEN_OVERRIDES.intersection(keys)
             if fixed:
                 raise ValueError(f"{name}.{fixed.pop()} is set by the comparison itself")
+            budget = set(BUDGET_KEYS).intersection(keys)
+            if budget:
+                raise ValueError(f"{name}.{budget.pop()} is set by the comparison's budget")
         return value
 
     def method_names(self) -> list[str]:
+        """The methods compared as such (each a variant named after its method)."""
         from tunelab.methods import METHODS
 
+        if self.methods is None:
+            return [] if self.variants else list(METHODS)
         return list(METHODS) if self.methods == "all" else list(self.methods)
+
+    def variant_names(self) -> list[str]:
+        """Every run of the comparison, in order: the methods, then the named variants."""
+        return [*self.method_names(), *self.variants]
+
+    def budget(self) -> dict[str, Any]:
+        return {"steps": self.budget_steps, "seconds": self.budget_seconds,
+                "examples": self.budget_examples, "tokens": self.budget_tokens}  # fmt: skip
 
     def run_dir(self, name: str) -> Path:
         return Path(self.output_dir) / "runs" / name
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One run of a comparison: its name, where it came from, its overrides of `base`."""
+
+    name: str
+    kind: Literal["method", "variant"]  # listed under `methods:`, or named under `variants:`
+    overrides: dict[str, Any]
+
+
+def variants(cfg: CompareConfig) -> list[Variant]:
+    """The methods as variants (with their `overrides`), then the named variants."""
+    runs = [
+        Variant(name, "method", {"method.name": name, **cfg.overrides.get(name, {})})
+        for name in cfg.method_names()
+    ]
+    return runs + [Variant(name, "variant", keys) for name, keys in cfg.variants.items()]
 
 
 def load_compare_config(
@@ -112,6 +172,7 @@ def load_compare_config(
         message = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
         raise ConfigError(f"{label}: {key}: {message}") from None
     _check_base(cfg, label)
+    _check_variants(cfg, label)
     return cfg
 
 
@@ -128,54 +189,124 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 
 def _check_base(cfg: CompareConfig, label: str) -> None:
+    """`output_dir` is the comparison's; with methods compared, each starts from its own
+    defaults, so `method` and `train.lr` belong to the variants (or `overrides`)."""
+    methods = bool(cfg.method_names())
     for key, why in FORBIDDEN_BASE_KEYS.items():
-        if key in cfg.base:
+        if key in cfg.base and (methods or key == "output_dir"):
             raise ConfigError(f"{label}: base.{key}: {why}")
-    if (cfg.base.get("train") or {}).get("lr") is not None:
+    if methods and (cfg.base.get("train") or {}).get("lr") is not None:
         raise ConfigError(
             f"{label}: base.train.lr: each method trains at its own default lr; "
             "set one per method under overrides.<method>: {train.lr: ...}"
         )
 
 
-def run_configs(cfg: CompareConfig, label: str = "config") -> dict[str, RunConfig]:
-    """{method: its validated RunConfig}: base + budget + the method's overrides.
+def _check_variants(cfg: CompareConfig, label: str) -> None:
+    """Names usable as folder names and unique; no variant sets what the comparison owns."""
+    methods = set(cfg.method_names())
+    for name, overrides in cfg.variants.items():
+        where = f"{label}: variants.{name}"
+        if not VARIANT_NAME.fullmatch(name):
+            raise ConfigError(f"{where}: a name is a folder name (letters, digits, . _ -)")
+        if name in methods:
+            raise ConfigError(f"{where}: the name is taken by a method of `methods:`")
+        for key, _ in flat_items(overrides):
+            if key == "output_dir":
+                raise ConfigError(f"{where}.{key}: is set by the comparison itself")
+            if key in BUDGET_KEYS:
+                raise ConfigError(f"{where}.{key}: is set by the comparison's budget")
 
-    A time-only budget uses a constant learning rate: a decaying schedule needs a known length.
-    """
+
+def flat_items(overrides: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """Every leaf as (dotted key, value): {"train": {"lr": 1}} -> [("train.lr", 1)]."""
+    items = []
+    for key, value in overrides.items():
+        path = f"{prefix}{key}"
+        nested = isinstance(value, dict) and value
+        items += flat_items(value, f"{path}.") if nested else [(path, value)]
+    return items
+
+
+def run_configs(cfg: CompareConfig, label: str = "config") -> dict[str, RunConfig]:
+    """{variant name: its validated RunConfig}: base + budget + the variant's overrides;
+    then the checks across variants (the quality metric, the data files)."""
     configs = {}
-    for name in cfg.method_names():
-        raw = copy.deepcopy(cfg.base)
-        raw["method"] = {"name": name}
-        raw["output_dir"] = str(cfg.run_dir(name))
-        train = raw.setdefault("train", {})
-        train["progress"] = False
-        if cfg.budget_steps is not None:
-            train["max_steps"] = cfg.budget_steps
-        elif cfg.budget_seconds is not None:
-            train["max_steps"] = train.get("max_steps") or TIME_ONLY_STEP_CAP
-            train["schedule"] = "constant"
-        for key, value in cfg.overrides.get(name, {}).items():
-            set_dotted(raw, key, value, label=f"overrides.{name}.{key}")
+    for variant in variants(cfg):
+        raw = resolve(cfg, variant, label)
         try:
-            configs[name] = load_config(raw)
+            configs[variant.name] = load_config(raw)
         except ConfigError as err:
-            raise ConfigError(
-                f"{label}: method {name}: {str(err).removeprefix('config: ')}"
-            ) from None
-    quality_metric(cfg, next(iter(configs.values())), label)
+            message = str(err).removeprefix("config: ")
+            raise ConfigError(f"{label}: {variant.kind} {variant.name}: {message}") from None
+    quality = quality_metric(cfg, next(iter(configs.values())), label)
+    for name, run in configs.items():
+        if quality not in run.eval.metrics:
+            raise ConfigError(f"{label}: variant {name}: eval.metrics: lacks {quality!r}")
+        _check_data_files(run, f"{label}: variant {name}")
     return configs
 
 
+def resolve(cfg: CompareConfig, variant: Variant, label: str) -> dict[str, Any]:
+    """The variant's raw run config. A variant naming another method than the base's starts
+    that method from its defaults (the base's method settings belong to the base's method)."""
+    raw = copy.deepcopy(cfg.base)
+    raw["output_dir"] = str(cfg.run_dir(variant.name))
+    apply_budget(raw.setdefault("train", {}), cfg)
+    overrides = dict(variant.overrides)
+    if isinstance(overrides.get("method"), str):  # `method: lora` is {method: {name: lora}}
+        overrides["method"] = {"name": overrides["method"]}
+    chosen = overrides.get("method.name", _name(overrides.get("method")))
+    if chosen is not None and chosen != _name(raw.get("method")):
+        raw["method"] = {}
+    section = "overrides" if variant.kind == "method" else "variants"
+    for key, value in overrides.items():
+        set_dotted(raw, key, value, label=f"{label}: {section}.{variant.name}.{key}")
+    if "method" not in raw:
+        raise ConfigError(f"{label}: variant {variant.name}: method: name one (or base.method)")
+    return raw
+
+
+def _name(method: Any) -> str | None:
+    """The method a (not yet validated) `method` section names."""
+    return method.get("name") if isinstance(method, dict) else None
+
+
+def apply_budget(train: dict[str, Any], cfg: CompareConfig) -> None:
+    """The shared budget into a run's `train` section. A time-only budget uses a constant
+    learning rate: a decaying schedule needs a known length."""
+    train["progress"] = False
+    if cfg.budget_examples is not None or cfg.budget_tokens is not None:
+        train["max_examples"], train["max_tokens"] = cfg.budget_examples, cfg.budget_tokens
+        train["max_steps"] = cfg.budget_steps
+    elif cfg.budget_steps is not None:
+        train["max_steps"] = cfg.budget_steps
+    elif cfg.budget_seconds is not None:
+        train["max_steps"] = train.get("max_steps") or TIME_ONLY_STEP_CAP
+        train["schedule"] = "constant"
+
+
 def set_dotted(raw: dict[str, Any], key: str, value: Any, *, label: str) -> None:
-    """raw[a][b][c] = value for key "a.b.c", creating sections on the way."""
+    """raw[a][b][c] = value for key "a.b.c", creating sections on the way; a mapping value is
+    merged into an existing section key by key (so {train: {lr: 1}} keeps the other keys)."""
     parts = key.split(".")
     node = raw
     for part in parts[:-1]:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise ConfigError(f"{label}: {part} is not a section")
-    node[parts[-1]] = copy.deepcopy(value)
+    if isinstance(value, dict) and isinstance(node.get(parts[-1]), dict):
+        for inner, inner_value in value.items():
+            set_dotted(node[parts[-1]], inner, inner_value, label=label)
+    else:
+        node[parts[-1]] = copy.deepcopy(value)
+
+
+def _check_data_files(run: RunConfig, label: str) -> None:
+    for field in ("train", "eval"):
+        spec = getattr(run.data, field)
+        if spec and not spec.startswith("builtin:") and not Path(spec).expanduser().exists():
+            raise ConfigError(f"{label}: data.{field}: no such file: {spec}")
 
 
 def quality_metric(cfg: CompareConfig, run: RunConfig, label: str = "config") -> str:

@@ -1,5 +1,5 @@
-"""One progress view across a whole comparison: an overall bar (methods done, elapsed, ETA for
-everything left) above a bar for the method now training (its steps, loss, its own ETA).
+"""One progress view across a whole comparison: an overall bar (runs done, elapsed, ETA for
+everything left) above a bar for the variant now training (its steps, loss, its own ETA).
 
 It is fed by the worker processes' events (see `tunelab.compare.worker`). The overall ETA
 assumes the methods left cost about what the ones so far did, evaluation included, which
@@ -25,8 +25,9 @@ def _clock(seconds: float | None) -> str:
 class CompareProgress:
     """Context manager; `enabled=False` draws nothing (tests, `--quiet`)."""
 
-    def __init__(self, total: int, *, console: Console | None = None, enabled: bool = True):
-        self.total, self.enabled = max(total, 1), enabled
+    def __init__(self, total: int, *, console: Console | None = None, enabled: bool = True,
+                 unit: str = "methods"):  # fmt: skip
+        self.total, self.enabled, self.unit = max(total, 1), enabled, unit
         self.console = console or Console(stderr=True)
         self.finished, self.fraction, self.started = 0, 0.0, time.monotonic()
         self.method_started = self.started
@@ -92,7 +93,7 @@ class CompareProgress:
     def _refresh(self) -> None:
         done = min(self.finished + self.fraction, self.total)
         eta = self._eta(time.monotonic() - self.started, done / self.total)
-        info = f"{self.finished}/{self.total} methods"
+        info = f"{self.finished}/{self.total} {self.unit}"
         self._show(self.overall, completed=done, info=info, eta=_clock(eta))
 
     @staticmethod

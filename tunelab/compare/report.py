@@ -1,13 +1,14 @@
 """report.html for a comparison: the table with each criterion's winner highlighted, the
-Pareto-optimal methods named, and four charts embedded as PNG (loss curves of every method,
-quality vs trainable parameters on a log scale, quality vs training time, peak memory)."""
+Pareto-optimal variants named, what each variant changes, four charts embedded as PNG (loss
+curves of every variant, quality vs trainable parameters on a log scale, quality vs training
+time, peak memory), and a few eval prompts with every variant's output side by side."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tunelab.compare.results import budget_text, pareto_sentences, table_cells
+from tunelab.compare.results import budget_text, pareto_sentences, table_cells, variant_sentences
 from tunelab.io import read_jsonl
 from tunelab.report import html, plots
 
@@ -15,15 +16,24 @@ if TYPE_CHECKING:
     from rich.table import Table
 
 
-def loss_curves(results: dict[str, Any]) -> dict[str, list[tuple[float, float]]]:
-    """{method: [(step, training loss)]} from each run's metrics.jsonl; for a step logged
-    twice (a resumed run) the last record counts."""
+def loss_curves(results: dict[str, Any], x: str = "step") -> dict[str, list[tuple[float, float]]]:
+    """{variant: [(x, training loss)]} from each run's metrics.jsonl, x the step or the
+    examples seen by then; for a step logged twice (a resumed run) the last record counts."""
     curves = {}
     for row in results["methods"]:
         records = read_jsonl(Path(row["run_dir"]) / "metrics.jsonl")
-        by_step = {r["step"]: r["loss"] for r in records if "step" in r and "loss" in r}
-        curves[row["method"]] = sorted(by_step.items())
+        by_step = {r["step"]: (r.get(x), r["loss"]) for r in records if "step" in r and "loss" in r}
+        curves[row["variant"]] = sorted(p for p in by_step.values() if p[0] is not None)
     return curves
+
+
+def loss_axis(results: dict[str, Any]) -> tuple[str, str]:
+    """(metrics.jsonl field, label) for the loss chart's x axis: examples seen under an
+    example or token budget (where runs take different numbers of steps), else steps."""
+    budget = results["budget"]
+    if budget.get("examples") or budget.get("tokens"):
+        return "examples_seen", "training examples seen"
+    return "step", "optimizer step"
 
 
 def chart_figures(results: dict[str, Any]) -> list[str]:
@@ -34,15 +44,16 @@ def chart_figures(results: dict[str, Any]) -> list[str]:
     done = [row for row in results["methods"] if row["status"] == "finished"]
     scored = [row for row in done if row.get("quality") is not None]
     fronts = results["pareto"]
-    by_params = {r["method"]: (r["trainable_params"], r["quality"]) for r in scored}
-    by_time = {r["method"]: (r["train_seconds"], r["quality"]) for r in scored}
-    memory = {r["method"]: r["peak_memory_mb"] for r in done}
+    by_params = {r["variant"]: (r["trainable_params"], r["quality"]) for r in scored}
+    by_time = {r["variant"]: (r["train_seconds"], r["quality"]) for r in scored}
+    memory = {r["variant"]: r["peak_memory_mb"] for r in done}
     least_memory = results["best"].get("peak_memory_mb", [])
+    field, xlabel = loss_axis(results)
     return [
         html.image(
-            plots.line_chart(loss_curves(results), title="Training loss",
-                             xlabel="optimizer step", ylabel="loss (per token)"),
-            "Training loss of every method (same data, seed and budget)",
+            plots.line_chart(loss_curves(results, field), title="Training loss",
+                             xlabel=xlabel, ylabel="loss (per token)"),
+            "Training loss of every variant (same data, seed and budget)",
         ),
         html.image(
             plots.scatter_chart(by_params, title=f"{quality} vs trainable parameters",
@@ -60,7 +71,7 @@ def chart_figures(results: dict[str, Any]) -> list[str]:
         ),
         html.image(
             plots.bar_chart(memory, title="Peak memory", ylabel="MB", highlight=least_memory),
-            "Peak memory per method (its own process); red: least",
+            "Peak memory per variant (its own process); red: least",
         ),
     ]  # fmt: skip
 
@@ -78,18 +89,46 @@ def render_report(results: dict[str, Any], title: str = "tunelab comparison") ->
         "Highlighted: the best value of each column. Forgetting: change of perplexity on a "
         "built-in general-English probe against the base model (lower is better).",
     ]
+    noun = "variants" if results.get("variants") else "methods"
+    variants = [html.heading("Variants"), html.bullet_list(variant_sentences(results))]
     return html.page(
         title,
         [
             html.paragraph(" ".join(notes), note=True),
             html.heading("Results"),
             html.table(headers, cells, best=best, failed_rows=failed),
-            html.heading("Pareto-optimal methods"),
+            html.heading(f"Pareto-optimal {noun}"),
             html.bullet_list(pareto_sentences(results)),
+            *(variants if results.get("variants") else []),
             html.heading("Charts"),
             html.charts(chart_figures(results)),
+            html.heading("Outputs side by side"),
+            *sample_blocks(results),
         ],
     )
+
+
+def sample_blocks(results: dict[str, Any]) -> list[str]:
+    """Each shown eval prompt with its reference, then the base model's and every variant's
+    output (greedy, as scored), one row each."""
+    if not results.get("samples"):
+        return [html.paragraph("No generations: the eval metrics include no generative one.",
+                               note=True)]  # fmt: skip
+    blocks = [html.paragraph("The first eval prompts, greedy outputs as scored. "
+                             "A dash: no output for that prompt.", note=True)]  # fmt: skip
+    for number, sample in enumerate(results["samples"], start=1):
+        rows = [("base model", _output(sample["base"]))]
+        rows += [(name, _output(output)) for name, output in sample["outputs"].items()]
+        blocks.append(html.text_block(f"Prompt {number}", sample["prompt"]))
+        blocks.append(html.text_table(rows, caption=f"reference: {sample['reference']}"))
+    return blocks
+
+
+def _output(output: dict[str, Any] | None) -> str:
+    if output is None:
+        return "-"
+    text = output["text"] if output["text"].strip() else "(empty output)"
+    return text + ("" if output["same_prompt"] else "\n[prompted by its own template]")
 
 
 def rich_table(results: dict[str, Any]) -> Table:
@@ -100,7 +139,7 @@ def rich_table(results: dict[str, Any]) -> Table:
     from rich.table import Table
 
     headers, cells, best = table_cells(results)
-    errors = [f"{r['method']}: {r.get('error')}" for r in results["methods"] if r.get("error")]
+    errors = [f"{r['variant']}: {r.get('error')}" for r in results["methods"] if r.get("error")]
     table = Table(title=f"quality: {results['quality_metric']}", box=box.SIMPLE_HEAD,
                   caption="\n".join(errors) or None, caption_justify="left")  # fmt: skip
     for index, header in enumerate(headers):

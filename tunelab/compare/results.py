@@ -1,11 +1,13 @@
-"""The comparison's results: one row per method (from its run directory), the best method
-per criterion, the Pareto fronts; written as `results.json` and `results.md`.
+"""The comparison's results: one row per variant (from its run directory), the best variant
+per criterion, the Pareto fronts, a few outputs side by side; written as `results.json` and
+`results.md`. A method compared as such is a variant named after it; the rows keep the key
+`methods` and each row its `method` (the method the run used) beside its `variant` name.
 
 A row holds the five trade-offs and more: trainable parameters (count, %), artifact size,
 training seconds and tokens/s, peak memory, quality before/after (every configured metric),
 forgetting (probe perplexity change against the base model) and inference cost (ms per
-generated token, unmerged and merged). A failed method's row has `status: failed` and its
-`error`, and no numbers.
+generated token, unmerged and merged), and what the budget bought: `examples_seen` and
+`tokens_seen`. A failed variant's row has `status: failed` and its `error`, and no numbers.
 """
 
 from __future__ import annotations
@@ -16,13 +18,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from tunelab.compare.config import flat_items
 from tunelab.compare.ranking import best_by, pareto_front
 from tunelab.compare.worker import MEASUREMENTS
 
 SUMMARY_FIELDS = (
     "trainable_params", "total_params", "trainable_percent", "adapter_bytes", "steps",
     "train_seconds", "train_tokens_per_second", "peak_memory_mb", "final_train_loss", "lr",
-    "before", "after",
+    "examples_seen", "tokens_seen", "packing", "before", "after",
 )  # fmt: skip
 MEASURED_FIELDS = ("probe_perplexity", "inference_ms_per_token", "merged_inference_ms_per_token")
 
@@ -67,9 +72,12 @@ def criteria(quality: str, higher_is_better: bool) -> list[Criterion]:
     ]
 
 
-def method_row(name: str, run_dir: Path, outcome: dict[str, Any], quality: str, base: dict):
-    """One method's result row from its run directory (`outcome`: status, error, skipped)."""
-    row: dict[str, Any] = {"method": name, "run_dir": str(run_dir), **outcome}
+def method_row(name: str, run_dir: Path, outcome: dict[str, Any], quality: str, base: dict,
+               *, method: str | None = None):  # fmt: skip
+    """One variant's result row from its run directory (`outcome`: status, error, skipped;
+    `method`: the method it ran, when its name is not that method's)."""
+    row: dict[str, Any] = {"variant": name, "method": method or name, "run_dir": str(run_dir),
+                           **outcome}  # fmt: skip
     if outcome["status"] != "finished":
         return row
     summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
@@ -86,12 +94,14 @@ def method_row(name: str, run_dir: Path, outcome: dict[str, Any], quality: str, 
 
 
 def build_results(rows: list[dict], *, quality: str, higher_is_better: bool, base: dict,
-                  budget: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
-    """The whole results document: rows, winners per criterion, Pareto fronts."""
+                  budget: dict[str, Any], variants: dict[str, dict] | None = None,
+                  samples: list[dict] | None = None) -> dict[str, Any]:  # fmt: skip
+    """The whole results document: rows, winners per criterion, Pareto fronts; `variants`:
+    each named variant's overrides; `samples`: outputs side by side (see compare.samples)."""
     done = [row for row in rows if row["status"] == "finished"]
     best = {
         c.key: best_by(
-            {r["method"]: r.get(c.key) for r in done}, higher_is_better=c.higher_is_better
+            {r["variant"]: r.get(c.key) for r in done}, higher_is_better=c.higher_is_better
         )
         for c in criteria(quality, higher_is_better)
     }
@@ -105,29 +115,34 @@ def build_results(rows: list[dict], *, quality: str, higher_is_better: bool, bas
         "budget": budget,
         "base": base,
         "methods": rows,
+        "variants": variants or {},
         "best": best,
         "pareto": fronts,
+        "samples": samples or [],
     }
 
 
 def _front(rows: list[dict], cost: str, higher_is_better: bool) -> list[str]:
-    points = {row["method"]: (row.get(cost), row.get("quality")) for row in rows}
+    points = {row["variant"]: (row.get(cost), row.get("quality")) for row in rows}
     return pareto_front(points, higher_is_better=higher_is_better)
 
 
 def table_cells(results: dict[str, Any]) -> tuple[list[str], list[list[str]], set[tuple]]:
     """(headers, rows of text, {(row, column) of each best cell}) shared by every renderer."""
     ranked = criteria(results["quality_metric"], results["quality_higher_is_better"])
-    headers = ["method", "status", *(c.label for c in ranked)]
+    first = "variant" if results.get("variants") else "method"
+    headers = [first, "status", "examples", *(c.label for c in ranked)]
     cells, best = [], set()
     for index, row in enumerate(results["methods"]):
         if row["status"] != "finished":
-            cells.append([row["method"], f"failed: {row.get('error', '')}"] + [""] * len(ranked))
+            error = f"failed: {row.get('error', '')}"
+            cells.append([row["variant"], error] + [""] * (len(ranked) + 1))
             continue
         status = "done earlier" if row.get("skipped") else "done"
-        cells.append([row["method"], status, *(c.show(row) for c in ranked)])
-        for column, criterion in enumerate(ranked, start=2):
-            if row["method"] in results["best"].get(criterion.key, []):
+        seen = _number(row.get("examples_seen"), "{:,}")
+        cells.append([row["variant"], status, seen, *(c.show(row) for c in ranked)])
+        for column, criterion in enumerate(ranked, start=3):
+            if row["variant"] in results["best"].get(criterion.key, []):
                 best.add((index, column))
     return headers, cells, best
 
@@ -141,7 +156,24 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in shown) + " |")
     lines += ["", "Best in bold. " + budget_text(results["budget"]), ""]
     lines += [f"- {sentence}" for sentence in pareto_sentences(results)]
+    if results.get("variants"):
+        lines += ["", "Variants:", ""]
+        lines += [f"- {sentence}" for sentence in variant_sentences(results)]
     return "# Comparison\n\n" + "\n".join(lines) + "\n"
+
+
+def variant_sentences(results: dict[str, Any]) -> list[str]:
+    """What each named variant changes in the base config, one line each."""
+    lines = []
+    for name, overrides in results.get("variants", {}).items():
+        changes = ", ".join(f"{key}={_plain(value)}" for key, value in flat_items(overrides))
+        lines.append(f"{name}: {changes or 'the base config as it is'}")
+    return lines
+
+
+def _plain(value: Any) -> str:
+    """A value as YAML would write it inline (false, 0.002, [q_proj, v_proj])."""
+    return yaml.safe_dump(value, default_flow_style=True, width=1_000).removesuffix("...\n").strip()
 
 
 def pareto_sentences(results: dict[str, Any]) -> list[str]:
@@ -156,11 +188,16 @@ def pareto_sentences(results: dict[str, Any]) -> list[str]:
 
 def budget_text(budget: dict[str, Any]) -> str:
     parts = []
+    if budget.get("examples"):
+        parts.append(f"{budget['examples']:,} training examples")
+    if budget.get("tokens"):
+        parts.append(f"{budget['tokens']:,} training tokens")
     if budget.get("steps"):
         parts.append(f"{budget['steps']} optimizer steps")
     if budget.get("seconds"):
         parts.append(f"{budget['seconds']:g} s of training")
-    return "Budget per method: " + (" or ".join(parts) or "the base config's steps") + "."
+    text = " or ".join(parts) or "the base config's steps"
+    return f"Budget per run: {text}" + (", whichever comes first." if len(parts) > 1 else ".")
 
 
 def human_bytes(count: int | None) -> str:

@@ -1,21 +1,25 @@
-"""compare(config) -> results: every method on the same data, seed and budget, each in its own
-process, one after another; then results.json, results.md and report.html in OUTPUT/.
+"""compare(config) -> results: every variant (a method, or any other change to the base run
+config) on the same data, seed and budget, each in its own process, one after another; then
+results.json, results.md and report.html in OUTPUT/.
 
-OUTPUT/base.json          the untouched base model: probe perplexity, inference cost
-OUTPUT/before.json        the base model's scores on the eval data (shared by every run)
-OUTPUT/runs/<method>/     an ordinary run directory (+ measurements.json, or error.log)
-OUTPUT/results.json       every row, the best method per criterion, the Pareto fronts
-OUTPUT/results.md         the table as Markdown
-OUTPUT/report.html        one self-contained page: the table and the charts
+OUTPUT/base.json              the untouched base model: probe perplexity, inference cost
+OUTPUT/before.json            the base model's scores on the eval data (shared by every run)
+OUTPUT/samples-before.jsonl   ... and its generations, for the side-by-side outputs
+OUTPUT/runs/<variant>/        an ordinary run directory (+ measurements.json, or error.log)
+OUTPUT/results.json           every row, the best variant per criterion, the Pareto fronts
+OUTPUT/results.md             the table as Markdown
+OUTPUT/report.html            one self-contained page: the table, charts and outputs
 
-Resume: a method whose run directory holds summary.json and measurements.json is done and
-skipped; a failed or interrupted one runs again. A failure is recorded and the rest go on.
+Resume: a variant whose run directory holds summary.json and measurements.json under the same
+config is done and skipped; a failed or interrupted one runs again (from its last checkpoint,
+if it saved one). A failure is recorded and the rest go on.
 """
 
 from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import queue
 from pathlib import Path
 from typing import Any
@@ -24,6 +28,7 @@ from tunelab.compare.config import CompareConfig, quality_metric, run_configs
 from tunelab.compare.progress import CompareProgress
 from tunelab.compare.report import render_report
 from tunelab.compare.results import build_results, markdown, method_row
+from tunelab.compare.samples import side_by_side
 from tunelab.compare.worker import BASE, Job, is_finished, run_job
 from tunelab.config import RunConfig
 from tunelab.evaluate.metrics import METRICS
@@ -34,21 +39,24 @@ POLL_SECONDS = 0.2
 
 def compare(cfg: CompareConfig, *, label: str = "config", progress: bool = True) -> dict:
     """Run (or resume) the comparison `cfg` describes; write and return its results."""
-    configs = run_configs(cfg, label)  # every method's config is valid before anything runs
+    configs = run_configs(cfg, label)  # every variant's config is valid before anything runs
     first = next(iter(configs.values()))
     quality = quality_metric(cfg, first, label)
     output = Path(cfg.output_dir)
     output.mkdir(parents=True, exist_ok=True)
-    with CompareProgress(len(configs), enabled=progress) as view:
+    unit = "variants" if cfg.variants else "methods"
+    with CompareProgress(len(configs), enabled=progress, unit=unit) as view:
         base = _base_measurements(cfg, first, view)
         outcomes = {name: _run_method(cfg, name, run, view) for name, run in configs.items()}
     rows = [
-        method_row(name, cfg.run_dir(name), outcome, quality, base)
+        method_row(
+            name, cfg.run_dir(name), outcome, quality, base, method=configs[name].method.name
+        )  # fmt: skip
         for name, outcome in outcomes.items()
     ]
-    budget = {"steps": cfg.budget_steps, "seconds": cfg.budget_seconds}
-    results = build_results(rows, quality=quality, base=base, budget=budget,
-                            higher_is_better=METRICS[quality].higher_is_better)  # fmt: skip
+    results = build_results(rows, quality=quality, base=base, budget=cfg.budget(),
+                            higher_is_better=METRICS[quality].higher_is_better,
+                            variants=cfg.variants, samples=side_by_side(rows, output))  # fmt: skip
     write_outputs(output, results)
     return results
 
@@ -60,7 +68,7 @@ def write_outputs(output: Path, results: dict[str, Any]) -> None:
 
 
 def _run_method(cfg: CompareConfig, name: str, run: RunConfig, view) -> dict[str, Any]:
-    """{status, error, skipped} of one method: skipped when already finished, else run."""
+    """{status, error, skipped} of one variant: skipped when already finished, else run."""
     if is_finished(cfg.run_dir(name), run):
         view.end(name, "finished earlier, skipped")
         return {"status": "finished", "error": None, "skipped": True}
@@ -91,6 +99,7 @@ def _job(cfg: CompareConfig, name: str, run: RunConfig) -> Job:
         output_dir=str(cfg.output_dir),
         budget_seconds=cfg.budget_seconds,
         inference_tokens=cfg.inference_tokens,
+        parent_pid=os.getpid(),
     )
 
 

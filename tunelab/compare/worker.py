@@ -15,18 +15,22 @@ threads) leaks from one method into the next. The parent learns what happens thr
 from __future__ import annotations
 
 import json
+import os
+import threading
 import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
 import torch
 from transformers.utils.logging import disable_progress_bar
 
 from tunelab.compare.measure import measure_base, measure_run
+from tunelab.compare.samples import SHARED_SAMPLES
 from tunelab.config import RunConfig, load_config
-from tunelab.io import atomic_write_json
+from tunelab.io import atomic_write_json, atomic_write_text
 from tunelab.run import RunFiles
 from tunelab.training.checkpoint import latest_checkpoint
 from tunelab.training.loop import StopTraining, train
@@ -46,6 +50,7 @@ class Job:
     output_dir: str  # the comparison's folder
     budget_seconds: float | None
     inference_tokens: int
+    parent_pid: int | None = None  # the comparison's process: the worker ends when it is gone
 
 
 class QueueReporter:
@@ -87,6 +92,7 @@ class QueueReporter:
 def run_job(job: Job, events) -> None:
     """Process entry point: run `job`; finally put ("done" | "failed", name, error) on `events`."""
     disable_progress_bar()  # the parent draws the one progress view
+    watch_parent(job.parent_pid)
     try:
         threads = job.config.get("train", {}).get("num_threads")
         if threads:  # measurements too run on the configured number of threads
@@ -105,6 +111,31 @@ def run_job(job: Job, events) -> None:
         events.put(("failed", job.name, f"{type(exc).__name__}: {exc}"))
 
 
+def watch_parent(pid: int | None, interval: float = 0.1) -> None:
+    """End this process soon after the comparison that started it is gone (killed, so it
+    could not stop its worker): a worker left behind would go on writing into a run folder
+    that a rerun of the comparison is about to resume."""
+    if pid is None:
+        return
+    try:
+        parent = psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        os._exit(1)
+
+    def alive() -> bool:  # is_running also checks the start time, so a reused pid is not it
+        try:
+            return parent.is_running() and parent.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    def watch() -> None:
+        while alive():
+            time.sleep(interval)
+        os._exit(1)  # no cleanup to wait for: every artifact is written atomically
+
+    threading.Thread(target=watch, name="tunelab-watch-parent", daemon=True).start()
+
+
 def train_and_measure(job: Job, events) -> None:
     """Train (or finish) the method's run, then write its measurements beside its summary."""
     cfg = load_config(job.config)
@@ -114,6 +145,9 @@ def train_and_measure(job: Job, events) -> None:
     result = train(cfg, resume=resume, reporter=reporter, on_step=reporter.check_budget)
     shared = Path(job.output_dir) / SHARED_BEFORE
     if not shared.exists() and files.before.exists():
+        if files.samples("before").exists():  # the base model's outputs, for the report
+            text = files.samples("before").read_text(encoding="utf-8")
+            atomic_write_text(Path(job.output_dir) / SHARED_SAMPLES, text)
         atomic_write_json(shared, {"key": before_key(cfg), "scores": files.read_before()})
     reporter.message(f"{job.name}: measuring forgetting and inference cost")
     measurements = measure_run(result.run_dir, cfg, job.inference_tokens)

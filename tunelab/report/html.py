@@ -20,12 +20,20 @@ table { border-collapse: collapse; font-size: .88rem; width: 100%; }
 th, td { border-bottom: 1px solid #ddd; padding: .35rem .55rem; text-align: right;
          white-space: nowrap; }
 th:first-child, td:first-child, th:nth-child(2), td:nth-child(2) { text-align: left; }
-th { background: #f4f4f6; position: sticky; top: 0; }
+th { background: #f4f4f6; position: sticky; top: 0; white-space: normal; }
 td.best { background: #e3f4e1; font-weight: 600; }
 tr.failed td { color: #b00020; white-space: normal; }
 .charts { display: grid; grid-template-columns: repeat(auto-fit, minmax(520px, 1fr)); gap: 1rem; }
 figure { margin: 0; } figure img { width: 100%; height: auto; border: 1px solid #eee; }
 figcaption { font-size: .85rem; color: #555; }
+h3 { font-size: 1rem; margin: 1.4rem 0 .3rem; }
+pre.text { white-space: pre-wrap; word-break: break-word; background: #f7f7f9; margin: 0;
+           padding: .5rem .7rem; font-size: .84rem; border-left: 3px solid #ccd; }
+table.texts td { white-space: pre-wrap; word-break: break-word; text-align: left;
+                 vertical-align: top; font-family: ui-monospace, monospace; font-size: .84rem; }
+table.texts td:first-child { font-family: inherit; font-weight: 600; width: 11rem; }
+table.texts caption { caption-side: top; text-align: left; font-size: .85rem; color: #555;
+                      padding: .3rem 0; white-space: pre-wrap; }
 """
 BEST = ' class="best"'
 
@@ -65,6 +73,19 @@ def image(png: bytes, caption: str) -> str:
 def charts(figures: Iterable[str]) -> str:
     """Figures side by side in a responsive grid."""
     return '<div class="charts">' + "".join(figures) + "</div>"
+
+
+def text_block(title: str, text: str) -> str:
+    """A small heading over a preformatted text (a prompt as the model saw it)."""
+    return f'<h3>{escape(title)}</h3><pre class="text">{escape(text)}</pre>'
+
+
+def text_table(rows: Sequence[tuple[str, str]], *, caption: str = "") -> str:
+    """Two columns, a label and a free text (line breaks kept), e.g. one output per row."""
+    lines = [f'<table class="texts"><caption>{escape(caption)}</caption><tbody>']
+    lines += [f"<tr><td>{escape(label)}</td><td>{escape(text)}</td></tr>" for label, text in rows]
+    lines.append("</tbody></table>")
+    return "\n".join(lines)
 
 
 def table(

@@ -9,6 +9,7 @@ train(config) -> TrainResult:
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 import shutil
@@ -24,11 +25,13 @@ from accelerate import Accelerator
 
 from tunelab.config import RunConfig, load_config
 from tunelab.data import build_datasets, make_batches, tokenize_examples
+from tunelab.errors import DataError
 from tunelab.io import append_jsonl, atomic_write_json
 from tunelab.methods import MethodContext, get_method
 from tunelab.methods.base import count_parameters
 from tunelab.models import arch_of, load_model_and_tokenizer
 from tunelab.run import RunFiles, save_adapter, write_run_config
+from tunelab.training.budget import Limits, Seen, take_window
 from tunelab.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from tunelab.training.evaluation import evaluate_run
 from tunelab.training.fastpath import fast_paths
@@ -99,18 +102,39 @@ class Plan:
             epoch=epoch,
         )
 
-    def windows(self, cfg: RunConfig, pad_id: int, start_step: int) -> Iterator[list[dict]]:
-        """Gradient-accumulation windows in order, skipping the first `start_step`. With several
-        processes, each optimizer step consumes accum x world micro-batches; this process
-        takes every world-th of them."""
+    def windows(
+        self, cfg: RunConfig, pad_id: int, start_step: int, seen: Seen | None = None
+    ) -> Iterator[list[dict]]:
+        """Gradient-accumulation windows in order, skipping the first `start_step`; it ends
+        where `train.max_examples` / `max_tokens` run out (the last window cut to fit). `seen`
+        counts every window's examples and tokens, skipped ones too. With several processes,
+        each optimizer step consumes accum x world micro-batches; this process takes every
+        world-th of them."""
+        seen = seen if seen is not None else Seen()
+        limits = Limits(cfg.train.max_examples, cfg.train.max_tokens)
         step, epoch, span = 0, 0, cfg.train.grad_accum * self.world
         while True:
             batches = self.batches(cfg, epoch, pad_id)
+            check_enough(batches, span)
             for first in range(0, len(batches) - span + 1, span):
+                window = take_window(batches[first : first + span], seen, limits,
+                                     cut=self.world == 1)  # fmt: skip
+                if not window:
+                    return
                 if step >= start_step:
-                    yield batches[first : first + span][self.rank :: self.world]
+                    yield window[self.rank :: self.world]
                 step += 1
             epoch += 1
+
+
+def check_enough(batches: list, span: int) -> list:
+    """`batches`, when they fill at least one optimizer step (else no step could be taken)."""
+    if len(batches) < span:
+        raise DataError(
+            f"the training data makes {len(batches)} micro-batches, fewer than one optimizer "
+            f"step takes ({span}: train.grad_accum x processes)"
+        )
+    return batches
 
 
 def tokens_per_batch(cfg: RunConfig) -> int:
@@ -135,8 +159,11 @@ def plan_data(cfg: RunConfig, tokenizer, method, model, rank: int = 0, world: in
         shuffle=False,
     )
     span = cfg.train.grad_accum * world
-    plan.steps_per_epoch = max(len(plan.batches(cfg, 0, pad_id)) // span, 1)
+    plan.steps_per_epoch = len(check_enough(plan.batches(cfg, 0, pad_id), span)) // span
     plan.total_steps = cfg.train.max_steps or math.ceil(cfg.train.epochs * plan.steps_per_epoch)
+    if cfg.train.max_examples or cfg.train.max_tokens:  # the steps the budget lasts
+        walk = itertools.islice(plan.windows(cfg, pad_id, 0), cfg.train.max_steps)
+        plan.total_steps = sum(1 for _ in walk)
     return plan
 
 
@@ -256,14 +283,17 @@ def run_steps(
 ) -> dict[str, Any]:  # fmt: skip
     """The optimizer-step loop. Returns timing and throughput statistics."""
     total_steps, device = plan.total_steps, accelerator.device
-    windows = plan.windows(cfg, tokenizer.pad_token_id, start_step)
+    seen = Seen()  # examples and tokens of every window taken, resumed steps' too
+    windows = plan.windows(cfg, tokenizer.pad_token_id, start_step, seen)
     reporter.start(f"{cfg.method.name} on {cfg.model.name}", total_steps, completed=start_step)
     model.train()
     seen_tokens, train_seconds, log_loss, log_tokens, last_loss = 0, 0.0, 0.0, 0, float("nan")
     started = time.perf_counter()
     done = start_step
     for step in range(start_step, total_steps):
-        window = next(windows)
+        window = next(windows, None)
+        if window is None:  # the example or token budget is spent
+            break
         method.on_step(accelerator.unwrap_model(model), cfg.method, step, total_steps)
         n_labelled = max(sum(labelled_tokens(b) for b in window), 1)
         window_loss = 0.0
@@ -292,7 +322,8 @@ def run_steps(
         if main and (done % cfg.train.log_every == 0 or done == total_steps):
             loss = log_loss / max(log_tokens, 1)
             lr = scheduler.get_last_lr()[0]
-            record = {"step": done, "loss": loss, "lr": lr, "tokens_per_second": speed}
+            record = {"step": done, "loss": loss, "lr": lr, "tokens_per_second": speed,
+                      "examples_seen": seen.examples}  # fmt: skip
             append_jsonl(files.metrics, record)
             log_loss, log_tokens = 0.0, 0
         if (
@@ -321,8 +352,9 @@ def run_steps(
                 break
     train_seconds = time.perf_counter() - started
     reporter.finish()
-    return {"train_seconds": train_seconds, "seen_tokens": seen_tokens,
-            "steps": done, "final_loss": last_loss}  # fmt: skip
+    return {"train_seconds": train_seconds, "seen_tokens": seen_tokens, "steps": done,
+            "final_loss": last_loss, "examples_seen": seen.examples,
+            "tokens_seen": seen.tokens}  # fmt: skip
 
 
 @torch.inference_mode()
@@ -355,6 +387,8 @@ def _summary(cfg, method, trainable, total, stats, before, after, plan, files, a
         "train_tokens_per_second": stats["seen_tokens"] / max(stats["train_seconds"], 1e-9),
         "peak_memory_mb": _peak_memory_mb(accelerator),
         "final_train_loss": stats["final_loss"],
+        "examples_seen": stats["examples_seen"],  # every process's, resumed steps' too
+        "tokens_seen": stats["tokens_seen"],  # non-padding input tokens
         "packing": plan.packing,
         "train_examples": len(plan.train_items),
         "eval_examples": len(plan.eval_examples),
