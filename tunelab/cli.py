@@ -76,6 +76,16 @@ def train(
         f"({summary['trainable_percent']:.3f}%) · {summary['train_seconds']:.0f} s · "
         f"{summary['train_tokens_per_second']:.0f} tok/s · peak {summary['peak_memory_mb']:.0f} MB"
     )
+    _print_tasks_and_forgetting(summary)
+
+
+def _print_tasks_and_forgetting(summary: dict) -> None:
+    """Multi-task runs: each task before/after; every run: the forgetting probes."""
+    for name, task in (summary.get("tasks") or {}).items():
+        title = f"task {name} ({task['role']}{', zero-shot' if task['zero_shot'] else ''})"
+        console.print(metrics_table(title, {"before": task["before"], "after": task["after"]}))
+    for name, probe in (summary.get("forgetting") or {}).items():
+        console.print(f"forgetting · {name}: {_fmt(probe['before'])} -> {_fmt(probe['after'])}")
 
 
 @app.command("eval")
