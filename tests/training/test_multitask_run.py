@@ -10,6 +10,7 @@ import pytest
 
 from tunelab import train
 from tunelab.errors import DataError
+from tunelab.serve.evaluation import evaluate_saved_run
 
 LABELS = ["red", "blue", "green"]
 
@@ -74,6 +75,9 @@ def test_summary_has_tasks_mixture_and_forgetting(tmp_path):
     samples = (result.run_dir / "samples-after-tasks.jsonl").read_text().splitlines()
     generated = set(tasks) - {"sort"}  # sort's metrics are loss only: nothing to generate
     assert {json.loads(line)["task"] for line in samples} == generated
+    # `tunelab eval` on the saved run scores the same eval split (trained tasks' eval rows)
+    scores = evaluate_saved_run(result.run_dir, metrics=["loss"])
+    assert scores["loss"] == pytest.approx(summary["after"]["loss"], rel=1e-4)
 
 
 def test_single_task_run_measures_forgetting(tmp_path):

@@ -33,7 +33,7 @@ from tunelab.data.template_bank import (
     task_templates,
 )
 from tunelab.data.templates import check_template, render_prompt
-from tunelab.data.types import Example
+from tunelab.data.types import Datasets, Example
 from tunelab.errors import DataError
 from tunelab.task_config import KIND_FIELDS, OPTIONAL_FIELDS, TaskConfig
 
@@ -63,6 +63,14 @@ class MultiTaskData:
     train: dict[str, list[Example]]
     eval: dict[str, list[Example]]
     counts: dict[str, int]
+
+    def datasets(self) -> Datasets:
+        """All training examples, and the eval examples of the trained (not held-out) tasks."""
+        trained = [p.task.name for p in self.tasks if not p.task.held_out]
+        return Datasets(
+            train=[example for examples in self.train.values() for example in examples],
+            eval=[example for name in trained for example in self.eval[name]],
+        )
 
 
 def build_multitask(cfg: DataConfig, tokenizer: Any) -> MultiTaskData:

@@ -77,9 +77,7 @@ def plan_tasks(
         {p.task.name: len(p.eval) for p in data.tasks},
     )  # fmt: skip
     log.info("task mixture:\n%s", format_report(extras.mixture))
-    trained_eval = [e for t in extras.tasks if t.role != "held_out" for e in t.examples]
-    train_examples = [e for examples in data.train.values() for e in examples]
-    return Datasets(train=train_examples, eval=trained_eval), train_items, extras
+    return data.datasets(), train_items, extras
 
 
 def plan_extras(cfg: RunConfig, tokenizer: Any, extras: Extras | None) -> Extras:
