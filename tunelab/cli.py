@@ -76,6 +76,23 @@ def train(
         f"({summary['trainable_percent']:.3f}%) · {summary['train_seconds']:.0f} s · "
         f"{summary['train_tokens_per_second']:.0f} tok/s · peak {summary['peak_memory_mb']:.0f} MB"
     )
+    _print_tasks_and_forgetting(summary)
+
+
+def _print_tasks_and_forgetting(summary: dict) -> None:
+    """Multi-task runs: each task's metrics before/after; every run: the forgetting probes."""
+    tasks = summary.get("tasks") or {}
+    if tasks:
+        table = Table(title="tasks (held_out: never trained, evaluated zero-shot)")
+        for column in ("task", "role", "metric", "before", "after"):
+            table.add_column(column, justify="right" if column in ("before", "after") else "left")
+        for name, task in tasks.items():
+            for metric, value in task["after"].items():
+                table.add_row(name, task["role"], metric, _fmt(task["before"].get(metric)),
+                              _fmt(value))  # fmt: skip
+        wide_console().print(table)
+    for name, probe in (summary.get("forgetting") or {}).items():
+        console.print(f"forgetting · {name}: {_fmt(probe['before'])} -> {_fmt(probe['after'])}")
 
 
 @app.command("eval")

@@ -12,10 +12,19 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from tunelab.errors import ConfigError
 from tunelab.search.space import SearchSettings  # schema only: no cycle back here
+from tunelab.task_config import MixtureConfig, TaskConfig, check_tasks
 
 
 class Section(BaseModel):
@@ -64,6 +73,17 @@ class DataConfig(Section):
     max_eval_examples: int | None = Field(None, gt=0)
     packing: bool = Field(True, description="pack examples into rows with per-example attention")
     builtin_size: int = Field(2000, gt=0, description="rows generated for builtin:NAME data")
+    # Multi-task runs (tunelab.task_config): the tasks replace train/eval/format above.
+    tasks: list[TaskConfig] | None = Field(None, description="multi-task: one entry per task")
+    mixture: MixtureConfig = Field(default_factory=MixtureConfig, description="multi-task mixing")
+
+    @model_validator(mode="after")
+    def _check_tasks(self) -> DataConfig:
+        changed = {name for name, info in type(self).model_fields.items()
+                   if info.default is not None and getattr(self, name) != info.default}  # fmt: skip
+        changed |= {"eval"} if self.eval is not None else set()
+        check_tasks(self.tasks, self.mixture, changed)
+        return self
 
 
 class TrainConfig(Section):
@@ -113,6 +133,13 @@ class EvalConfig(Section):
     max_examples: int | None = Field(None, gt=0, description="cap for generation metrics")
     repetition_penalty: float = Field(1.0, ge=1.0, description="generation: >1 discourages repeats")
     no_repeat_ngram_size: int = Field(0, ge=0, description="generation: never repeat an n-gram")
+    forgetting: bool = Field(True, description="perplexity before vs after on a general-English "
+                             "probe and a general-instruction sample")  # fmt: skip
+    forgetting_text: str | None = Field(None, description="text file: the English probe "
+                                        "(default: built in)")  # fmt: skip
+    forgetting_instructions: str | None = Field(
+        None, description="instruction/input/output JSON(L): the sample (default: built in)"
+    )
 
     def decoding(self) -> dict[str, Any]:
         """Decoding options for `generate`, only those that differ from plain greedy."""

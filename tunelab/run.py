@@ -3,6 +3,8 @@
 RUN/config.yaml      fully resolved config
 RUN/metrics.jsonl    one record per logged step (loss, lr, tokens/s) and eval
 RUN/before.json      metrics of the untouched base model
+RUN/before-extras.json  the base model's per-task metrics and forgetting perplexities
+RUN/mixture.json     multi-task runs: examples and tokens per task in the training mixture
 RUN/samples-*.jsonl  prompts, references and generations (before / after)
 RUN/summary.json     method, parameter counts, speed, memory, before / after
 RUN/adapter/         what trained: PEFT format, a transformers model dir, or ours
@@ -43,6 +45,14 @@ class RunFiles:
         return self.root / "before.json"
 
     @property
+    def before_extras(self) -> Path:
+        return self.root / "before-extras.json"
+
+    @property
+    def mixture(self) -> Path:
+        return self.root / "mixture.json"
+
+    @property
     def adapter(self) -> Path:
         return self.root / "adapter"
 
@@ -58,6 +68,9 @@ class RunFiles:
         for path in (self.metrics, self.summary, self.before, self.samples("before"),
                      self.samples("after")):  # fmt: skip
             path.unlink(missing_ok=True)
+        for path in (self.before_extras, self.mixture, self.samples("before-tasks"),
+                     self.samples("after-tasks")):  # fmt: skip
+            path.unlink(missing_ok=True)
         for folder in (self.adapter, self.checkpoints):
             shutil.rmtree(folder, ignore_errors=True)
 
@@ -66,6 +79,10 @@ class RunFiles:
 
     def read_before(self) -> dict[str, Any] | None:
         return json.loads(self.before.read_text(encoding="utf-8")) if self.before.exists() else None
+
+    def read_before_extras(self) -> dict[str, Any] | None:
+        path = self.before_extras
+        return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
 
     def adapter_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.adapter.rglob("*") if p.is_file())

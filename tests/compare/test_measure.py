@@ -10,12 +10,12 @@ import pytest
 from rich.console import Console
 
 from tunelab.compare.measure import forced_length, ms_per_token
-from tunelab.compare.probe import PROBE_TEXT, WINDOW, probe_batches, probe_perplexity
 from tunelab.compare.progress import CompareProgress
 from tunelab.compare.worker import QueueReporter
 from tunelab.config import load_config
 from tunelab.data.types import IGNORE
 from tunelab.evaluate import generate
+from tunelab.evaluate.probe import PROBE_TEXT, WINDOW, probe_batches, probe_perplexity
 from tunelab.models.tiny import random_model
 from tunelab.training.loop import StopTraining, train
 

@@ -82,7 +82,8 @@ def error_for(path) -> str:
         ("train.jsonl", "\n  \n", "train.jsonl: empty file"),
         ("data.csv", "text,category\n", "data.csv: empty file"),
         ("data.txt", "\n\n", "data.txt: empty file"),
-        ("data.parquet", "x", "unknown file extension '.parquet'"),
+        ("data.xlsx", "x", "unknown file extension '.xlsx'"),
+        ("data.parquet", "x", "data.parquet: not a readable Parquet file"),
     ],
 )
 def test_bad_files_name_file_and_line(tmp_path, name, content, expected):

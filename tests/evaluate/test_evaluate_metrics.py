@@ -16,6 +16,7 @@ from tunelab.evaluate.metrics import METRICS, perplexity_from_loss
 PREDICTIONS = ["the cat sat on the mat", "a quick brown dog jumps"]
 REFERENCES = ["the cat is sitting on the mat", "the quick brown fox jumped"]
 GENERATIVE = ["chrf", "chrf++", "bleu", "rougeL", "exact_match", "accuracy"]
+MODEL_SCORED = ["option_accuracy"]  # needs the model: tunelab.evaluate.options
 
 
 def score(name: str, predictions: list[str], references: list[str]) -> float:
@@ -23,11 +24,11 @@ def score(name: str, predictions: list[str], references: list[str]) -> float:
 
 
 def test_table_lists_every_metric_with_its_kind():
-    assert set(METRICS) == {"loss", "perplexity", *GENERATIVE}
+    assert set(METRICS) == {"loss", "perplexity", *GENERATIVE, *MODEL_SCORED}
     for name, metric in METRICS.items():
         assert metric.name == name
         assert metric.generative == (name in GENERATIVE)
-        assert metric.higher_is_better == (name in GENERATIVE)
+        assert metric.higher_is_better == (name in GENERATIVE + MODEL_SCORED)
         assert (metric.score is None) == (not metric.generative)
     assert EvalConfig(metrics=list(METRICS)).metrics == list(METRICS)
 

@@ -15,10 +15,10 @@ import time
 from contextlib import contextmanager
 from typing import Any
 
-from tunelab.compare.probe import probe_perplexity
 from tunelab.config import RunConfig
 from tunelab.data.templates import render_prompt
 from tunelab.evaluate import generate
+from tunelab.evaluate.probe import probe_perplexity
 
 TIMING_PROMPTS = ("Write one sentence about the sea.", "Describe a quiet morning in a town.")
 ROUNDS = 3

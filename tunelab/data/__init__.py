@@ -1,7 +1,9 @@
 """Data pipeline: files or builtin tasks -> Examples -> Tokenized -> batches.
 
-readers (jsonl/json/csv/tsv/txt) -> formats (text/pairs/instruction/chat) + templates
--> tokenize (labels with -100 on prompts) -> batching (packed rows or padded batches)
+readers (jsonl/json/csv/tsv/txt; parquet and datasets folders in sources) -> formats
+(text/pairs/instruction/chat) + templates -> tokenize (labels with -100 on prompts) -> batching
+(packed rows or padded batches). Multi-task runs (`data.tasks`): multitask renders each task
+through its template bank (template_bank) and mixes the tasks (mixture).
 """
 
 from tunelab.data.batching import make_batches

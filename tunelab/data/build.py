@@ -25,7 +25,12 @@ log = logging.getLogger(__name__)
 
 
 def build_datasets(cfg: DataConfig, tokenizer: Any) -> Datasets:
-    """Train and eval examples for `cfg`, prompts already rendered with the template."""
+    """Train and eval examples for `cfg`, prompts already rendered with the template.
+    Multi-task configs: the mixture, and the eval rows of every trained task."""
+    if cfg.tasks and cfg.eval is None:
+        from tunelab.data.multitask import build_multitask  # it builds on this module
+
+        return build_multitask(cfg, tokenizer).datasets()
     if cfg.format != "text" or is_builtin(cfg.train):
         check_template(tokenizer, cfg)
     train = load_examples(cfg.train, tokenizer, cfg, seed=cfg.seed)

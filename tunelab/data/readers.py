@@ -9,6 +9,7 @@ the line, so a bad row in a 10,000-line file is found without a traceback.
   .csv    header row + rows, comma-separated, standard quoting
   .tsv    header row + rows, tab-separated, standard quoting (as pandas writes it)
   .txt    one example per non-empty line, as {"text": line}
+  .parquet, or a datasets save_to_disk folder: see `tunelab.data.sources` (rows "file:row N")
 """
 
 from __future__ import annotations
@@ -29,14 +30,31 @@ TEXT_KEY = "text"  # the field .txt lines are stored under
 def read_rows(path: str | Path) -> list[Row]:
     """All rows of a data file; raises `DataError` naming file:line on bad input."""
     path = Path(path)
+    columnar = _columnar_rows(path)
+    if columnar is not None:
+        rows = columnar
+        if not rows:
+            raise DataError(f"{path}: empty data set (no rows)")
+        return rows
     reader = READERS.get(path.suffix.lower())
     if reader is None:
-        known = ", ".join(sorted(READERS))
+        known = ", ".join(sorted([*READERS, ".parquet"]))
         raise DataError(f"{path}: unknown file extension {path.suffix!r}; expected one of {known}")
     rows = reader(str(path), _read_text(path))
     if not rows:
         raise DataError(f"{path}: empty file (no rows)")
     return rows
+
+
+def _columnar_rows(path: Path) -> list[Row] | None:
+    """Rows of a Parquet file or a datasets folder; None for the text formats."""
+    from tunelab.data import sources
+
+    if path.suffix.lower() == ".parquet":
+        return sources.read_parquet(path)
+    if path.is_dir():
+        return sources.read_datasets_dir(path)
+    return None
 
 
 def _read_text(path: Path) -> str:

@@ -20,12 +20,16 @@ class Example:
     template already applied; "" for plain language modelling); `response` is the text the
     model learns to produce (the whole text for format=text). `label` is set for
     classification-style data so accuracy can be scored; `source` names file:line for errors.
+    `options` lists a classification task's labels (option scoring); `task` names the task of
+    a multi-task run.
     """
 
     prompt: str
     response: str
     label: str | None = None
     source: str = ""
+    options: tuple[str, ...] = ()
+    task: str = ""
 
 
 @dataclass(frozen=True)

@@ -59,6 +59,11 @@ def evaluate_with_predictions(
     if loss_batches is not None and any(name in LOSS_METRICS for name in metrics):
         loss = mean_token_loss(model, loss_batches)
         scores.update(loss=loss, perplexity=perplexity_from_loss(loss))
+    if "option_accuracy" in metrics:
+        from tunelab.evaluate.options import option_accuracy
+
+        chosen = examples[:max_examples] if max_examples is not None else examples
+        scores["option_accuracy"] = option_accuracy(model, tokenizer, chosen)
     samples: list[dict[str, str]] = []
     generative = [name for name in metrics if METRICS[name].generative]
     if generative:

@@ -12,6 +12,8 @@ so their `score` is None. Generative metrics score generated text against refere
 - exact_match — whitespace-normalised string equality, percent.
 - accuracy — label accuracy: the prediction's first line, normalised and case-folded, equals
   the reference (the example's label when it has one), percent.
+- option_accuracy — accuracy by option scoring: the listed option with the highest
+  log-likelihood is the answer (`tunelab.evaluate.options`; needs the model, so no `score`).
 
 Edge cases: every score function raises ValueError on empty lists or lists of different
 lengths (a score over nothing is a bug upstream, not a 0); empty predictions are fine.
@@ -139,5 +141,8 @@ METRICS: dict[str, Metric] = {
     "exact_match": Metric("exact_match", generative=True, higher_is_better=True, score=exact_match),
     "accuracy": Metric(
         "accuracy", generative=True, higher_is_better=True, score=accuracy, uses_label=True
+    ),
+    "option_accuracy": Metric(
+        "option_accuracy", generative=False, higher_is_better=True, score=None, uses_label=True
     ),
 }

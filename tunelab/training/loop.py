@@ -25,6 +25,7 @@ from accelerate import Accelerator
 
 from tunelab.config import RunConfig, load_config
 from tunelab.data import build_datasets, make_batches, tokenize_examples
+from tunelab.data.mixture import format_report
 from tunelab.errors import DataError
 from tunelab.io import append_jsonl, atomic_write_json
 from tunelab.methods import MethodContext, get_method
@@ -38,6 +39,7 @@ from tunelab.training.fastpath import fast_paths
 from tunelab.training.loss import token_loss_sum
 from tunelab.training.progress import BarReporter, Reporter, SilentReporter
 from tunelab.training.schedules import build_scheduler
+from tunelab.training.tasks import Extras, evaluate_extras, extras_summary, plan_extras, plan_tasks
 
 
 @dataclass
@@ -90,6 +92,7 @@ class Plan:
     total_steps: int
     rank: int = 0  # this process among `world` data-parallel processes
     world: int = 1
+    extras: Extras | None = None  # per-task evaluations and forgetting probes (training/tasks)
 
     def batches(self, cfg: RunConfig, epoch: int, pad_id: int) -> list[dict[str, torch.Tensor]]:
         return make_batches(
@@ -142,12 +145,17 @@ def tokens_per_batch(cfg: RunConfig) -> int:
 
 
 def plan_data(cfg: RunConfig, tokenizer, method, model, rank: int = 0, world: int = 1) -> Plan:
-    datasets = build_datasets(cfg.data, tokenizer)
-    train_items = tokenize_examples(datasets.train, tokenizer, cfg.data)
-    eval_items = tokenize_examples(datasets.eval, tokenizer, cfg.data) if datasets.eval else []
     packing = cfg.data.packing and method.supports_packing and arch_of(model).supports_packing
+    tasks = None
+    if cfg.data.tasks:  # multi-task: a mixture of template-rendered tasks
+        datasets, train_items, tasks = plan_tasks(cfg, tokenizer, packing, tokens_per_batch(cfg))
+    else:
+        datasets = build_datasets(cfg.data, tokenizer)
+        train_items = tokenize_examples(datasets.train, tokenizer, cfg.data)
+    eval_items = tokenize_examples(datasets.eval, tokenizer, cfg.data) if datasets.eval else []
     pad_id = tokenizer.pad_token_id
     plan = Plan(train_items, [], datasets.eval, packing, 1, 1, rank, world)
+    plan.extras = plan_extras(cfg, tokenizer, tasks)
     plan.eval_batches = make_batches(
         eval_items,
         batch_size=cfg.eval.batch_size,
@@ -195,6 +203,9 @@ def train(
         files.reset()
     if main:
         write_run_config(files, cfg)
+        if plan.extras.mixture:  # multi-task: the resolved mixture, shown before training
+            atomic_write_json(files.mixture, plan.extras.mixture)
+            reporter.message(format_report(plan.extras.mixture))
     model.to(accelerator.device)
 
     before = files.read_before()
@@ -202,6 +213,10 @@ def train(
         reporter.message(f"evaluating the base model on {len(plan.eval_examples)} examples")
         before = evaluate_run(model, tokenizer, plan, cfg, files, tag="before")
         atomic_write_json(files.before, before)
+    before_extras = files.read_before_extras()  # per-task metrics and forgetting probes
+    if before_extras is None and cfg.eval.before and main:
+        before_extras = evaluate_extras(model, tokenizer, plan.extras, cfg, files, tag="before")
+        atomic_write_json(files.before_extras, before_extras)
 
     context = MethodContext(
         calibration_batches=lambda: _on_device(
@@ -247,6 +262,8 @@ def train(
         summary = _summary(
             cfg, method, trainable, total, stats, before or {}, after, plan, files, accelerator
         )
+        after_extras = evaluate_extras(model, tokenizer, plan.extras, cfg, files, tag="after")
+        summary.update(extras_summary(before_extras, after_extras, plan.extras))
         atomic_write_json(files.summary, summary)
         shutil.rmtree(files.checkpoints, ignore_errors=True)
     accelerator.wait_for_everyone()

@@ -1,9 +1,10 @@
 """Forgetting probe: perplexity on a few paragraphs of plain, general English prose.
 
 Fine-tuning on a narrow task can cost a model some of what it knew. The probe measures that
-cost the same way for every method: the perplexity of the base model and of each trained run
-on the text below (written for tunelab; no data set is needed). A method that leaves the
-probe perplexity where the base had it has forgotten little. Token losses are averaged over
+cost the same way for every method and every run (`tunelab.evaluate.forgetting`): the
+perplexity of the base model and of each trained run on the text below (written for tunelab;
+no data set is needed). A method that leaves the probe perplexity where the base had it has
+forgotten little. Token losses are averaged over
 every token of the probe (no prompt/response split), in windows of `WINDOW` tokens.
 """
 

@@ -1,0 +1,151 @@
+"""What the loop evaluates beyond the eval split: each task of a multi-task run, and forgetting.
+
+plan_tasks     data.tasks -> the training mixture (tokenised), the combined eval split, one
+               `TaskEval` per task and the mixture report (examples and tokens per task)
+plan_extras    the per-task evaluations plus the forgetting probes, built before any write
+evaluate_extras  {"tasks": {task: metrics}, "forgetting": {probe: perplexity}} for one model;
+               the loop runs it on the base model ("before") and on the trained one ("after")
+extras_summary   summary.json's `tasks`, `tasks_macro`, `mixture` and `forgetting` blocks
+
+Held-out tasks are in `tasks` with role held_out: evaluated, never trained, zero-shot.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from tunelab.config import RunConfig
+from tunelab.data.batching import make_batches
+from tunelab.data.mixture import format_report, mixture_report
+from tunelab.data.multitask import build_multitask
+from tunelab.data.tokenize import tokenize_examples
+from tunelab.data.types import Datasets, Example
+from tunelab.evaluate.forgetting import (
+    forgetting_batches,
+    forgetting_perplexities,
+    forgetting_summary,
+)
+from tunelab.io import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TaskEval:
+    name: str
+    role: str  # train | replay | held_out
+    metrics: list[str]
+    examples: list[Example]
+    batches: list[dict]
+
+
+@dataclass
+class Extras:
+    tasks: list[TaskEval] = field(default_factory=list)
+    forgetting: dict[str, list] = field(default_factory=dict)
+    mixture: list[dict] | None = None
+
+
+def plan_tasks(
+    cfg: RunConfig, tokenizer: Any, packing: bool, capacity: int
+) -> tuple[Datasets, list, Extras]:
+    """(datasets, tokenised training mixture, extras with per-task evals and the mixture);
+    `capacity`: tokens per packed eval row."""
+    data = build_multitask(cfg.data, tokenizer)
+    train_items, tokens = [], {}
+    for name, examples in data.train.items():
+        items = tokenize_examples(examples, tokenizer, cfg.data)
+        tokens[name] = sum(len(item) for item in items)
+        train_items += items
+    extras = Extras()
+    for prepared in data.tasks:
+        name = prepared.task.name
+        examples = data.eval[name]
+        items = tokenize_examples(examples, tokenizer, cfg.data)
+        batches = make_batches(items, batch_size=cfg.eval.batch_size, tokens_per_batch=capacity,
+                               packing=packing, pad_id=tokenizer.pad_token_id, seed=0, epoch=0,
+                               shuffle=False)  # fmt: skip
+        extras.tasks.append(
+            TaskEval(name, prepared.role, prepared.task.task_metrics(), examples, batches)
+        )
+    roles = {p.task.name: p.role for p in data.tasks}
+    extras.mixture = mixture_report(
+        data.counts, {p.task.name: len(p.train) for p in data.tasks}, tokens, roles,
+        {p.task.name: len(p.eval) for p in data.tasks},
+    )  # fmt: skip
+    log.info("task mixture:\n%s", format_report(extras.mixture))
+    return data.datasets(), train_items, extras
+
+
+def plan_extras(cfg: RunConfig, tokenizer: Any, extras: Extras | None) -> Extras:
+    """The task evaluations (if any) plus the forgetting probes of `eval.forgetting`."""
+    extras = extras or Extras()
+    extras.forgetting = forgetting_batches(tokenizer, cfg.data, cfg.eval)
+    return extras
+
+
+def evaluate_extras(model, tokenizer, extras: Extras, cfg: RunConfig, files, *, tag: str) -> dict:
+    """Every task's metrics and the forgetting perplexities of `model`; writes the tasks'
+    generations to samples-<tag>-tasks.jsonl for people to read."""
+    from tunelab.evaluate import evaluate_with_predictions
+
+    tasks, samples = {}, []
+    for task in extras.tasks:
+        scores, generated = evaluate_with_predictions(
+            model, tokenizer, task.examples, task.metrics, loss_batches=task.batches,
+            max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size,
+            max_examples=cfg.eval.max_examples, decoding=cfg.eval.decoding(),
+        )  # fmt: skip
+        tasks[task.name] = scores
+        samples += [{"task": task.name, **sample} for sample in generated]
+    if samples:
+        lines = "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples)
+        atomic_write_text(files.samples(f"{tag}-tasks"), lines)
+    return {"tasks": tasks, "forgetting": forgetting_perplexities(model, extras.forgetting)}
+
+
+def extras_summary(before: dict | None, after: dict, extras: Extras) -> dict[str, Any]:
+    """summary.json's blocks: per-task before/after, macro averages, mixture, forgetting."""
+    before = before or {}
+    summary: dict[str, Any] = {
+        "forgetting": forgetting_summary(before.get("forgetting", {}), after["forgetting"])
+    }
+    if not extras.tasks:
+        return summary
+    tasks = {
+        task.name: {
+            "role": task.role,
+            "zero_shot": task.role == "held_out",
+            "eval_examples": len(task.examples),
+            "before": before.get("tasks", {}).get(task.name, {}),
+            "after": after["tasks"][task.name],
+        }
+        for task in extras.tasks
+    }
+    summary.update(tasks=tasks, tasks_macro=macro_averages(tasks), mixture=extras.mixture)
+    return summary
+
+
+def macro_averages(tasks: dict[str, dict]) -> dict[str, dict]:
+    """Mean of each metric over the trained tasks (train + replay) and over the held-out ones,
+    before and after; a metric is averaged over the tasks that report it."""
+    groups = {"trained": [t for t in tasks.values() if t["role"] != "held_out"],
+              "held_out": [t for t in tasks.values() if t["role"] == "held_out"]}  # fmt: skip
+    result = {}
+    for group, members in groups.items():
+        if members:
+            result[group] = {"tasks": len(members),
+                             "before": _mean_metrics([m["before"] for m in members]),
+                             "after": _mean_metrics([m["after"] for m in members])}  # fmt: skip
+    return result
+
+
+def _mean_metrics(scores: list[dict[str, float]]) -> dict[str, float]:
+    names = list(dict.fromkeys(name for score in scores for name in score))
+    return {
+        name: sum(s[name] for s in scores if name in s) / sum(name in s for s in scores)
+        for name in names
+    }
