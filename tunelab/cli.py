@@ -49,6 +49,39 @@ def metrics_table(title: str, rows: dict[str, dict[str, float]]) -> Table:
     return table
 
 
+def generation_table(report: dict) -> Table:
+    """Generated text beyond the scores: each sacrebleu metric with its 95 % interval before and
+    after, the paired difference with its p-value, then repetition, diversity and length."""
+    sides = [tag for tag in ("before", "after") if tag in report]
+    table = Table(title=f"generated text · {report['examples']} examples · bootstrap 95 % CI")
+    for column in ["metric", *sides, "after - before", "p"]:
+        table.add_column(column, justify="left" if column == "metric" else "right")
+    paired = report.get("paired", {})
+    for name in report["signatures"]:
+        cells = [_interval(report[tag][name]) for tag in sides]
+        test = paired.get(name)
+        delta = f"{test['delta']:+.2f} [{test['low']:+.2f}, {test['high']:+.2f}]" if test else "-"
+        table.add_row(name, *cells, delta, f"{test['p_value']:.3f}" if test else "-")
+    for name in ("seq-rep-4", "distinct-2", "length_ratio"):
+        table.add_row(name, *(_fmt(report[tag][name]) for tag in sides), "", "")
+    return table
+
+
+def _interval(value: dict) -> str:
+    return f"{value['score']:.2f} [{value['low']:.2f}, {value['high']:.2f}]"
+
+
+def print_generation_report(report: dict | None) -> None:
+    """The table, the sacrebleu signatures and any repetition warning of a run's outputs."""
+    if not report:
+        return
+    wide_console().print(generation_table(report))
+    for name, text in report["signatures"].items():
+        console.print(f"{name:7} {text}", highlight=False, style="dim")
+    for warning in report["warnings"]:
+        console.print(f"warning: {warning}", style="yellow", highlight=False)
+
+
 def _fmt(value) -> str:
     if value is None:
         return "-"
@@ -71,6 +104,7 @@ def train(
         return
     rows = {"before": summary["before"], "after": summary["after"]}
     console.print(metrics_table(f"{summary['method']} · {result.run_dir}", rows))
+    print_generation_report(summary.get("generation"))
     console.print(
         f"trainable {summary['trainable_params']:,} of {summary['total_params']:,} "
         f"({summary['trainable_percent']:.3f}%) · {summary['train_seconds']:.0f} s · "

@@ -31,7 +31,7 @@ from tunelab.methods.base import count_parameters
 from tunelab.models import arch_of, load_model_and_tokenizer
 from tunelab.run import RunFiles, save_adapter, write_run_config
 from tunelab.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from tunelab.training.evaluation import evaluate_run
+from tunelab.training.evaluation import evaluate_run, generation_summary
 from tunelab.training.fastpath import fast_paths
 from tunelab.training.progress import BarReporter, Reporter, SilentReporter
 from tunelab.training.schedules import build_scheduler
@@ -220,6 +220,7 @@ def train(
         summary = _summary(
             cfg, method, trainable, total, stats, before or {}, after, plan, files, accelerator
         )
+        summary["generation"] = generation_summary(cfg, files)  # None: nothing generated
         atomic_write_json(files.summary, summary)
         shutil.rmtree(files.checkpoints, ignore_errors=True)
     accelerator.wait_for_everyone()
