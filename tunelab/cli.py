@@ -119,13 +119,50 @@ def evaluate_command(
     metrics: str = typer.Option(None, help="comma-separated metrics (default: the run's)"),
     data: str = typer.Option(None, help="evaluate on this file instead of the run's eval split"),
     max_examples: int = typer.Option(None, help="cap for generation metrics"),
+    tune_decoding: bool = typer.Option(
+        False, "--tune-decoding", help="try a small decoding grid on the dev split, keep the best"
+    ),
 ):
-    """Evaluate a finished run on its eval data (or another file); writes RUN/eval.json."""
-    from tunelab.serve.evaluation import evaluate_saved_run
+    """Evaluate a finished run on its eval data (or another file); writes RUN/eval.json.
+    With --tune-decoding: choose decoding settings on the run's dev split (never a test file),
+    store them in RUN/config.yaml and write RUN/decoding.json."""
+    if tune_decoding:
+        from tunelab.serve.tune_decoding import tune_decoding as run_tuning
+
+        if data or metrics:
+            raise TunelabError("--tune-decoding uses the run's own dev split and metric only")
+        wide_console().print(decoding_table(run_tuning(run, max_examples=max_examples)))
+        return
+    from tunelab.serve.evaluation import evaluate_saved_run_report
 
     names = [m.strip() for m in metrics.split(",")] if metrics else None
-    scores = evaluate_saved_run(run, metrics=names, data=data, max_examples=max_examples)
+    scores, report = evaluate_saved_run_report(
+        run, metrics=names, data=data, max_examples=max_examples
+    )
     console.print(metrics_table(str(run), {"score": scores}))
+    print_generation_report(report)
+
+
+def decoding_table(record: dict) -> Table:
+    """One row per decoding setting tried on dev; the winner marked."""
+    metric = record["metric"]
+    table = Table(title=f"decoding on dev · {record['examples']} examples · {record['data']}")
+    for column in ["settings", metric, "seq-rep-4", "distinct-2", "length_ratio", ""]:
+        table.add_column(column, justify="left" if column == "settings" else "right")
+    for candidate in record["candidates"]:
+        settings = candidate["settings"]
+        changed = {k: v for k, v in settings.items() if k in _SHOWN or v not in (False, 1.0, 0)}
+        chosen = "winner" if candidate is record["winner"] or candidate == record["winner"] else ""
+        table.add_row(
+            " ".join(f"{k}={v}" for k, v in changed.items()),
+            *(_fmt(candidate[name]) for name in (metric, "seq-rep-4", "distinct-2")),
+            _fmt(candidate["length_ratio"]),
+            chosen,
+        )
+    return table
+
+
+_SHOWN = ("repetition_guard", "stop_at_newline")
 
 
 @app.command()
