@@ -219,6 +219,55 @@ def models(
     console.print("HUB_ID                  a Hugging Face hub id (needs the hub)")
 
 
+@app.command("tokenizer-report")
+@user_errors
+def tokenizer_report_command(
+    data: Path = typer.Option(..., "--data", help="text file (.txt lines, .jsonl, .csv, .tsv)"),
+    field: str = typer.Option(None, "--field", help="field holding the text (default: text)"),
+    model: list[str] = typer.Option(
+        None, "--model", help="model whose tokenizer to measure (repeatable; default: embedded)"
+    ),
+    parallel: Path = typer.Option(None, "--parallel", help="English translation, row-aligned"),
+    parallel_field: str = typer.Option(
+        None, "--parallel-field", help="its field (default --field)"
+    ),
+    max_length: int = typer.Option(512, "--max-length", min=2, help="training row limit, tokens"),
+    json_path: Path = typer.Option(None, "--json", help="also write the figures as JSON here"),
+):
+    """How each tokenizer cuts a text: tokens per word, characters per token, premium against
+    English, byte-fallback and unknown rates, rows over max_length, tokens per epoch."""
+    from tunelab.io import atomic_write_json
+    from tunelab.models.tokenizer_report import tokenizer_report
+
+    report = tokenizer_report(
+        data, models=model or ["embedded:smollm2-135m"], field=field, parallel=parallel,
+        parallel_field=parallel_field, max_length=max_length,
+    )  # fmt: skip
+    wide_console().print(tokenizer_table(report))
+    if json_path:
+        atomic_write_json(json_path, report)
+        console.print(f"figures written to {json_path}", highlight=False)
+
+
+TOKENIZER_COLUMNS = {
+    "fertility": "tokens/word", "chars_per_token": "chars/token", "premium": "premium vs en",
+    "byte_fallback_rate": "byte %", "unknown_rate": "unk %",
+    "over_max_length": "> max_length %", "epoch_tokens": "tokens/epoch",
+}  # fmt: skip
+
+
+def tokenizer_table(report: dict) -> Table:
+    first = next(iter(report["models"].values()))
+    title = f"{report['data']} · {first['examples']} rows · {first['words']} words"
+    table = Table(title=f"{title} · max_length {first['max_length']}")
+    table.add_column("model")
+    for label in TOKENIZER_COLUMNS.values():
+        table.add_column(label, justify="right")
+    for name, figures in report["models"].items():
+        table.add_row(name, *(_fmt(figures.get(key)) for key in TOKENIZER_COLUMNS))
+    return table
+
+
 @app.command()
 @user_errors
 def methods(model: str = typer.Option(None, "--model", help="count parameters on this model")):

@@ -61,6 +61,21 @@ def test_summary_holds_intervals_paired_test_and_text_statistics(tmp_path):
     assert json.loads((result.run_dir / "summary.json").read_text())["generation"] == report
 
 
+def test_summary_holds_tokenizer_figures_of_the_train_data(tmp_path):
+    from tunelab.config import load_config
+    from tunelab.data import build_datasets
+    from tunelab.models.tiny import byte_tokenizer
+
+    result = train(config(tmp_path))
+    figures = result.summary["tokenizer"]
+    examples = build_datasets(load_config(config(tmp_path)).data, byte_tokenizer()).train
+    responses = [example.response for example in examples]
+    assert figures["examples"] == len(examples) == result.summary["train_examples"]
+    assert figures["tokens"] == sum(len(text.encode()) for text in responses)  # byte tokens
+    assert figures["words"] == sum(len(text.split()) for text in responses)
+    assert figures["max_length"] == 64 and 0 <= figures["over_max_length"] <= 100
+
+
 def test_cli_train_prints_the_generation_table(tmp_path):
     import yaml
 

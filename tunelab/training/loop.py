@@ -14,7 +14,7 @@ import random
 import shutil
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from tunelab.loss import token_loss_sum
 from tunelab.methods import MethodContext, get_method
 from tunelab.methods.base import count_parameters
 from tunelab.models import arch_of, load_model_and_tokenizer
+from tunelab.models.tokenizer_report import train_data_figures
 from tunelab.run import RunFiles, save_adapter, write_run_config
 from tunelab.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from tunelab.training.evaluation import evaluate_run, generation_summary
@@ -87,6 +88,7 @@ class Plan:
     total_steps: int
     rank: int = 0  # this process among `world` data-parallel processes
     world: int = 1
+    train_examples: list = field(default_factory=list)  # before tokenising (tokenizer report)
 
     def batches(self, cfg: RunConfig, epoch: int, pad_id: int) -> list[dict[str, torch.Tensor]]:
         return make_batches(
@@ -123,7 +125,7 @@ def plan_data(cfg: RunConfig, tokenizer, method, model, rank: int = 0, world: in
     eval_items = tokenize_examples(datasets.eval, tokenizer, cfg.data) if datasets.eval else []
     packing = cfg.data.packing and method.supports_packing and arch_of(model).supports_packing
     pad_id = tokenizer.pad_token_id
-    plan = Plan(train_items, [], datasets.eval, packing, 1, 1, rank, world)
+    plan = Plan(train_items, [], datasets.eval, packing, 1, 1, rank, world, datasets.train)
     plan.eval_batches = make_batches(
         eval_items,
         batch_size=cfg.eval.batch_size,
@@ -221,6 +223,9 @@ def train(
             cfg, method, trainable, total, stats, before or {}, after, plan, files, accelerator
         )
         summary["generation"] = generation_summary(cfg, files)  # None: nothing generated
+        summary["tokenizer"] = train_data_figures(
+            tokenizer, plan.train_examples, cfg.data.max_length
+        )
         atomic_write_json(files.summary, summary)
         shutil.rmtree(files.checkpoints, ignore_errors=True)
     accelerator.wait_for_everyone()
