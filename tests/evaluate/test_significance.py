@@ -3,11 +3,13 @@ lists scored with sacrebleu's public `corpus_score`, and the sign/size conventio
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import sacrebleu
 
-from tunelab.evaluate.generation_report import compare_samples, generation_report
+from tunelab.evaluate.generation_report import compare_runs, compare_samples, generation_report
 from tunelab.evaluate.significance import (
     bootstrap_interval,
     paired_bootstrap,
@@ -128,3 +130,15 @@ def test_compare_samples_refuses_different_examples():
     other[0]["prompt"] = "something else"
     with pytest.raises(ValueError, match="same examples"):
         compare_samples(samples(WEAK), other, ["chrf"])
+
+
+def test_compare_runs_reads_both_runs_samples(tmp_path):
+    for name, predictions in (("a", WEAK), ("b", STRONG)):
+        (tmp_path / name).mkdir()
+        lines = [json.dumps(sample) for sample in samples(predictions)]
+        (tmp_path / name / "samples-after.jsonl").write_text("\n".join(lines) + "\n")
+    result = compare_runs(tmp_path / "a", tmp_path / "b", ["chrf++"], resamples=100)
+    expected = paired_bootstrap("chrf++", WEAK, STRONG, REFERENCES, resamples=100, seed=0)
+    assert result == {"chrf++": expected.as_dict()}
+    with pytest.raises(ValueError, match="no samples-after"):
+        compare_runs(tmp_path / "a", tmp_path / "missing")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 
 from tunelab.evaluate.significance import (
     CONFIDENCE,
@@ -63,6 +64,29 @@ def compare_samples(
         ).as_dict()
         for name in _interval_metrics(metrics)
     }
+
+
+def compare_runs(
+    baseline_run: str | Path,
+    system_run: str | Path,
+    metrics: Sequence[str] = SACREBLEU_METRICS,
+    *,
+    resamples: int = RESAMPLES,
+    seed: int = 0,
+    confidence: float = CONFIDENCE,
+) -> dict[str, dict[str, float]]:
+    """The paired test between two finished runs' `samples-after.jsonl` (system - baseline);
+    they must have generated for the same eval examples, else ValueError."""
+    from tunelab.io import read_jsonl
+
+    sides = []
+    for run in (baseline_run, system_run):
+        path = Path(run) / "samples-after.jsonl"
+        if not path.is_file():
+            raise ValueError(f"{run}: no samples-after.jsonl (the run generated nothing)")
+        sides.append(read_jsonl(path))
+    options = dict(resamples=resamples, seed=seed, confidence=confidence)
+    return compare_samples(sides[0], sides[1], metrics, **options)
 
 
 def generation_report(
