@@ -101,3 +101,11 @@ def test_refuses_a_test_file_and_other_data(run, tmp_path):
     assert not (copy / "decoding.json").exists()
     result = CliRunner().invoke(app, ["eval", str(run_dir), "--tune-decoding", "--data", "x"])
     assert result.exit_code == 2 and "dev split" in result.output
+
+
+def test_eval_prints_and_stores_the_generation_report(run):
+    run_dir, dev = run
+    result = CliRunner().invoke(app, ["eval", str(run_dir)], catch_exceptions=False)
+    assert "bootstrap 95 % CI" in result.output and "seq-rep-4" in result.output
+    report = json.loads((run_dir / "eval.json").read_text())["generation"]
+    assert report["examples"] == len(dev) and "chrf++" in report["after"]
