@@ -106,3 +106,16 @@ def test_auto_decides_from_the_references():
     assert resolve_options(options, ["two\nlines", "x"])["stop_at_newline"] is False
     assert resolve_options(options, [])["stop_at_newline"] is False
     assert options["stop_at_newline"] == "auto"  # the caller's dict is not changed
+
+
+def test_default_decoding_guards_and_seeded_sampling(tiny):
+    from tunelab.config import EvalConfig
+
+    assert EvalConfig().decoding() == {"repetition_guard": 4, "stop_at_newline": "auto"}
+    sampled = EvalConfig(do_sample=True, sample_seed=3, repetition_guard=0).decoding()
+    assert sampled["do_sample"] and sampled["seed"] == 3
+    model, tokenizer = tiny
+    options = dict(max_new_tokens=12, batch_size=4, do_sample=True, top_p=1.0, temperature=1.0)
+    first = generate(model, tokenizer, PROMPTS, seed=3, **options)
+    assert generate(model, tokenizer, PROMPTS, seed=3, **options) == first
+    assert generate(model, tokenizer, PROMPTS, seed=4, **options) != first
