@@ -49,6 +49,19 @@ def metrics_table(title: str, rows: dict[str, dict[str, float]]) -> Table:
     return table
 
 
+def print_generation_report(report: dict | None) -> None:
+    """The table, the sacrebleu signatures and any repetition warning of a run's outputs."""
+    from tunelab.report.tables import generation_table
+
+    if not report:
+        return
+    wide_console().print(generation_table(report))
+    for name, text in report["signatures"].items():
+        console.print(f"{name:7} {text}", highlight=False, style="dim")
+    for warning in report["warnings"]:
+        console.print(f"warning: {warning}", style="yellow", highlight=False)
+
+
 def _fmt(value) -> str:
     if value is None:
         return "-"
@@ -71,6 +84,7 @@ def train(
         return
     rows = {"before": summary["before"], "after": summary["after"]}
     console.print(metrics_table(f"{summary['method']} · {result.run_dir}", rows))
+    print_generation_report(summary.get("generation"))
     console.print(
         f"trainable {summary['trainable_params']:,} of {summary['total_params']:,} "
         f"({summary['trainable_percent']:.3f}%) · {summary['train_seconds']:.0f} s · "
@@ -102,13 +116,30 @@ def evaluate_command(
     metrics: str = typer.Option(None, help="comma-separated metrics (default: the run's)"),
     data: str = typer.Option(None, help="evaluate on this file instead of the run's eval split"),
     max_examples: int = typer.Option(None, help="cap for generation metrics"),
+    tune_decoding: bool = typer.Option(
+        False, "--tune-decoding", help="try a small decoding grid on the dev split, keep the best"
+    ),
 ):
-    """Evaluate a finished run on its eval data (or another file); writes RUN/eval.json."""
-    from tunelab.serve.evaluation import evaluate_saved_run
+    """Evaluate a finished run on its eval data (or another file); writes RUN/eval.json.
+    With --tune-decoding: choose decoding settings on the run's dev split (never a test file),
+    store them in RUN/config.yaml and write RUN/decoding.json."""
+    if tune_decoding:
+        from tunelab.serve.tune_decoding import tune_decoding as run_tuning
+
+        if data or metrics:
+            raise TunelabError("--tune-decoding uses the run's own dev split and metric only")
+        from tunelab.report.tables import decoding_table
+
+        wide_console().print(decoding_table(run_tuning(run, max_examples=max_examples)))
+        return
+    from tunelab.serve.evaluation import evaluate_saved_run_report
 
     names = [m.strip() for m in metrics.split(",")] if metrics else None
-    scores = evaluate_saved_run(run, metrics=names, data=data, max_examples=max_examples)
+    scores, report = evaluate_saved_run_report(
+        run, metrics=names, data=data, max_examples=max_examples
+    )
     console.print(metrics_table(str(run), {"score": scores}))
+    print_generation_report(report)
 
 
 @app.command()
@@ -163,6 +194,37 @@ def models(
     console.print(f"random:<arch>           tiny seeded models: {', '.join(TINY_ARCHS)}")
     console.print("PATH                    a transformers model directory or a .gguf file")
     console.print("HUB_ID                  a Hugging Face hub id (needs the hub)")
+
+
+@app.command("tokenizer-report")
+@user_errors
+def tokenizer_report_command(
+    data: Path = typer.Option(..., "--data", help="text file (.txt lines, .jsonl, .csv, .tsv)"),
+    field: str = typer.Option(None, "--field", help="field holding the text (default: text)"),
+    model: list[str] = typer.Option(
+        None, "--model", help="model whose tokenizer to measure (repeatable; default: embedded)"
+    ),
+    parallel: Path = typer.Option(None, "--parallel", help="English translation, row-aligned"),
+    parallel_field: str = typer.Option(
+        None, "--parallel-field", help="its field (default --field)"
+    ),
+    max_length: int = typer.Option(512, "--max-length", min=2, help="training row limit, tokens"),
+    json_path: Path = typer.Option(None, "--json", help="also write the figures as JSON here"),
+):
+    """How each tokenizer cuts a text: tokens per word, characters per token, premium against
+    English, byte-fallback and unknown rates, rows over max_length, tokens per epoch."""
+    from tunelab.io import atomic_write_json
+    from tunelab.models.tokenizer_report import tokenizer_report
+    from tunelab.report.tables import tokenizer_table
+
+    report = tokenizer_report(
+        data, models=model or ["embedded:smollm2-135m"], field=field, parallel=parallel,
+        parallel_field=parallel_field, max_length=max_length,
+    )  # fmt: skip
+    wide_console().print(tokenizer_table(report))
+    if json_path:
+        atomic_write_json(json_path, report)
+        console.print(f"figures written to {json_path}", highlight=False)
 
 
 @app.command()

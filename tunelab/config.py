@@ -132,7 +132,28 @@ class EvalConfig(Section):
     batch_size: int = Field(16, gt=0)
     max_examples: int | None = Field(None, gt=0, description="cap for generation metrics")
     repetition_penalty: float = Field(1.0, ge=1.0, description="generation: >1 discourages repeats")
-    no_repeat_ngram_size: int = Field(0, ge=0, description="generation: never repeat an n-gram")
+    no_repeat_ngram_size: int = Field(
+        0, ge=0, description="generation: never repeat an n-gram (prompt included)"
+    )
+    repetition_guard: int = Field(
+        4,
+        ge=0,
+        description="generation: never repeat an n-gram of this many tokens within the output "
+        "unless the prompt holds it (copying names and numbers stays free); 0: off",
+    )
+    stop_at_newline: bool | Literal["auto"] = Field(
+        "auto",
+        description="generation: end an answer at its first newline; auto: when no eval "
+        "reference holds a newline",
+    )
+    do_sample: bool = Field(False, description="generation: sample instead of greedy")
+    temperature: float = Field(1.0, gt=0, description="generation: sampling temperature")
+    top_p: float = Field(1.0, gt=0, le=1, description="generation: nucleus sampling share")
+    sample_seed: int = Field(0, description="generation: seed of the sampling draws")
+    bootstrap_resamples: int = Field(
+        1000, ge=0, description="resamples for confidence intervals of chrF/chrF++/BLEU; 0: off"
+    )
+    bootstrap_seed: int = Field(0, description="seed of the bootstrap resampling")
     forgetting: bool = Field(True, description="perplexity before vs after on a general-English "
                              "probe and a general-instruction sample")  # fmt: skip
     forgetting_text: str | None = Field(None, description="text file: the English probe "
@@ -142,12 +163,20 @@ class EvalConfig(Section):
     )
 
     def decoding(self) -> dict[str, Any]:
-        """Decoding options for `generate`, only those that differ from plain greedy."""
-        options: dict[str, Any] = {}
+        """Options for `generate`, only those that differ from plain greedy; `stop_at_newline`
+        may be "auto", which the caller resolves against its references."""
+        options: dict[str, Any] = {"repetition_guard": self.repetition_guard}
+        if self.stop_at_newline:
+            options["stop_at_newline"] = self.stop_at_newline
         if self.repetition_penalty != 1.0:
             options["repetition_penalty"] = self.repetition_penalty
         if self.no_repeat_ngram_size:
             options["no_repeat_ngram_size"] = self.no_repeat_ngram_size
+        if self.do_sample:
+            options.update(
+                do_sample=True, temperature=self.temperature, top_p=self.top_p,
+                seed=self.sample_seed,
+            )  # fmt: skip
         return options
 
     @field_validator("metrics")

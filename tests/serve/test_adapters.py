@@ -12,6 +12,7 @@ import torch
 from tunelab import train
 from tunelab.errors import TunelabError
 from tunelab.evaluate import generate
+from tunelab.evaluate.decoding import resolve_options
 from tunelab.methods import METHODS
 from tunelab.models import load_model_and_tokenizer
 from tunelab.run import load_run, read_run_config
@@ -106,7 +107,8 @@ def test_generation_matches_the_run_alone(runs, name):
     served = AdapterSet.from_runs({"other": runs["ia3"], name: runs[name]})
     served.use(name)
     alone, tokenizer = load_run(runs[name])
-    expected = generate(alone, tokenizer, PROMPTS, max_new_tokens=6, batch_size=2)
+    decoding = resolve_options(read_run_config(runs[name]).eval.decoding(), [])  # the run's
+    expected = generate(alone, tokenizer, PROMPTS, max_new_tokens=6, batch_size=2, **decoding)
     assert served.generate(PROMPTS, 6, raw=True) == expected
 
 

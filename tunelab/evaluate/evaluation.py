@@ -16,6 +16,7 @@ from torch import nn
 
 from tunelab.data.types import Example
 from tunelab.errors import ConfigError
+from tunelab.evaluate.decoding import resolve_options
 from tunelab.evaluate.generation import generate
 from tunelab.evaluate.metrics import METRICS, perplexity_from_loss
 from tunelab.evaluate.modes import inference, model_device
@@ -77,7 +78,7 @@ def evaluate_with_predictions(
             max_new_tokens=max_new_tokens,
             batch_size=batch_size,
             progress=progress,
-            **(decoding or {}),
+            **resolve_options(decoding or {}, [example.response for example in chosen]),
         )
         scores.update({name: score_predictions(name, predictions, chosen) for name in generative})
         samples = [

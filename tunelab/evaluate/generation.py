@@ -25,6 +25,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from tunelab.evaluate.decoding import NewlineStop, NewNGramGuard, first_line_answer
 from tunelab.evaluate.modes import inference, model_device
 from tunelab.methods.prompt_cache import generate_tokens, is_prompt_learning
 
@@ -38,14 +39,22 @@ def generate(
     batch_size: int,
     do_sample: bool = False,
     progress: bool = False,
+    repetition_guard: int = 0,
+    stop_at_newline: bool = False,
     **decoding,
 ) -> list[str]:
     """The model's continuation of each prompt, decoded without special tokens and stripped.
 
     Generation stops at EOS (the tokenizer's and the model's generation config's) or after
-    `max_new_tokens`. `decoding` passes options such as `repetition_penalty` or
-    `no_repeat_ngram_size` on to `generate`. The model is in eval mode under
-    `torch.inference_mode()` for the call; each module's training flag is restored afterwards.
+    `max_new_tokens`; a finished row is padded while the others go on, and the batch stops
+    when every row has finished. `repetition_guard` = n > 0 forbids repeating an n-gram of
+    tokens within an output unless the prompt holds it (`NewNGramGuard`); `stop_at_newline`
+    ends a row at the first newline after its answer began and keeps only that line.
+    `decoding` passes options such as `repetition_penalty` or `no_repeat_ngram_size` (these
+    two also count the prompt), `temperature` or `top_p` on to `generate`; with `do_sample`,
+    `seed` fixes the draws (torch's CPU RNG is left as it was). The model is in eval mode
+    under `torch.inference_mode()` for the call; each module's training flag is restored
+    afterwards.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -55,18 +64,40 @@ def generate(
     prompt_learning = is_prompt_learning(model)
     lengths = [len(ids) for ids in encoded]
     outputs: list[str] = [""] * len(prompts)
-    with inference(model), _progress_bar(progress, len(prompts)) as advance:
+    seed = decoding.pop("seed", None)
+    with (
+        inference(model),
+        torch.random.fork_rng(devices=[], enabled=seed is not None),
+        _progress_bar(progress, len(prompts)) as advance,
+    ):
+        if seed is not None:
+            torch.manual_seed(seed)
         device = model_device(model)
         for chosen in _batches(lengths, batch_size):
-            batch = _left_pad([encoded[index] for index in chosen], pad_id)
+            batch = _left_pad([encoded[index] for index in chosen], pad_id)  # (B, T)
             batch = {name: tensor.to(device) for name, tensor in batch.items()}
+            rows = [encoded[index] for index in chosen]
             options = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, **decoding)
+            options.update(_guards(tokenizer, rows, repetition_guard, stop_at_newline))
             tokens = _generate_batch(model, batch, options, stop_ids, pad_id, prompt_learning)
             new_tokens = tokens[:, batch["input_ids"].shape[1] :]  # (B, new)
             for index, row in zip(chosen, new_tokens.tolist(), strict=True):
-                outputs[index] = _decode(tokenizer, row, stop_ids)
+                text = _decode(tokenizer, row, stop_ids)
+                outputs[index] = first_line_answer(text) if stop_at_newline else text
             advance(len(chosen))
     return outputs
+
+
+def _guards(tokenizer, prompts: list[list[int]], guard: int, stop_at_newline: bool) -> dict:
+    """`generate` options for the repetition guard and the newline stop (fresh per batch)."""
+    from transformers import LogitsProcessorList, StoppingCriteriaList
+
+    options = {}
+    if guard:
+        options["logits_processor"] = LogitsProcessorList([NewNGramGuard(guard, prompts)])
+    if stop_at_newline:
+        options["stopping_criteria"] = StoppingCriteriaList([NewlineStop(tokenizer, len(prompts))])
+    return options
 
 
 def _encode(tokenizer, prompts: list[str]) -> list[list[int]]:

@@ -22,10 +22,11 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import nn
 
-from tunelab.config import DataConfig, ModelConfig
+from tunelab.config import DataConfig, EvalConfig, ModelConfig
 from tunelab.data.templates import render_prompt
 from tunelab.errors import TunelabError
 from tunelab.evaluate import generate
+from tunelab.evaluate.decoding import resolve_options
 from tunelab.methods import get_method
 from tunelab.models import load_model_and_tokenizer
 from tunelab.run import RunFiles, read_run_config
@@ -93,7 +94,8 @@ class AdapterSet:
         else:
             give_own_copies(view, written_names(adapter, view))
             model = method.load(view, cfg.method, adapter)
-        self.runs[name] = Served(model.eval(), cfg.data, Path(run_dir), cfg.eval.decoding())
+        decoding = resolve_options(cfg.eval.decoding(), [])  # no references: auto is off
+        self.runs[name] = Served(model.eval(), cfg.data, Path(run_dir), decoding)
         if len(self.runs) == 1:
             self.active = name
 
@@ -111,7 +113,7 @@ class AdapterSet:
         `raw` (the base uses the default template)."""
         config = self.runs[self.active] if self.active else None
         data = config.data if config else DataConfig()
-        decoding = config.decoding if config else {}
+        decoding = config.decoding if config else resolve_options(EvalConfig().decoding(), [])
         rendered = prompts if raw else [render_prompt(p, self.tokenizer, data) for p in prompts]
         return generate(
             self.model, self.tokenizer, rendered, max_new_tokens=max_new_tokens,

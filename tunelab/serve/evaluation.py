@@ -1,12 +1,14 @@
-"""`tunelab eval`: score a finished run on its own eval split or on another file."""
+"""`tunelab eval`: score a finished run on its own eval split or on another file, with the
+generated text described beyond the scores (intervals, repetition, length)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from tunelab.config import EvalConfig
+from tunelab.config import EvalConfig, RunConfig
 from tunelab.data import build_datasets, make_batches, tokenize_examples
-from tunelab.evaluate import evaluate
+from tunelab.evaluate import evaluate_with_predictions
+from tunelab.evaluate.generation_report import generation_report
 from tunelab.io import atomic_write_json
 from tunelab.run import load_run, read_run_config
 
@@ -19,6 +21,21 @@ def evaluate_saved_run(
     max_examples: int | None = None,
 ) -> dict[str, float]:
     """Metrics of a saved run; also written to RUN/eval.json."""
+    scores, _ = evaluate_saved_run_report(
+        run_dir, metrics=metrics, data=data, max_examples=max_examples
+    )
+    return scores
+
+
+def evaluate_saved_run_report(
+    run_dir: str | Path,
+    *,
+    metrics: list[str] | None = None,
+    data: str | None = None,
+    max_examples: int | None = None,
+) -> tuple[dict[str, float], dict | None]:
+    """(scores, generation report or None): RUN/eval.json holds both. The report gives chrF,
+    chrF++ and BLEU with bootstrap intervals, seq-rep-4, distinct-2 and the length ratio."""
     cfg = read_run_config(run_dir)
     eval_cfg = EvalConfig(
         metrics=metrics or cfg.eval.metrics, max_examples=max_examples or cfg.eval.max_examples
@@ -36,12 +53,19 @@ def evaluate_saved_run(
         epoch=0,
         shuffle=False,
     )
-    scores = evaluate(
+    scores, samples = evaluate_with_predictions(
         model, tokenizer, examples, eval_cfg.metrics, loss_batches=batches,
         max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size,
         max_examples=eval_cfg.max_examples, decoding=cfg.eval.decoding(),
     )  # fmt: skip
-    atomic_write_json(
-        Path(run_dir) / "eval.json", {"data": data_cfg.eval or "eval split", **scores}
-    )
-    return scores
+    report = _report(cfg, eval_cfg.metrics, samples)
+    record = {"data": data_cfg.eval or "eval split", **scores, "generation": report}
+    atomic_write_json(Path(run_dir) / "eval.json", record)
+    return scores, report
+
+
+def _report(cfg: RunConfig, metrics: list[str], samples: list[dict]) -> dict | None:
+    if not samples:
+        return None
+    options = dict(resamples=cfg.eval.bootstrap_resamples, seed=cfg.eval.bootstrap_seed)
+    return generation_report(None, samples, metrics, **options)

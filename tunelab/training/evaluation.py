@@ -1,12 +1,13 @@
 """Before/after evaluation of a run: the configured metrics on the eval split, with the
-generations kept beside the run for people to read."""
+generations kept beside the run for people to read, and what those generations show beyond
+the scores (intervals, the paired test, repetition) for summary.json."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from tunelab.evaluate import evaluate_with_predictions
-from tunelab.io import atomic_write_text
+from tunelab.io import atomic_write_text, read_jsonl
 
 
 def evaluate_run(model, tokenizer, plan, cfg, files, *, tag: str) -> dict[str, Any]:
@@ -30,3 +31,22 @@ def evaluate_run(model, tokenizer, plan, cfg, files, *, tag: str) -> dict[str, A
         lines = "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples)
         atomic_write_text(files.samples(tag), lines)
     return scores
+
+
+def generation_summary(cfg, files) -> dict[str, Any] | None:
+    """summary.json's `generation`: intervals, paired test after vs before, seq-rep-4,
+    distinct-2, length ratio and repetition warnings, from the samples files; None when the
+    run generated nothing."""
+    from tunelab.evaluate.generation_report import generation_report
+
+    if not files.samples("after").exists():
+        return None
+    before_path = files.samples("before")
+    before = read_jsonl(before_path) if before_path.exists() else None
+    return generation_report(
+        before,
+        read_jsonl(files.samples("after")),
+        cfg.eval.metrics,
+        resamples=cfg.eval.bootstrap_resamples,
+        seed=cfg.eval.bootstrap_seed,
+    )

@@ -15,7 +15,7 @@ import random
 import shutil
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +31,11 @@ from tunelab.io import append_jsonl, atomic_write_json
 from tunelab.methods import MethodContext, get_method
 from tunelab.methods.base import count_parameters
 from tunelab.models import arch_of, load_model_and_tokenizer
+from tunelab.models.tokenizer_report import train_data_figures
 from tunelab.run import RunFiles, save_adapter, write_run_config
 from tunelab.training.budget import Limits, Seen, take_window
 from tunelab.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from tunelab.training.evaluation import evaluate_run
+from tunelab.training.evaluation import evaluate_run, generation_summary
 from tunelab.training.fastpath import fast_paths
 from tunelab.training.loss import token_loss_sum
 from tunelab.training.progress import BarReporter, Reporter, SilentReporter
@@ -93,6 +94,7 @@ class Plan:
     rank: int = 0  # this process among `world` data-parallel processes
     world: int = 1
     extras: Extras | None = None  # per-task evaluations and forgetting probes (training/tasks)
+    train_examples: list = field(default_factory=list)  # before tokenising (tokenizer report)
 
     def batches(self, cfg: RunConfig, epoch: int, pad_id: int) -> list[dict[str, torch.Tensor]]:
         return make_batches(
@@ -154,7 +156,7 @@ def plan_data(cfg: RunConfig, tokenizer, method, model, rank: int = 0, world: in
         train_items = tokenize_examples(datasets.train, tokenizer, cfg.data)
     eval_items = tokenize_examples(datasets.eval, tokenizer, cfg.data) if datasets.eval else []
     pad_id = tokenizer.pad_token_id
-    plan = Plan(train_items, [], datasets.eval, packing, 1, 1, rank, world)
+    plan = Plan(train_items, [], datasets.eval, packing, 1, 1, rank, world, datasets.train)
     plan.extras = plan_extras(cfg, tokenizer, tasks)
     plan.eval_batches = make_batches(
         eval_items,
@@ -264,6 +266,10 @@ def train(
         )
         after_extras = evaluate_extras(model, tokenizer, plan.extras, cfg, files, tag="after")
         summary.update(extras_summary(before_extras, after_extras, plan.extras))
+        summary["generation"] = generation_summary(cfg, files)  # None: nothing generated
+        summary["tokenizer"] = train_data_figures(
+            tokenizer, plan.train_examples, cfg.data.max_length
+        )
         atomic_write_json(files.summary, summary)
         shutil.rmtree(files.checkpoints, ignore_errors=True)
     accelerator.wait_for_everyone()
