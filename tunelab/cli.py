@@ -61,11 +61,14 @@ def train(
     config: Path = typer.Argument(..., help="run config YAML"),
     overrides: list[str] = typer.Argument(None, help="dotted overrides: method.r=16 train.lr=1e-4"),
     resume: bool = typer.Option(False, "--resume", help="continue from the last checkpoint"),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="replace a finished run in output_dir (else an error)"
+    ),
 ):
     """Fine-tune a model as the config says; writes the run directory."""
     from tunelab.training.loop import train as run_training
 
-    result = run_training(config, overrides=overrides or [], resume=resume)
+    result = run_training(config, overrides=overrides or [], resume=resume, overwrite=overwrite)
     summary = result.summary
     if not summary:  # a non-main process of a multi-process launch
         return

@@ -12,7 +12,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from tunelab.errors import ConfigError
 from tunelab.search.space import SearchSettings  # schema only: no cycle back here
@@ -89,12 +97,25 @@ class TrainConfig(Section):
     log_every: int = Field(10, gt=0)
     eval_every: int | None = Field(None, gt=0)
     save_every: int | None = Field(None, gt=0, description="checkpoint every N optimizer steps")
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto: bf16 on a GPU that has it, else fp32; fp16 needs a GPU"
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="auto: the GPU if there is one; cuda without a GPU is an error"
+    )
     gradient_checkpointing: bool = False
-    compile: bool = False
     num_threads: int | None = Field(None, gt=0, description="torch CPU threads")
     progress: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _removed_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "compile" in data:
+            raise ValueError(REMOVED_COMPILE)
+        return data
+
+
+REMOVED_COMPILE = "removed: it was never applied (training always ran uncompiled); delete the key"
 
 
 class EvalConfig(Section):
@@ -160,9 +181,11 @@ class RunConfig(Section):
 def _format_error(err: ValidationError, source: str) -> str:
     first = err.errors()[0]
     key = ".".join(str(part) for part in first["loc"]) or "(top level)"
-    message = first["msg"]
+    message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         message = "unknown key"
+    if message == REMOVED_COMPILE:
+        key = f"{key}.compile"
     return f"{source}: {key}: {message}"
 
 

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from tunelab.config import EvalConfig
 from tunelab.data import build_datasets, make_batches, tokenize_examples
+from tunelab.errors import ConfigError
 from tunelab.evaluate import evaluate
 from tunelab.io import atomic_write_json
 from tunelab.run import load_run, read_run_config
@@ -20,9 +23,14 @@ def evaluate_saved_run(
 ) -> dict[str, float]:
     """Metrics of a saved run; also written to RUN/eval.json."""
     cfg = read_run_config(run_dir)
-    eval_cfg = EvalConfig(
-        metrics=metrics or cfg.eval.metrics, max_examples=max_examples or cfg.eval.max_examples
-    )
+    try:
+        eval_cfg = EvalConfig(
+            metrics=metrics or cfg.eval.metrics, max_examples=max_examples or cfg.eval.max_examples
+        )
+    except ValidationError as err:
+        first = err.errors()[0]
+        flag = "--" + str(first["loc"][0]).replace("_", "-")
+        raise ConfigError(f"{flag}: {first['msg'].removeprefix('Value error, ')}") from None
     data_cfg = cfg.data.model_copy(update={"eval": data} if data else {})
     model, tokenizer = load_run(run_dir)
     examples = build_datasets(data_cfg, tokenizer).eval

@@ -33,6 +33,7 @@ from tunelab.run import RunFiles, save_adapter, write_run_config
 from tunelab.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from tunelab.training.evaluation import evaluate_run
 from tunelab.training.fastpath import fast_paths
+from tunelab.training.preflight import check_method, check_output, check_settings
 from tunelab.training.progress import BarReporter, Reporter, SilentReporter
 from tunelab.training.schedules import build_scheduler
 
@@ -145,15 +146,19 @@ def train(
     *,
     overrides: list[str] | None = None,
     resume: bool = False,
+    overwrite: bool = False,
     reporter: Reporter | None = None,
     on_step=None,
     on_eval=None,
 ) -> TrainResult:
-    """Fine-tune as `config` says; write the run directory; return its summary."""
+    """Fine-tune as `config` says; write the run directory; return its summary. A finished
+    run in `output_dir` is returned as is with `resume`, replaced only with `overwrite`."""
     cfg = load_config(config, overrides)
     files = RunFiles(Path(cfg.output_dir))
+    check_settings(cfg)
     if resume and files.summary.exists():
         return TrainResult(files.root, files.read_summary())
+    check_output(files, resume=resume, overwrite=overwrite)
     seed_everything(cfg.train.seed)
     accelerator = make_accelerator(cfg)
     if not accelerator.is_main_process:
@@ -161,6 +166,7 @@ def train(
     reporter = reporter or (BarReporter() if cfg.train.progress else SilentReporter())
     model, tokenizer = load_model_and_tokenizer(cfg.model)
     method = get_method(cfg.method.name)
+    check_method(method, model, cfg)
     rank, world = accelerator.process_index, accelerator.num_processes
     plan = plan_data(cfg, tokenizer, method, model, rank, world)  # bad data fails before writes
     main = accelerator.is_main_process  # only the main process writes the run directory
