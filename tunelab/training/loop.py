@@ -24,13 +24,14 @@ from accelerate import Accelerator
 
 from tunelab.config import RunConfig, load_config
 from tunelab.data import build_datasets, make_batches, tokenize_examples
+from tunelab.errors import TunelabError
 from tunelab.io import append_jsonl, atomic_write_json
 from tunelab.loss import token_loss_sum
 from tunelab.methods import MethodContext, get_method
 from tunelab.methods.base import count_parameters
 from tunelab.models import arch_of, load_model_and_tokenizer
 from tunelab.run import RunFiles, save_adapter, write_run_config
-from tunelab.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from tunelab.training.checkpoint import checkpoints, resume_latest, save_checkpoint
 from tunelab.training.evaluation import evaluate_run
 from tunelab.training.fastpath import fast_paths
 from tunelab.training.preflight import check_method, check_output, check_settings
@@ -206,12 +207,11 @@ def train(
     model, optimizer = accelerator.prepare(model, optimizer)
 
     start_step = 0
-    checkpoint = latest_checkpoint(files.checkpoints) if resume else None
-    if checkpoint is not None:
-        start_step = load_checkpoint(
-            checkpoint, accelerator.unwrap_model(model), optimizer, scheduler
-        )["step"]
-        reporter.message(f"resuming from {checkpoint.name}")
+    if resume:  # the newest checkpoint that verifies; a damaged one is named and skipped
+        start_step = resume_latest(
+            files.checkpoints, accelerator.unwrap_model(model), optimizer, scheduler,
+            reporter.message,
+        )  # fmt: skip
 
     with fast_paths(model, packing=plan.packing):  # same results, less work per step
         stats = run_steps(
@@ -280,10 +280,12 @@ def run_steps(
             accelerator.backward(loss_sum / n_labelled)
             window_loss += float(loss_sum.detach())
             seen_tokens += real_tokens(batch)
+        grad_norm = None
         if cfg.train.max_grad_norm:
-            accelerator.clip_grad_norm_(
+            grad_norm = accelerator.clip_grad_norm_(
                 [p for p in model.parameters() if p.requires_grad], cfg.train.max_grad_norm
             )
+        check_finite(step + 1, window_loss, grad_norm, cfg, files)  # before the weights change
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -329,6 +331,33 @@ def run_steps(
     reporter.finish()
     return {"train_seconds": train_seconds, "seen_tokens": seen_tokens,
             "steps": done, "final_loss": last_loss}  # fmt: skip
+
+
+class TrainingDiverged(TunelabError):
+    """The loss or the gradient stopped being a finite number."""
+
+
+def check_finite(step: int, loss: float, grad_norm, cfg: RunConfig, files: RunFiles) -> None:
+    """Stop at the first step whose loss or gradient norm is NaN or infinite, before the
+    optimizer writes it into the weights; the last good checkpoint stays for --resume."""
+    what = None
+    if not math.isfinite(loss):
+        what = f"the loss is {loss}"
+    elif (
+        grad_norm is not None
+        and cfg.train.precision != "fp16"  # fp16's loss scaler skips inf steps by design
+        and not math.isfinite(float(grad_norm))
+    ):
+        what = f"the gradient norm is {float(grad_norm)}"
+    if what is None:
+        return
+    saved = checkpoints(files.checkpoints)
+    kept = f"last good checkpoint kept: {saved[0]}" if saved else "no checkpoint was saved"
+    lr = cfg.train.lr or get_method(cfg.method.name).default_lr
+    raise TrainingDiverged(
+        f"step {step}: {what}; training stopped ({kept}); try a lower train.lr (now {lr:g}), "
+        f"train.precision=fp32 (now {cfg.train.precision}) or train.max_grad_norm"
+    )
 
 
 @torch.inference_mode()
