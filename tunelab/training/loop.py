@@ -157,7 +157,8 @@ def train(
     cfg = load_config(config, overrides)
     files = RunFiles(Path(cfg.output_dir))
     check_settings(cfg)
-    if resume and files.summary.exists():
+    if resume and files.summary.exists():  # finished (a kill may have left checkpoints)
+        shutil.rmtree(files.checkpoints, ignore_errors=True)
         return TrainResult(files.root, files.read_summary())
     check_output(files, resume=resume, overwrite=overwrite)
     seed_everything(cfg.train.seed)
