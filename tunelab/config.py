@@ -190,8 +190,12 @@ def _format_error(err: ValidationError, source: str) -> str:
 
 
 def parse_value(text: str) -> Any:
-    """Parse an override value the way YAML would (`1e-4` -> float, `true` -> bool)."""
-    value = yaml.safe_load(text)
+    """Parse an override value the way YAML would (`1e-4` -> float, `true` -> bool); text that
+    is not valid YAML stays a string (validation then names the key if it must be more)."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
     if isinstance(value, str):
         try:
             return float(value) if any(c in value for c in ".eE") else int(value)
