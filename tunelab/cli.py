@@ -207,6 +207,9 @@ def search(
     ),
     workers: int = typer.Option(1, "--workers", min=1, help="local worker processes"),
     storage: str = typer.Option(None, "--storage", help="database URL (default OUTPUT/study.db)"),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="replace finished trial runs that no trial of the study owns"
+    ),
 ):
     """Hyperparameter search with Optuna; rerun to resume. Writes best.yaml, trials.csv,
     report.html and one run directory per trial into the output directory."""
@@ -219,8 +222,9 @@ def search(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     cfg = load_config(config, overrides or [])
     result = run_search(
-        cfg, trials=trials, workers=workers, storage=storage, reporter=RichSearchReporter()
-    )
+        cfg, trials=trials, workers=workers, storage=storage, reporter=RichSearchReporter(),
+        overwrite=overwrite,
+    )  # fmt: skip
     wide_console().print(result_table(result))
     for name, path in result.files.items():
         console.print(f"{name:12} {path}", highlight=False)

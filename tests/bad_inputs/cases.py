@@ -427,6 +427,14 @@ def search_unknown_space_key(tmp, runs):
 
 
 @case
+def search_over_trial_runs_of_another_study(tmp, runs):
+    copy_run(runs, "lora", tmp / "out" / "trials" / "trial-0000")  # study.db was deleted
+    search = {"objective": {"metric": "loss", "direction": "minimize"},
+              "space": {"train.lr": {"loguniform": [1e-4, 1e-2]}}}  # fmt: skip
+    return ["search", train_with(tmp, "", search=search)[0][1]], "--overwrite"
+
+
+@case
 def compare_unknown_method_flag(tmp, runs):
     path = write_yaml(tmp / "cmp.yaml", {"base": {"model": {"name": "random:llama"}},
                                          "budget_steps": 1})  # fmt: skip
