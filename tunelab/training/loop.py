@@ -24,14 +24,14 @@ from accelerate import Accelerator
 
 from tunelab.config import RunConfig, load_config
 from tunelab.data import build_datasets, make_batches, tokenize_examples
-from tunelab.errors import TunelabError
 from tunelab.io import append_jsonl, atomic_write_json
 from tunelab.loss import token_loss_sum
 from tunelab.methods import MethodContext, get_method
 from tunelab.methods.base import count_parameters
 from tunelab.models import arch_of, load_model_and_tokenizer
 from tunelab.run import RunFiles, save_adapter, write_run_config
-from tunelab.training.checkpoint import checkpoints, resume_latest, save_checkpoint
+from tunelab.training.checkpoint import resume_latest, save_checkpoint
+from tunelab.training.divergence import all_ranks, check_finite
 from tunelab.training.evaluation import evaluate_run
 from tunelab.training.fastpath import fast_paths
 from tunelab.training.preflight import check_method, check_output, check_settings
@@ -286,7 +286,7 @@ def run_steps(
             grad_norm = accelerator.clip_grad_norm_(
                 [p for p in model.parameters() if p.requires_grad], cfg.train.max_grad_norm
             )
-        check_finite(step + 1, window_loss, grad_norm, cfg, files)  # before the weights change
+        check_finite(step + 1, all_ranks(window_loss, accelerator), grad_norm, cfg, files)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -332,33 +332,6 @@ def run_steps(
     reporter.finish()
     return {"train_seconds": train_seconds, "seen_tokens": seen_tokens,
             "steps": done, "final_loss": last_loss}  # fmt: skip
-
-
-class TrainingDiverged(TunelabError):
-    """The loss or the gradient stopped being a finite number."""
-
-
-def check_finite(step: int, loss: float, grad_norm, cfg: RunConfig, files: RunFiles) -> None:
-    """Stop at the first step whose loss or gradient norm is NaN or infinite, before the
-    optimizer writes it into the weights; the last good checkpoint stays for --resume."""
-    what = None
-    if not math.isfinite(loss):
-        what = f"the loss is {loss}"
-    elif (
-        grad_norm is not None
-        and cfg.train.precision != "fp16"  # fp16's loss scaler skips inf steps by design
-        and not math.isfinite(float(grad_norm))
-    ):
-        what = f"the gradient norm is {float(grad_norm)}"
-    if what is None:
-        return
-    saved = checkpoints(files.checkpoints)
-    kept = f"last good checkpoint kept: {saved[0]}" if saved else "no checkpoint was saved"
-    lr = cfg.train.lr or get_method(cfg.method.name).default_lr
-    raise TrainingDiverged(
-        f"step {step}: {what}; training stopped ({kept}); try a lower train.lr (now {lr:g}), "
-        f"train.precision=fp32 (now {cfg.train.precision}) or train.max_grad_norm"
-    )
 
 
 @torch.inference_mode()
