@@ -195,6 +195,13 @@ def train_over_an_unfinished_run(tmp, runs):
     return train_with(tmp, "--resume to continue it or --overwrite")
 
 
+@case
+def resume_under_a_changed_config(tmp, runs):
+    run = copy_run(runs, "lora", tmp / "out")
+    argv, _ = train_with(tmp, "", output_dir=str(run), train={"lr": 0.5})
+    return [*argv, "--resume"], "train.lr: differs from the run"
+
+
 # ---------------------------------------------------------------- data files
 
 

@@ -41,7 +41,9 @@ def test_overwrite_replaces_a_finished_run_and_nothing_else_does(tmp_path):
     with pytest.raises(ConfigError, match="--overwrite"):
         train(tiny(tmp_path, lr=2e-3))
     assert (first.run_dir / "summary.json").read_bytes() == summary
-    assert train(tiny(tmp_path, lr=2e-3), resume=True).summary["lr"] == 1e-3  # kept as is
+    assert train(tiny(tmp_path, lr=1e-3), resume=True).summary["lr"] == 1e-3  # kept as is
+    with pytest.raises(ConfigError, match="train.lr: differs from the run"):
+        train(tiny(tmp_path, lr=2e-3), resume=True)  # never silently ignored
     second = train(tiny(tmp_path, lr=2e-3), overwrite=True)
     assert second.summary["lr"] == 2e-3
 

@@ -34,7 +34,12 @@ from tunelab.training.checkpoint import resume_latest, save_checkpoint
 from tunelab.training.divergence import all_ranks, check_finite
 from tunelab.training.evaluation import evaluate_run
 from tunelab.training.fastpath import fast_paths
-from tunelab.training.preflight import check_method, check_output, check_settings
+from tunelab.training.preflight import (
+    check_method,
+    check_output,
+    check_resume,
+    check_settings,
+)
 from tunelab.training.progress import BarReporter, Reporter, SilentReporter
 from tunelab.training.schedules import build_scheduler
 
@@ -157,6 +162,8 @@ def train(
     cfg = load_config(config, overrides)
     files = RunFiles(Path(cfg.output_dir))
     check_settings(cfg)
+    if resume:
+        check_resume(files, cfg)
     if resume and files.summary.exists():  # finished (a kill may have left checkpoints)
         shutil.rmtree(files.checkpoints, ignore_errors=True)
         return TrainResult(files.root, files.read_summary())

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from tunelab.config import RunConfig
+from tunelab.config import RunConfig, load_config
 from tunelab.errors import ConfigError
 from tunelab.run import RunFiles
 
@@ -40,6 +40,35 @@ def check_output(files: RunFiles, *, resume: bool, overwrite: bool) -> None:
             f"output_dir {files.root} holds an unfinished run with checkpoints; pass --resume "
             "to continue it or --overwrite to start again"
         )
+
+
+HARMLESS = {("train", "progress"), ("train", "num_threads")}  # may change between resumes
+
+
+def check_resume(files: RunFiles, cfg: RunConfig) -> None:
+    """`--resume` continues the run in `files` only under the config it started with: a changed
+    setting would silently mix two runs (or be ignored, if the run had finished)."""
+    if not files.config.exists():
+        return
+    changed = changed_keys(load_config(files.config).to_dict(), cfg.to_dict())
+    if changed:
+        raise ConfigError(
+            f"{changed[0]}: differs from the run in {files.root} ({files.config}); --resume "
+            "continues a run only under its own config; pass --overwrite to start again"
+        )
+
+
+def changed_keys(saved: dict, current: dict) -> list[str]:
+    """Dotted keys whose values differ (section by section), except the harmless ones."""
+    changed = []
+    for section, values in current.items():
+        before = saved.get(section)
+        if isinstance(values, dict) and isinstance(before, dict):
+            changed += [f"{section}.{key}" for key, value in values.items()
+                        if (section, key) not in HARMLESS and before.get(key) != value]  # fmt: skip
+        elif values != before:
+            changed.append(section)
+    return changed
 
 
 def check_method(method, model, cfg: RunConfig) -> None:
