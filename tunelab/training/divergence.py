@@ -44,6 +44,7 @@ def check_finite(step: int, loss: float, grad_norm, cfg: RunConfig, files: RunFi
     kept = f"last good checkpoint kept: {saved[0]}" if saved else "no checkpoint was saved"
     lr = cfg.train.lr or get_method(cfg.method.name).default_lr
     raise TrainingDiverged(
-        f"step {step}: {what}; training stopped ({kept}); try a lower train.lr (now {lr:g}), "
-        f"train.precision=fp32 (now {cfg.train.precision}) or train.max_grad_norm"
+        f"step {step}: {what}; training stopped before the weights changed ({kept}); rerun "
+        f"with --overwrite and a lower train.lr (now {lr:g}), train.precision=fp32 (now "
+        f"{cfg.train.precision}) or a train.max_grad_norm"
     )
