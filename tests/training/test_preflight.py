@@ -92,3 +92,21 @@ def test_every_setting_is_read_by_the_library(section):
     for name in SECTIONS[section].model_fields:
         used = re.search(rf"(?<!\bre)\.{name}\b|[\"']{name}[\"']", sources)
         assert used, f"{section}.{name} is never read"
+
+
+def test_resume_checks_the_config_only_when_there_is_a_run_to_continue(tmp_path):
+    """A folder with an old config.yaml but no summary or checkpoint (e.g. compare cleared it)
+    has nothing to mix; with a checkpoint, a changed setting is refused."""
+    from tunelab.config import dump_config, load_config
+    from tunelab.run import RunFiles
+    from tunelab.training.preflight import check_resume
+
+    files = RunFiles(tmp_path / "run")
+    files.root.mkdir()
+    files.config.write_text(dump_config(load_config(tiny(tmp_path, lr=1e-3))))
+    changed = load_config(tiny(tmp_path, lr=2e-3, progress=True, num_threads=2))
+    check_resume(files, changed)
+    (files.checkpoints / "step-0000001").mkdir(parents=True)
+    with pytest.raises(ConfigError, match=r"^train\.lr: differs"):
+        check_resume(files, changed)
+    check_resume(files, load_config(tiny(tmp_path, lr=1e-3, progress=True, num_threads=2)))

@@ -47,8 +47,10 @@ HARMLESS = {("train", "progress"), ("train", "num_threads")}  # may change betwe
 
 def check_resume(files: RunFiles, cfg: RunConfig) -> None:
     """`--resume` continues the run in `files` only under the config it started with: a changed
-    setting would silently mix two runs (or be ignored, if the run had finished)."""
-    if not files.config.exists():
+    setting would silently mix two runs (or be ignored, if the run had finished). Without a
+    summary or a checkpoint there is nothing to continue, so nothing to mix."""
+    has_state = files.summary.exists() or any(files.checkpoints.glob("step-*"))
+    if not files.config.exists() or not has_state:
         return
     changed = changed_keys(load_config(files.config).to_dict(), cfg.to_dict())
     if changed:
