@@ -74,11 +74,14 @@ def train(
     config: Path = typer.Argument(..., help="run config YAML"),
     overrides: list[str] = typer.Argument(None, help="dotted overrides: method.r=16 train.lr=1e-4"),
     resume: bool = typer.Option(False, "--resume", help="continue from the last checkpoint"),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="replace a finished run in output_dir (else an error)"
+    ),
 ):
     """Fine-tune a model as the config says; writes the run directory."""
     from tunelab.training.loop import train as run_training
 
-    result = run_training(config, overrides=overrides or [], resume=resume)
+    result = run_training(config, overrides=overrides or [], resume=resume, overwrite=overwrite)
     summary = result.summary
     if not summary:  # a non-main process of a multi-process launch
         return
@@ -308,6 +311,9 @@ def search(
     ),
     workers: int = typer.Option(1, "--workers", min=1, help="local worker processes"),
     storage: str = typer.Option(None, "--storage", help="database URL (default OUTPUT/study.db)"),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="replace finished trial runs that no trial of the study owns"
+    ),
 ):
     """Hyperparameter search with Optuna; rerun to resume. Writes best.yaml, trials.csv,
     report.html and one run directory per trial into the output directory."""
@@ -320,8 +326,9 @@ def search(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     cfg = load_config(config, overrides or [])
     result = run_search(
-        cfg, trials=trials, workers=workers, storage=storage, reporter=RichSearchReporter()
-    )
+        cfg, trials=trials, workers=workers, storage=storage, reporter=RichSearchReporter(),
+        overwrite=overwrite,
+    )  # fmt: skip
     wide_console().print(result_table(result))
     for name, path in result.files.items():
         console.print(f"{name:12} {path}", highlight=False)

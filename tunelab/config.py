@@ -117,12 +117,25 @@ class TrainConfig(Section):
     log_every: int = Field(10, gt=0)
     eval_every: int | None = Field(None, gt=0)
     save_every: int | None = Field(None, gt=0, description="checkpoint every N optimizer steps")
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto: bf16 on a GPU that has it, else fp32; fp16 needs a GPU"
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="auto: the GPU if there is one; cuda without a GPU is an error"
+    )
     gradient_checkpointing: bool = False
-    compile: bool = False
     num_threads: int | None = Field(None, gt=0, description="torch CPU threads")
     progress: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _removed_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "compile" in data:
+            raise ValueError(REMOVED_COMPILE)
+        return data
+
+
+REMOVED_COMPILE = "removed: it was never applied (training always ran uncompiled); delete the key"
 
 
 class EvalConfig(Section):
@@ -224,15 +237,21 @@ class RunConfig(Section):
 def _format_error(err: ValidationError, source: str) -> str:
     first = err.errors()[0]
     key = ".".join(str(part) for part in first["loc"]) or "(top level)"
-    message = first["msg"]
+    message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         message = "unknown key"
+    if message == REMOVED_COMPILE:
+        key = f"{key}.compile"
     return f"{source}: {key}: {message}"
 
 
 def parse_value(text: str) -> Any:
-    """Parse an override value the way YAML would (`1e-4` -> float, `true` -> bool)."""
-    value = yaml.safe_load(text)
+    """Parse an override value the way YAML would (`1e-4` -> float, `true` -> bool); text that
+    is not valid YAML stays a string (validation then names the key if it must be more)."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
     if isinstance(value, str):
         try:
             return float(value) if any(c in value for c in ".eE") else int(value)

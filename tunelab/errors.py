@@ -19,3 +19,7 @@ class ModelError(TunelabError):
 
 class MergeNotSupported(TunelabError):
     """The method's update is not a weight change, so it cannot be merged."""
+
+
+class DiskFull(TunelabError):
+    """No space left while writing an artifact; what was written before is intact."""

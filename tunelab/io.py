@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -10,6 +11,32 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from tunelab.errors import DiskFull
+
+NEARLY_FULL_BYTES = 1 << 20  # less free space than this after a failed write: the disk is full
+
+
+def disk_full(error: BaseException, folder: Path) -> bool:
+    """Whether a failed write ran out of space. Libraries report it differently: an OSError
+    (ENOSPC, EDQUOT), a message (safetensors), or a bare failure (torch.save) — so the free
+    space of `folder` is checked too, while the partial file still holds it."""
+    if getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    if "No space left on device" in str(error) or "Disk quota exceeded" in str(error):
+        return True
+    try:
+        stats = os.statvfs(folder)
+    except OSError:
+        return False
+    return stats.f_bavail * stats.f_frsize < NEARLY_FULL_BYTES
+
+
+def _disk_full_error(path: Path) -> DiskFull:
+    return DiskFull(
+        f"{path}: no space left on device while writing it; nothing earlier was changed. "
+        "Free some space and run again (training: --resume continues from the last checkpoint)"
+    )
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -24,6 +51,12 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; artifacts are ordinary files
         os.replace(tmp, path)
+    except Exception as error:
+        full = disk_full(error, path.parent)
+        Path(tmp).unlink(missing_ok=True)
+        if full:
+            raise _disk_full_error(path) from None
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -35,8 +68,13 @@ def atomic_write_json(path: str | os.PathLike, data: Any) -> None:
 
 def append_jsonl(path: str | os.PathLike, record: dict[str, Any]) -> None:
     """Append one JSON line (a log: a torn last line is tolerated by readers)."""
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+    try:
+        with open(path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+    except OSError as error:
+        if disk_full(error, Path(path).parent):
+            raise _disk_full_error(Path(path)) from None
+        raise
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
@@ -72,6 +110,15 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)
+    except DiskFull:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise _disk_full_error(path) from None
+    except Exception as error:
+        full = disk_full(error, path.parent)
+        shutil.rmtree(tmp, ignore_errors=True)
+        if full:
+            raise _disk_full_error(path) from None
+        raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

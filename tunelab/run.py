@@ -103,7 +103,21 @@ def read_run_config(run_dir: str | Path) -> RunConfig:
         raise TunelabError(f"{run_dir}: not a run directory (no config.yaml)")
     if not files.adapter.exists():
         raise TunelabError(f"{run_dir}: the run has no adapter/ (unfinished or failed)")
+    for weights in sorted(files.adapter.glob("*.safetensors")):
+        check_safetensors(weights)
     return load_config(files.config)
+
+
+def check_safetensors(path: Path) -> None:
+    """A damaged or truncated safetensors file is a one-line error naming it (safetensors checks
+    the header and that the file holds every byte the header promises)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            handle.keys()
+    except (SafetensorError, OSError) as exc:
+        raise TunelabError(f"{path}: damaged or truncated safetensors file ({exc})") from None
 
 
 def load_run(run_dir: str | Path, *, device: str | None = None):

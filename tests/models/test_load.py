@@ -151,6 +151,7 @@ def fake_gguf(tmp_path: Path, monkeypatch) -> tuple[Path, list]:
         return random_model("llama", seed=7)
 
     monkeypatch.setattr(load_module, "_load_gguf", load_gguf)
+    monkeypatch.setattr(load_module, "_check_gguf", lambda gguf: None)  # no real header
     return path, calls
 
 
@@ -166,11 +167,12 @@ def test_conversion_killed_midway_leaves_no_loadable_cache(tmp_path, tmp_cache, 
     with pytest.raises(KeyboardInterrupt):
         load_model_and_tokenizer(ModelConfig(name=str(gguf)))
     models = tmp_cache / "models"
-    assert list(models.iterdir()) == []  # neither the target nor a scratch folder survives
+    left = [p for p in models.iterdir() if not p.name.endswith(".lock")]  # the lock file stays
+    assert left == []  # neither the target nor a scratch folder survives
 
     monkeypatch.setattr(load_module, "_save_converted", real_save)
     model, tokenizer = load_model_and_tokenizer(ModelConfig(name=str(gguf)))
-    (folder,) = models.iterdir()
+    (folder,) = [p for p in models.iterdir() if not p.name.endswith(".lock")]
     assert folder.name.startswith("gguf-Tiny-Model.Q4_0-")
     assert {"config.json", "model.safetensors", "tokenizer.json", "tunelab.json"} <= {
         path.name for path in folder.iterdir()
@@ -209,3 +211,41 @@ def test_embedded_smollm2_loads_answers_and_caches():
     load_model_and_tokenizer(ModelConfig())
     assert time.perf_counter() - started < 5
     assert (resolve_model_dir("embedded:smollm2-135m") / "tunelab.json").is_file()
+
+
+def test_two_processes_converting_at_once_convert_once(tmp_cache, tmp_path, monkeypatch):
+    """Two processes asking for the same GGUF at once: one converts (under the lock), the other
+    waits and reads its folder; neither sees a half-written cache. The slow dequantisation is
+    replaced by a stand-in that records each conversion."""
+    import os
+
+    gguf = tmp_path / "tiny.gguf"
+    gguf.write_bytes(b"GGUF")
+    log = tmp_path / "conversions.log"
+
+    def slow_load(path):
+        with open(log, "a") as handle:
+            handle.write(f"{os.getpid()}\n")
+        time.sleep(0.5)
+        return None, None
+
+    def save(model, tokenizer, folder, meta):
+        (folder / "model.safetensors").write_bytes(b"weights")
+        load_module.atomic_write_json(folder / load_module.MARKER, meta)
+
+    monkeypatch.setattr(load_module, "_check_gguf", lambda path: None)
+    monkeypatch.setattr(load_module, "_load_gguf", slow_load)
+    monkeypatch.setattr(load_module, "_save_converted", save)
+    children = []
+    for _ in range(2):
+        pid = os.fork()
+        if pid == 0:  # the child converts and reports whether the folder it got is whole
+            folder = load_module._converted(gguf)
+            whole = (folder / "model.safetensors").read_bytes() == b"weights"
+            os._exit(0 if whole and (folder / load_module.MARKER).is_file() else 1)
+        children.append(pid)
+    statuses = [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in children]
+    assert statuses == [0, 0]
+    assert len(log.read_text().splitlines()) == 1  # converted once
+    folders = [p for p in (tmp_cache / "models").iterdir() if not p.name.startswith(".")]
+    assert len(folders) == 1 and (folders[0] / load_module.MARKER).is_file()

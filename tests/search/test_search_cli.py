@@ -43,3 +43,18 @@ def test_search_examples_validate(name):
     cfg = load_config(ROOT / "examples" / f"{name}.yaml")
     check_space(cfg)
     assert cfg.search.trials <= 12  # bounded for a CPU
+
+
+def test_documented_postgresql_url_names_the_installed_driver(monkeypatch):
+    """`postgresql://` works as documented: psycopg (tunelab[postgres]) when psycopg2 is absent."""
+    import importlib.util
+
+    from tunelab.search.study import sqlalchemy_url
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name: None if name == "psycopg2" else real(name)
+    )
+    assert sqlalchemy_url("postgresql://u@h:5/db") == "postgresql+psycopg://u@h:5/db"
+    assert sqlalchemy_url("postgresql+psycopg2://u@h/db") == "postgresql+psycopg2://u@h/db"
+    assert sqlalchemy_url("sqlite:///x.db") == "sqlite:///x.db"

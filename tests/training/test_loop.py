@@ -115,5 +115,5 @@ def test_bad_data_leaves_an_earlier_run_untouched(tmp_path):
     from tunelab.errors import DataError
 
     with pytest.raises(DataError, match="bad.jsonl:2"):
-        train(tiny_config(tmp_path, data={"train": str(bad)}))
+        train(tiny_config(tmp_path, data={"train": str(bad)}), overwrite=True)
     assert (result.run_dir / "summary.json").read_bytes() == before

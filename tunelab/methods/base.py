@@ -49,6 +49,10 @@ class Method:
     Config: ClassVar[type[MethodSettings]] = MethodSettings
 
     # --- applying -----------------------------------------------------------------------
+    def check(self, model: nn.Module, cfg: MethodSettings) -> None:
+        """Raise `ConfigError` for settings this model cannot take, before any work starts
+        (the loop calls it right after loading the base). Default: nothing to check."""
+
     def apply(self, model: nn.Module, cfg: MethodSettings, ctx: MethodContext) -> nn.Module:
         raise NotImplementedError
 

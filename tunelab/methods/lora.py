@@ -9,7 +9,7 @@ applies the low-rank update to the direction only. Both merge into W after train
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from peft import LoraConfig, TaskType
 from torch import nn
@@ -24,7 +24,9 @@ class LoraSettings(MethodSettings):
     alpha: float = method_field(16.0, "scale numerator: ΔW is multiplied by alpha / r", gt=0)
     dropout: float = method_field(0.0, "dropout on the LoRA input", ge=0, lt=1)
     target_modules: Targets = method_field("all", "all | attention | mlp | list of module names")
-    bias: str = method_field("none", "none | all | lora_only")
+    bias: Literal["none", "all", "lora_only"] = method_field(
+        "none", "which biases train too: none | all | lora_only"
+    )
 
 
 class Lora(PeftMethod):

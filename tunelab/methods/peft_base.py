@@ -11,7 +11,7 @@ from typing import Any, ClassVar, Literal
 from peft import PeftConfig, PeftModel, get_peft_model
 from torch import nn
 
-from tunelab.errors import MergeNotSupported
+from tunelab.errors import ConfigError, MergeNotSupported
 from tunelab.methods.base import Method, MethodContext, MethodSettings
 from tunelab.models.arch import arch_of
 
@@ -39,10 +39,32 @@ def resolve_targets(model: nn.Module, targets: Targets) -> list[str]:
     return list(dict.fromkeys(chosen))
 
 
+def check_module_names(model: nn.Module, field: str, names: list[str] | None) -> None:
+    """Every name must match a module the way PEFT matches `target_modules` (the whole name or
+    its last dotted parts), else a one-line error naming the field and close candidates."""
+    if not names:
+        return
+    modules = [name for name, _ in model.named_modules() if name]
+    leaves = sorted({name.rsplit(".", 1)[-1] for name in modules})
+    for name in names:
+        if not any(m == name or m.endswith(f".{name}") for m in modules):
+            raise ConfigError(
+                f"method.{field}: no module named {name!r} in this model; "
+                f"module names here: {', '.join(leaves[:24])}"
+            )
+
+
 class PeftMethod(Method):
     """A method whose injection, saving and merging PEFT already does well."""
 
     prompt_learning: ClassVar[bool] = False
+    module_fields: ClassVar[tuple[str, ...]] = ("target_modules", "feedforward_modules")
+
+    def check(self, model: nn.Module, cfg: MethodSettings) -> None:
+        for field in self.module_fields:
+            value = getattr(cfg, field, None)
+            if isinstance(value, list):
+                check_module_names(model, field, value)
 
     def peft_config(self, model: nn.Module, cfg: MethodSettings) -> PeftConfig:
         raise NotImplementedError

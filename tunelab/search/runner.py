@@ -21,6 +21,7 @@ from tunelab.search.apply import check_space, settings_of
 from tunelab.search.outputs import SearchResult, write_outputs
 from tunelab.search.progress import SearchReporter, SilentSearchReporter
 from tunelab.search.study import (
+    check_trial_dirs,
     count_trials,
     default_storage,
     fail_dead_trials,
@@ -36,6 +37,7 @@ def run_search(
     workers: int = 1,
     storage: str | None = None,
     reporter: SearchReporter | None = None,
+    overwrite: bool = False,
 ) -> SearchResult:
     """Run (or resume) the search until the study holds `trials` finished trials
     (default `search.trials`); return what was written and the best trial(s)."""
@@ -44,8 +46,9 @@ def run_search(
     check_space(cfg)
     reporter = reporter or SilentSearchReporter()
     target = trials or settings.trials
-    Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
     url = storage or settings.storage or default_storage(cfg)
+    check_trial_dirs(cfg, url, overwrite=overwrite)  # finished runs are never silently replaced
+    Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
     study = open_study(cfg, url)
     for number in fail_dead_trials(study):
         reporter.message(f"trial {number} was left running by a process that died: marked failed")

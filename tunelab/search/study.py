@@ -14,6 +14,7 @@ count; three failures in a row stop a worker with an error.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import warnings
 from pathlib import Path
@@ -36,7 +37,20 @@ def default_storage(cfg: RunConfig) -> str:
     return f"sqlite:///{(Path(cfg.output_dir) / 'study.db').resolve()}"
 
 
+def sqlalchemy_url(url: str) -> str:
+    """`postgresql://` as documented: SQLAlchemy reads it as psycopg2, which `tunelab[postgres]`
+    does not install; with psycopg (3) installed and psycopg2 not, name that driver."""
+    import importlib.util
+
+    if not url.startswith(("postgresql://", "postgres://")):
+        return url
+    if importlib.util.find_spec("psycopg2") is None and importlib.util.find_spec("psycopg"):
+        return "postgresql+psycopg://" + url.split("://", 1)[1]
+    return url
+
+
 def open_storage(url: str) -> optuna.storages.RDBStorage:
+    url = sqlalchemy_url(url)
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
     try:
         with warnings.catch_warnings():
@@ -97,6 +111,38 @@ def open_study(cfg: RunConfig, url: str, worker: int = 0) -> optuna.Study:
     seed = settings.seed + 1000 * worker + len(study.get_trials(deepcopy=False))
     study.sampler = build_sampler(settings, seed)
     return study
+
+
+def check_trial_dirs(cfg: RunConfig, url: str, *, overwrite: bool) -> None:
+    """Finished trial runs in OUTPUT/trials/ that the study does not know (another study, or
+    one whose database was deleted) would be replaced by new trials of the same number: refuse,
+    or with `overwrite` remove them first."""
+    trials = Path(cfg.output_dir) / "trials"
+    finished = sorted(p for p in trials.glob("trial-*") if (p / "summary.json").is_file())
+    if not finished:
+        return
+    known = _study_trial_numbers(cfg, url)
+    foreign = [p for p in finished if int(p.name.removeprefix("trial-")) not in known]
+    if foreign and not overwrite:
+        raise ConfigError(
+            f"{trials}: {len(foreign)} finished trial runs ({foreign[0].name}, ...) belong to no "
+            "trial of this study and would be replaced; pass --overwrite or use another output_dir"
+        )
+    for folder in foreign:
+        shutil.rmtree(folder)
+
+
+def _study_trial_numbers(cfg: RunConfig, url: str) -> set[int]:
+    """Trial numbers of this search's study, without creating the database or the study."""
+    if url == default_storage(cfg) and not (Path(cfg.output_dir) / "study.db").exists():
+        return set()
+    name = settings_of(cfg).study_name or Path(cfg.output_dir).name
+    storage = open_storage(url)
+    try:
+        study_id = storage.get_study_id_from_name(name)
+    except KeyError:
+        return set()
+    return {trial.number for trial in storage.get_all_trials(study_id, deepcopy=False)}
 
 
 def count_trials(study: optuna.Study, states=FINISHED) -> int:

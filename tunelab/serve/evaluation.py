@@ -5,8 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from tunelab.config import EvalConfig, RunConfig
 from tunelab.data import build_datasets, make_batches, tokenize_examples
+from tunelab.errors import ConfigError
 from tunelab.evaluate import evaluate_with_predictions
 from tunelab.evaluate.generation_report import generation_report
 from tunelab.io import atomic_write_json
@@ -37,9 +40,14 @@ def evaluate_saved_run_report(
     """(scores, generation report or None): RUN/eval.json holds both. The report gives chrF,
     chrF++ and BLEU with bootstrap intervals, seq-rep-4, distinct-2 and the length ratio."""
     cfg = read_run_config(run_dir)
-    eval_cfg = EvalConfig(
-        metrics=metrics or cfg.eval.metrics, max_examples=max_examples or cfg.eval.max_examples
-    )
+    try:
+        eval_cfg = EvalConfig(
+            metrics=metrics or cfg.eval.metrics, max_examples=max_examples or cfg.eval.max_examples
+        )
+    except ValidationError as err:
+        first = err.errors()[0]
+        flag = "--" + str(first["loc"][0]).replace("_", "-")
+        raise ConfigError(f"{flag}: {first['msg'].removeprefix('Value error, ')}") from None
     data_cfg = cfg.data.model_copy(update={"eval": data} if data else {})
     model, tokenizer = load_run(run_dir)
     examples = build_datasets(data_cfg, tokenizer).eval

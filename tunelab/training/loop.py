@@ -34,10 +34,17 @@ from tunelab.models import arch_of, load_model_and_tokenizer
 from tunelab.models.tokenizer_report import train_data_figures
 from tunelab.run import RunFiles, save_adapter, write_run_config
 from tunelab.training.budget import Limits, Seen, take_window
-from tunelab.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from tunelab.training.checkpoint import resume_latest, save_checkpoint
+from tunelab.training.divergence import all_ranks, check_finite
 from tunelab.training.evaluation import evaluate_run, generation_summary
 from tunelab.training.fastpath import fast_paths
 from tunelab.training.loss import token_loss_sum
+from tunelab.training.preflight import (
+    check_method,
+    check_output,
+    check_resume,
+    check_settings,
+)
 from tunelab.training.progress import BarReporter, Reporter, SilentReporter
 from tunelab.training.schedules import build_scheduler
 from tunelab.training.tasks import Extras, evaluate_extras, extras_summary, plan_extras, plan_tasks
@@ -182,15 +189,22 @@ def train(
     *,
     overrides: list[str] | None = None,
     resume: bool = False,
+    overwrite: bool = False,
     reporter: Reporter | None = None,
     on_step=None,
     on_eval=None,
 ) -> TrainResult:
-    """Fine-tune as `config` says; write the run directory; return its summary."""
+    """Fine-tune as `config` says; write the run directory; return its summary. A finished
+    run in `output_dir` is returned as is with `resume`, replaced only with `overwrite`."""
     cfg = load_config(config, overrides)
     files = RunFiles(Path(cfg.output_dir))
-    if resume and files.summary.exists():
+    check_settings(cfg)
+    if resume:
+        check_resume(files, cfg)
+    if resume and files.summary.exists():  # finished (a kill may have left checkpoints)
+        shutil.rmtree(files.checkpoints, ignore_errors=True)
         return TrainResult(files.root, files.read_summary())
+    check_output(files, resume=resume, overwrite=overwrite)
     seed_everything(cfg.train.seed)
     accelerator = make_accelerator(cfg)
     if not accelerator.is_main_process:
@@ -198,6 +212,7 @@ def train(
     reporter = reporter or (BarReporter() if cfg.train.progress else SilentReporter())
     model, tokenizer = load_model_and_tokenizer(cfg.model)
     method = get_method(cfg.method.name)
+    check_method(method, model, cfg)
     rank, world = accelerator.process_index, accelerator.num_processes
     plan = plan_data(cfg, tokenizer, method, model, rank, world)  # bad data fails before writes
     main = accelerator.is_main_process  # only the main process writes the run directory
@@ -244,12 +259,11 @@ def train(
     model, optimizer = accelerator.prepare(model, optimizer)
 
     start_step = 0
-    checkpoint = latest_checkpoint(files.checkpoints) if resume else None
-    if checkpoint is not None:
-        start_step = load_checkpoint(
-            checkpoint, accelerator.unwrap_model(model), optimizer, scheduler
-        )["step"]
-        reporter.message(f"resuming from {checkpoint.name}")
+    if resume:  # the newest checkpoint that verifies; a damaged one is named and skipped
+        start_step = resume_latest(
+            files.checkpoints, accelerator.unwrap_model(model), optimizer, scheduler,
+            reporter.message,
+        )  # fmt: skip
 
     with fast_paths(model, packing=plan.packing):  # same results, less work per step
         stats = run_steps(
@@ -327,10 +341,12 @@ def run_steps(
             accelerator.backward(loss_sum / n_labelled)
             window_loss += float(loss_sum.detach())
             seen_tokens += real_tokens(batch)
+        grad_norm = None
         if cfg.train.max_grad_norm:
-            accelerator.clip_grad_norm_(
+            grad_norm = accelerator.clip_grad_norm_(
                 [p for p in model.parameters() if p.requires_grad], cfg.train.max_grad_norm
             )
+        check_finite(step + 1, all_ranks(window_loss, accelerator), grad_norm, cfg, files)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)

@@ -1,0 +1,59 @@
+"""Every bad input of the corpus (`cases.py`) through the real CLI: exit status 2, exactly one
+line on stderr that names the key, file:line or flag, no traceback, and nothing written or
+changed under the case's folder (which is also the working directory and the model cache)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from tests.bad_inputs.cases import CASES
+from tests.bad_inputs.corpus import snapshot
+from tunelab.cli import app
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_corpus_is_large_and_covers_every_command():
+    assert len(CASES) >= 40
+    names = " ".join(CASES)
+    for word in ("train", "eval", "generate", "merge", "search", "compare", "json", "csv",
+                 "tsv", "txt", "gguf", "model", "target_modules"):  # fmt: skip
+        assert word in names, word
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(name, tmp_path, finished_runs,
+                                                         monkeypatch):  # fmt: skip
+    case_dir = tmp_path / "case"
+    case_dir.mkdir()
+    argv, expected = CASES[name](case_dir, finished_runs)
+    monkeypatch.chdir(case_dir)  # relative defaults (runs/run) would land here
+    monkeypatch.setenv("TUNELAB_CACHE", str(case_dir / "cache"))
+    before = snapshot(case_dir)
+    result = CliRunner().invoke(app, argv)
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert expected in lines[0], lines[0]
+    assert "Traceback" not in result.output
+    assert snapshot(case_dir) == before
+
+
+def test_real_process_stderr_is_one_line(tmp_path, finished_runs):
+    """In a real process nothing else reaches stderr either (library warnings, logging): the
+    case that gets furthest (model loaded, PEFT imported) before its error."""
+    argv, expected = CASES["target_modules_typo"](tmp_path, finished_runs)
+    before = snapshot(tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TUNELAB_CACHE": str(tmp_path / "cache")}
+    done = subprocess.run([sys.executable, "-m", "tunelab.cli", *argv], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [done.stderr.strip()], done.stderr
+    assert expected in done.stderr
+    assert snapshot(tmp_path) == before
