@@ -79,6 +79,13 @@ class AdapterSet:
         if name == BASE or name in self.runs:
             taken = "is reserved for the base model" if name == BASE else "is already in use"
             raise TunelabError(f"adapters: the name {name!r} {taken}")
+        self.runs[name] = self.build(run_dir)
+        if len(self.runs) == 1:
+            self.active = name
+
+    def build(self, run_dir: str | Path) -> Served:
+        """The run in `run_dir` on a fresh view of the base, not yet named or served. Reads the
+        base's tensors only, so a server may build while other views generate."""
         cfg = read_run_config(run_dir)
         if cfg.model != self.model_config:
             raise TunelabError(
@@ -93,9 +100,21 @@ class AdapterSet:
         else:
             give_own_copies(view, written_names(adapter, view))
             model = method.load(view, cfg.method, adapter)
-        self.runs[name] = Served(model.eval(), cfg.data, Path(run_dir), cfg.eval.decoding())
-        if len(self.runs) == 1:
-            self.active = name
+        return Served(model.eval(), cfg.data, Path(run_dir), cfg.eval.decoding())
+
+    def put(self, name: str, served: Served) -> None:
+        """Serve `served` under `name`, replacing what was there (a reload) in one step."""
+        if name == BASE:
+            raise TunelabError(f"adapters: the name {name!r} is reserved for the base model")
+        self.runs[name] = served
+
+    def remove(self, name: str) -> None:
+        """Stop serving `name`; its view is freed once no generation holds it."""
+        if name not in self.runs:
+            raise TunelabError(f"adapters: no adapter named {name!r}")
+        del self.runs[name]
+        if self.active == name:
+            self.active = None
 
     def use(self, name: str | None) -> None:
         """Make `name` answer from now on (None or "base": the untouched base)."""
