@@ -111,7 +111,10 @@ def _decoding(body: Decoding, state: ServerState) -> dict:
         options["repetition_penalty"] = body.repetition_penalty
     if body.no_repeat_ngram_size is not None:
         options["no_repeat_ngram_size"] = body.no_repeat_ngram_size
-    options = {k: v for k, v in options.items() if v not in (0, 1.0)}  # the plain defaults
+    if options.get("repetition_penalty") == 1.0:  # the plain defaults: nothing to pass on
+        del options["repetition_penalty"]
+    if options.get("no_repeat_ngram_size") == 0:
+        del options["no_repeat_ngram_size"]
     if body.temperature:
         options.update(do_sample=True, temperature=body.temperature, top_p=body.top_p or 1.0)
     return options
