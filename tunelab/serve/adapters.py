@@ -41,6 +41,7 @@ class Served:
     data: DataConfig  # how the run rendered prompts (template, system prompt)
     run_dir: Path
     decoding: dict = field(default_factory=dict)  # the run's eval decoding options
+    method: str = ""  # the run's method name
 
 
 class AdapterSet:
@@ -100,7 +101,7 @@ class AdapterSet:
         else:
             give_own_copies(view, written_names(adapter, view))
             model = method.load(view, cfg.method, adapter)
-        return Served(model.eval(), cfg.data, Path(run_dir), cfg.eval.decoding())
+        return Served(model.eval(), cfg.data, Path(run_dir), cfg.eval.decoding(), cfg.method.name)
 
     def put(self, name: str, served: Served) -> None:
         """Serve `served` under `name`, replacing what was there (a reload) in one step."""

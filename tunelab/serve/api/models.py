@@ -26,7 +26,7 @@ def cards(state: ServerState) -> list[ModelCard]:
                 created=state.created,
                 parent=BASE,
                 root=str(run.run_dir),
-                method=facts["method"],
+                method=run.method,
                 trainable_params=facts["trainable_params"],
                 content_hash=state.hashes.get(name),
             )
