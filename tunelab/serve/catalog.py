@@ -14,6 +14,7 @@ import json
 import shlex
 from pathlib import Path
 
+from tunelab.config import load_config
 from tunelab.errors import TunelabError
 from tunelab.run import RunFiles
 
@@ -65,17 +66,28 @@ def content_hash(run_dir: Path) -> str:
 
 
 def run_card(run_dir: Path) -> dict:
-    """What the web page shows of a run: summary, data, before/after, loss curve."""
+    """What the web page shows of a run: its data and method settings, the summary (params,
+    time, before/after metrics) and the training loss curve [[step, loss], ...]."""
     files = RunFiles(run_dir)
-    summary = files.read_summary()
-    config = files.config.read_text(encoding="utf-8")
+    cfg = load_config(files.config)
     curve = []
     if files.metrics.is_file():
         for line in files.metrics.read_text(encoding="utf-8").splitlines():
             record = json.loads(line) if line.strip() else {}
             if "loss" in record and "step" in record:
                 curve.append([record["step"], record["loss"]])
-    return {"summary": summary, "config": config, "loss_curve": curve}
+    data = {
+        "train": cfg.data.train,
+        "eval": cfg.data.eval,
+        "template": cfg.data.template,
+        "system_prompt": cfg.data.system_prompt,
+    }
+    return {
+        "summary": files.read_summary(),
+        "data": data,
+        "method_config": cfg.method.model_dump(mode="json"),
+        "loss_curve": curve,
+    }
 
 
 def summary_fields(run_dir: Path) -> dict:
