@@ -11,6 +11,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,7 +40,7 @@ def plan_runs(roots: list[Path], explicit: dict[str, str], model: str | None) ->
             )
         found[name] = Path(path)
     configs = {name: read_run_config(path).model for name, path in found.items()}
-    base = _base(model, configs)
+    base = _base(model, configs, explicit)
     plan = Plan(base, {})
     for name, path in found.items():
         if configs[name] == base:
@@ -56,13 +57,17 @@ def plan_runs(roots: list[Path], explicit: dict[str, str], model: str | None) ->
     return plan
 
 
-def _base(model: str | None, configs: dict[str, ModelConfig]) -> ModelConfig:
-    if model is None:
-        if not configs:
+def _base(model: str | None, configs: dict[str, ModelConfig], explicit: dict) -> ModelConfig:
+    """--model (as the runs trained it, dtype and seed included), else the base most runs
+    share — the explicit --adapter runs first; between equals, the first found."""
+    named = {name: config for name, config in configs.items() if name in explicit} or configs
+    candidates = [c for c in named.values() if model is None or c.name == model]
+    if not candidates:
+        if model is None:
             raise TunelabError("serve: no finished runs found; give --runs, --adapter or --model")
-        return next(iter(configs.values()))
-    same = [config for config in configs.values() if config.name == model]
-    return same[0] if same else ModelConfig(name=model)
+        return ModelConfig(name=model)
+    counts = Counter(config.model_dump_json() for config in candidates)
+    return max(candidates, key=lambda config: counts[config.model_dump_json()])
 
 
 def load_adapters(plan: Plan) -> AdapterSet:
