@@ -85,6 +85,8 @@ def test_loads_outside_runs_or_of_bad_runs_are_refused(admin, method_runs, tmp_p
     shutil.copytree(method_runs["lora_b"], admin.root / "corrupt")
     weights = next((admin.root / "corrupt" / "adapter").glob("*.safetensors"))
     weights.write_bytes(b"\x00" * 64)
+    shutil.copytree(method_runs["lora_b"], admin.root / "pickled")
+    (admin.root / "pickled" / "adapter" / "adapter_model.bin").write_bytes(b"\x80\x04")
     cases = {
         "../" + outside.parent.name + "/lora_b": "path_outside_runs",
         str(outside): "path_outside_runs",
@@ -93,6 +95,7 @@ def test_loads_outside_runs_or_of_bad_runs_are_refused(admin, method_runs, tmp_p
         "missing": "not_a_run",
         "seed1": "load_failed",
         "corrupt": "load_failed",
+        "pickled": "load_failed",
     }
     client = openai.OpenAI(base_url=f"{admin.url}/v1", api_key="x", max_retries=0)
     before = ask(client, "lora_a")
@@ -106,6 +109,7 @@ def test_loads_outside_runs_or_of_bad_runs_are_refused(admin, method_runs, tmp_p
     stream.join()
     assert results == [before] and ask(client, "lora_a") == before
     assert "every run must share the base model" in post(admin, "load", name="b", run="seed1").text
+    assert "only safetensors" in post(admin, "load", name="b", run="pickled").text
     assert [m.id for m in client.models.list().data] == ["base", "lora_a", "prompt"]
     assert post(admin, "load", name="base", run="lora_a").status_code == 400
 

@@ -32,6 +32,7 @@ from tunelab.run import RunFiles, read_run_config
 
 BASE = "base"  # the name that selects the untouched base model
 PEFT_PREFIX = "base_model.model."  # PEFT's saved names start here
+PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".ckpt"}  # never loaded: unpickling runs code
 WRAPPED = ".base_layer"  # PEFT layers and our bottleneck adapters keep the original module here
 
 
@@ -95,6 +96,10 @@ class AdapterSet:
             )
         method = get_method(cfg.method.name)
         adapter = RunFiles(Path(run_dir)).adapter
+        pickled = sorted(p.name for p in adapter.iterdir() if p.suffix in PICKLE_SUFFIXES)
+        if pickled:
+            raise TunelabError(f"adapters: {adapter} holds pickle files ({', '.join(pickled)}); "
+                               "only safetensors weights are loaded")  # fmt: skip
         view = shared_view(self.base)
         if (adapter / "config.json").is_file():  # a whole transformers model (full, ULMFiT)
             model = load_full_weights(view, adapter)
