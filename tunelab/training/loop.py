@@ -35,6 +35,7 @@ from tunelab.training.evaluation import evaluate_run
 from tunelab.training.fastpath import fast_paths
 from tunelab.training.progress import BarReporter, Reporter, SilentReporter
 from tunelab.training.schedules import build_scheduler
+from tunelab.training.trackers import report_run
 
 
 @dataclass
@@ -222,6 +223,7 @@ def train(
         )
         atomic_write_json(files.summary, summary)
         shutil.rmtree(files.checkpoints, ignore_errors=True)
+        report_run(files, cfg)  # train.report_to: TensorBoard, MLflow
     accelerator.wait_for_everyone()
     return TrainResult(files.root, summary)
 
