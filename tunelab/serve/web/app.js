@@ -201,7 +201,9 @@ function send() {
   const prompt = $("#prompt").value;
   const options = settings();
   const models = [...document.querySelectorAll(".model-choice input:checked")].map((box) => box.value);
-  $("#snippet").textContent = snippet(models[0] || "base", prompt, options);
+  const others = models.slice(1);
+  const note = others.length ? `\n\n# the same for ${others.join(", ")}: change model=` : "";
+  $("#snippet").textContent = snippet(models[0] || "base", prompt, options) + note;
   $("#outputs").replaceChildren();
   for (const model of models) {
     const panel = element("div", { class: "output", "data-model": model },
