@@ -334,6 +334,36 @@ def search(
         console.print(f"{name:12} {path}", highlight=False)
 
 
+@app.command()
+@user_errors
+def serve(
+    runs: list[Path] = typer.Option(None, "--runs", help="serve every finished run under DIR"),
+    adapter: list[str] = typer.Option(None, "--adapter", help="NAME=RUN, repeatable"),
+    model: str = typer.Option(None, "--model", help="the base model (default: the runs' base)"),
+    host: str = typer.Option("127.0.0.1", help="address to bind (default: this machine only)"),
+    port: int = typer.Option(8000, help="port to listen on"),
+    api_key: str = typer.Option(None, "--api-key", help="require 'Authorization: Bearer KEY'"),
+    allow_admin: bool = typer.Option(False, "--allow-admin", help="enable /admin/load, unload"),
+    max_batch: int = typer.Option(8, "--max-batch", min=1, help="requests decoded together"),
+    max_queue: int = typer.Option(64, "--max-queue", min=1, help="requests waiting or running"),
+    max_tokens: int = typer.Option(256, "--max-tokens", min=1, help="cap on max_tokens"),
+    print_vllm: bool = typer.Option(False, "--print-vllm", help="print a vllm serve command"),
+):
+    """Serve the base model and every run on it: an OpenAI-compatible API and a web page."""
+    from tunelab.serve.server import plan_runs, print_vllm_command, run_server
+
+    roots = [Path(root) for root in runs or []]
+    plan = plan_runs(roots, dict(_pair(item) for item in adapter or []), model)
+    for line in plan.skipped:
+        typer.echo(f"skipped {line}", err=True)
+    if print_vllm:
+        print(print_vllm_command(plan))
+        return
+    limits = dict(max_batch=max_batch, max_queue=max_queue, max_tokens=max_tokens)
+    run_server(plan, roots, host=host, port=port, api_key=api_key, allow_admin=allow_admin,
+               echo=console.print, **limits)  # fmt: skip
+
+
 def main() -> None:  # pragma: no cover - console entry point
     try:
         app()

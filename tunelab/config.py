@@ -126,6 +126,14 @@ class TrainConfig(Section):
     gradient_checkpointing: bool = False
     num_threads: int | None = Field(None, gt=0, description="torch CPU threads")
     progress: bool = True
+    report_to: list[Literal["tensorboard", "mlflow"]] = Field(
+        default_factory=list,
+        description="experiment trackers that also get the config, metric curves and summary",
+    )
+    mlflow_tracking_uri: str | None = Field(
+        None, description="MLflow tracking URI (default: sqlite store RUN/mlflow.db)"
+    )
+    mlflow_experiment: str = Field("tunelab", description="MLflow experiment name")
 
     @model_validator(mode="before")
     @classmethod

@@ -9,11 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from tunelab import train
 from tunelab.errors import TunelabError
 from tunelab.evaluate import generate
 from tunelab.evaluate.decoding import resolve_options
-from tunelab.methods import METHODS
 from tunelab.models import load_model_and_tokenizer
 from tunelab.run import load_run, read_run_config
 from tunelab.serve import adapters
@@ -21,28 +19,6 @@ from tunelab.serve.adapters import AdapterSet
 
 TEXTS = ["hello world, served", "abc"]
 PROMPTS = ["reverse: abc", "hi"]
-RUNS = {  # run name -> (method, learning rate); two LoRA runs, then one run of every method
-    "lora_a": ("lora", 3e-2),
-    "lora_b": ("lora", 1e-2),
-    **{name: (name, 1e-3 if name in ("full", "ulmfit") else 3e-2) for name in METHODS},
-}
-del RUNS["lora"]
-
-
-def make_run(
-    root: Path, name: str, method: str | dict, lr: float, *, arch: str = "llama", seed: int = 0
-) -> Path:
-    """A run of 3 steps on a tiny random model."""
-    config = {
-        "model": {"name": f"random:{arch}", "seed": seed},
-        "data": {"train": "builtin:reverse", "builtin_size": 16, "max_length": 32},
-        "method": {"name": method} if isinstance(method, str) else method,
-        "train": {"max_steps": 3, "lr": lr, "batch_size": 4, "tokens_per_batch": 128,
-                  "progress": False},
-        "eval": {"before": False, "metrics": ["loss"]},
-        "output_dir": str(root / name),
-    }  # fmt: skip
-    return train(config).run_dir
 
 
 def logits(model, tokenizer) -> torch.Tensor:
@@ -53,9 +29,8 @@ def logits(model, tokenizer) -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("runs")
-    return {name: make_run(root, name, method, lr) for name, (method, lr) in RUNS.items()}
+def runs(method_runs) -> dict[str, Path]:
+    return method_runs
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +87,7 @@ def test_generation_matches_the_run_alone(runs, name):
     assert served.generate(PROMPTS, 6, raw=True) == expected
 
 
-def test_refuses_other_bases_unknown_and_taken_names(runs, tmp_path):
+def test_refuses_other_bases_unknown_and_taken_names(runs, tmp_path, make_run):
     served = AdapterSet("random:llama")
     assert served.active is None and served.names == []
     other_seed = make_run(tmp_path, "seed1", "lora", 1e-2, seed=1)
@@ -135,7 +110,7 @@ OVERWRITING = {  # runs whose load writes into base tensors (biases, norms) on g
 }
 
 
-def test_runs_that_overwrite_base_tensors_leave_the_base_alone(tmp_path):
+def test_runs_that_overwrite_base_tensors_leave_the_base_alone(tmp_path, make_run):
     made = {
         name: make_run(tmp_path, name, method, 3e-2, arch="gpt2")
         for name, method in OVERWRITING.items()

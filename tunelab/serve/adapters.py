@@ -33,6 +33,7 @@ from tunelab.run import RunFiles, read_run_config
 
 BASE = "base"  # the name that selects the untouched base model
 PEFT_PREFIX = "base_model.model."  # PEFT's saved names start here
+PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".ckpt"}  # never loaded: unpickling runs code
 WRAPPED = ".base_layer"  # PEFT layers and our bottleneck adapters keep the original module here
 
 
@@ -42,6 +43,7 @@ class Served:
     data: DataConfig  # how the run rendered prompts (template, system prompt)
     run_dir: Path
     decoding: dict = field(default_factory=dict)  # the run's eval decoding options
+    method: str = ""  # the run's method name
 
 
 class AdapterSet:
@@ -80,6 +82,13 @@ class AdapterSet:
         if name == BASE or name in self.runs:
             taken = "is reserved for the base model" if name == BASE else "is already in use"
             raise TunelabError(f"adapters: the name {name!r} {taken}")
+        self.runs[name] = self.build(run_dir)
+        if len(self.runs) == 1:
+            self.active = name
+
+    def build(self, run_dir: str | Path) -> Served:
+        """The run in `run_dir` on a fresh view of the base, not yet named or served. Reads the
+        base's tensors only, so a server may build while other views generate."""
         cfg = read_run_config(run_dir)
         if cfg.model != self.model_config:
             raise TunelabError(
@@ -88,6 +97,10 @@ class AdapterSet:
             )
         method = get_method(cfg.method.name)
         adapter = RunFiles(Path(run_dir)).adapter
+        pickled = sorted(p.name for p in adapter.iterdir() if p.suffix in PICKLE_SUFFIXES)
+        if pickled:
+            raise TunelabError(f"adapters: {adapter} holds pickle files ({', '.join(pickled)}); "
+                               "only safetensors weights are loaded")  # fmt: skip
         view = shared_view(self.base)
         if (adapter / "config.json").is_file():  # a whole transformers model (full, ULMFiT)
             model = load_full_weights(view, adapter)
@@ -95,9 +108,21 @@ class AdapterSet:
             give_own_copies(view, written_names(adapter, view))
             model = method.load(view, cfg.method, adapter)
         decoding = resolve_options(cfg.eval.decoding(), [])  # no references: auto is off
-        self.runs[name] = Served(model.eval(), cfg.data, Path(run_dir), decoding)
-        if len(self.runs) == 1:
-            self.active = name
+        return Served(model.eval(), cfg.data, Path(run_dir), decoding, cfg.method.name)
+
+    def put(self, name: str, served: Served) -> None:
+        """Serve `served` under `name`, replacing what was there (a reload) in one step."""
+        if name == BASE:
+            raise TunelabError(f"adapters: the name {name!r} is reserved for the base model")
+        self.runs[name] = served
+
+    def remove(self, name: str) -> None:
+        """Stop serving `name`; its view is freed once no generation holds it."""
+        if name not in self.runs:
+            raise TunelabError(f"adapters: no adapter named {name!r}")
+        del self.runs[name]
+        if self.active == name:
+            self.active = None
 
     def use(self, name: str | None) -> None:
         """Make `name` answer from now on (None or "base": the untouched base)."""

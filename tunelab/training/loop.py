@@ -48,6 +48,7 @@ from tunelab.training.preflight import (
 from tunelab.training.progress import BarReporter, Reporter, SilentReporter
 from tunelab.training.schedules import build_scheduler
 from tunelab.training.tasks import Extras, evaluate_extras, extras_summary, plan_extras, plan_tasks
+from tunelab.training.trackers import report_run
 
 
 @dataclass
@@ -286,6 +287,7 @@ def train(
         )
         atomic_write_json(files.summary, summary)
         shutil.rmtree(files.checkpoints, ignore_errors=True)
+        report_run(files, cfg)  # train.report_to: TensorBoard, MLflow
     accelerator.wait_for_everyone()
     return TrainResult(files.root, summary)
 

@@ -1,0 +1,260 @@
+"""`tunelab serve` under load, against the server a competent user writes in an afternoon.
+
+    python benchmarks/serve.py --runs runs/demo-compare [--clients 8] [--requests 4]
+                               [--max-tokens 32] [--workloads one,uniform,skewed,distinct]
+
+Both servers run in their own process, one after the other, on the same runs: `tunelab serve`
+(one worker, micro-batching per adapter) and the reference (FastAPI + transformers `generate`
+with a `TextIteratorStreamer`, one model per run, one request at a time under a lock). Each
+workload sends `--clients` concurrent streaming clients, each `--requests` chat requests in a
+row (greedy, `max_tokens` fixed, `no_repeat_ngram_size=3` so answers run long):
+
+  one       every request to the first adapter
+  uniform   requests cycle over all adapters
+  skewed    70 % to the first adapter, the rest spread over the others
+  distinct  client i always asks model i (base and the adapters, in turn)
+
+Printed per server and workload: output tokens/s (all clients together), p50/p95 request
+latency and p50 time to first token; then tunelab / reference ratios of tokens/s. Last, the
+per-token cost of an unmerged LoRA view against the same LoRA merged into the weights
+(greedy decoding of one prompt, median of `--repeats`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import torch
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+PROMPTS = ["Give the record as JSON: name Ada, age 36.", "Write one sentence about rivers.",
+           "List three colours.", "What is 12 times 7?"]  # fmt: skip
+
+
+def reference_app(runs_dir: Path):
+    """FastAPI + transformers generate, one model per run (and the base), one request at a
+    time under a lock, streamed with a TextIteratorStreamer."""
+    from fastapi import FastAPI
+    from fastapi.responses import StreamingResponse
+    from transformers import TextIteratorStreamer
+
+    from tunelab.config import DataConfig
+    from tunelab.data.templates import render_prompt
+    from tunelab.evaluate.generation import _generate_batch, _stop_ids
+    from tunelab.methods.prompt_cache import is_prompt_learning
+    from tunelab.models import load_model_and_tokenizer
+    from tunelab.run import load_run, read_run_config
+    from tunelab.serve.catalog import discover
+    from tunelab.serve.server import plan_runs
+
+    runs = discover([runs_dir])
+    models = {"base": load_model_and_tokenizer(plan_runs([runs_dir], {}, None).base)}
+    models |= {name: load_run(path) for name, path in runs.items()}
+    datas = {"base": DataConfig()} | {n: read_run_config(p).data for n, p in runs.items()}
+    lock = threading.Lock()
+    app = FastAPI()
+
+    @app.post("/v1/chat/completions")
+    def chat(body: dict):
+        if not body:
+            return {}
+        model, tokenizer = models[body["model"]]
+        text = render_prompt(body["messages"][-1]["content"], tokenizer, datas[body["model"]])
+        batch = tokenizer([text], add_special_tokens=False, return_tensors="pt")
+        streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        stop_ids = _stop_ids(model, tokenizer)
+        options = dict(max_new_tokens=body["max_tokens"], do_sample=False, streamer=streamer,
+                       no_repeat_ngram_size=body.get("no_repeat_ngram_size", 0))  # fmt: skip
+        produced = {}
+
+        def run():
+            with lock, torch.inference_mode():
+                out = _generate_batch(model, dict(batch), options, stop_ids, stop_ids[0],
+                                      is_prompt_learning(model))  # fmt: skip
+            new = out[0, batch["input_ids"].shape[1] :].tolist()
+            produced["tokens"] = len([t for t in new if t not in stop_ids])
+
+        worker = threading.Thread(target=run, daemon=True)
+        worker.start()
+
+        def events():
+            for piece in streamer:
+                chunk = {"choices": [{"delta": {"content": piece}}]}
+                yield f"data: {json.dumps(chunk)}\n\n"
+            worker.join()
+            usage = {"completion_tokens": produced.get("tokens", 0)}
+            yield f"data: {json.dumps({'choices': [], 'usage': usage})}\n\ndata: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    return app
+
+
+def one_request(url: str, model: str, prompt: str, max_tokens: int) -> dict:
+    body = {"model": model, "messages": [{"role": "user", "content": prompt}], "stream": True,
+            "max_tokens": max_tokens, "no_repeat_ngram_size": 3,
+            "stream_options": {"include_usage": True}}  # fmt: skip
+    start, first, tokens = time.perf_counter(), None, 0
+    with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=600) as reply:
+        for line in reply.iter_lines():
+            if not line.startswith("data: {"):
+                continue
+            chunk = json.loads(line[6:])
+            if chunk.get("usage"):
+                tokens = chunk["usage"]["completion_tokens"]
+            elif chunk["choices"] and chunk["choices"][0]["delta"].get("content") and first is None:
+                first = time.perf_counter()
+    end = time.perf_counter()
+    return {"latency": end - start, "ttft": (first or end) - start, "tokens": tokens}
+
+
+def plan(workload: str, names: list[str], clients: int, requests: int) -> list[list[str]]:
+    """The model each client asks in each of its requests."""
+    pick = random.Random(0)
+    adapters = [name for name in names if name != "base"]
+    if workload == "one":
+        return [[adapters[0]] * requests for _ in range(clients)]
+    if workload == "uniform":
+        return [
+            [adapters[(c + r) % len(adapters)] for r in range(requests)] for c in range(clients)
+        ]
+    if workload == "skewed":
+        choose = lambda: adapters[0] if pick.random() < 0.7 else pick.choice(adapters[1:])  # noqa: E731
+        return [[choose() for _ in range(requests)] for _ in range(clients)]
+    return [[names[c % len(names)]] * requests for c in range(clients)]
+
+
+def drive(url: str, workload: str, names: list[str], args) -> dict:
+    asks = plan(workload, names, args.clients, args.requests)
+    results: list[dict] = []
+
+    def client(index: int) -> None:
+        for number, model in enumerate(asks[index]):
+            prompt = PROMPTS[(index + number) % len(PROMPTS)]
+            results.append(one_request(url, model, prompt, args.max_tokens))
+
+    start = time.perf_counter()
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(args.clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - start
+    latencies = sorted(r["latency"] for r in results)
+    return {"tokens_per_s": sum(r["tokens"] for r in results) / wall,
+            "p50": statistics.median(latencies), "p95": latencies[int(0.95 * (len(latencies) - 1))],
+            "ttft_p50": statistics.median(r["ttft"] for r in results), "wall": wall}  # fmt: skip
+
+
+def start_server(command: list[str], port: int) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        try:
+            httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json={}, timeout=5)
+            return process
+        except httpx.TransportError:
+            time.sleep(0.5)
+    process.kill()
+    raise RuntimeError(f"server on port {port} did not start")
+
+
+def warm(url: str, names: list[str]) -> None:
+    for name in names:
+        one_request(url, name, PROMPTS[0], 4)
+
+
+def merged_overhead(run: Path, repeats: int, tokens: int) -> tuple[float, float]:
+    """(s/token unmerged LoRA view, s/token merged), greedy, one prompt."""
+    import tempfile
+
+    from tunelab.evaluate import generate
+    from tunelab.models import load_model_and_tokenizer
+    from tunelab.run import read_run_config
+    from tunelab.serve.adapters import AdapterSet
+    from tunelab.serve.merge import merge_run
+
+    served = AdapterSet.from_runs({"lora": run})
+    with tempfile.TemporaryDirectory() as folder:
+        merge_run(run, Path(folder) / "merged")
+        config = read_run_config(run).model.model_copy(update={"name": f"{folder}/merged"})
+        merged, tokenizer = load_model_and_tokenizer(config)
+    timings = {"view": [], "merged": []}
+    for _ in range(repeats):
+        for label, model in (("view", served.model), ("merged", merged)):
+            start = time.perf_counter()
+            generate(model, tokenizer, [PROMPTS[1]], max_new_tokens=tokens, batch_size=1,
+                     min_new_tokens=tokens)  # fmt: skip
+            timings[label].append((time.perf_counter() - start) / tokens)
+    return statistics.median(timings["view"]), statistics.median(timings["merged"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "demo-compare")
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--requests", type=int, default=4)
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--workloads", default="one,uniform,skewed,distinct")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--reference-port", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    from tunelab.serve.catalog import discover
+
+    if args.reference_port:  # this process is the reference server
+        import uvicorn
+
+        app = reference_app(args.runs)
+        uvicorn.run(app, host="127.0.0.1", port=args.reference_port, log_level="warning")
+        return
+    runs = discover([args.runs])
+    names = ["base", *runs]
+    table = {}
+    for label in ("tunelab", "reference"):
+        from tunelab.serve.server import free_port
+
+        port = free_port()
+        command = [sys.executable, "-m", "tunelab.cli", "serve", "--runs", str(args.runs),
+                   "--port", str(port), "--max-tokens", str(args.max_tokens)]  # fmt: skip
+        if label == "reference":
+            command = [sys.executable, __file__, "--runs", str(args.runs), "--reference-port",
+                       str(port)]  # fmt: skip
+        process = start_server(command, port)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            served = names
+            warm(url, served)
+            for workload in args.workloads.split(","):
+                table[label, workload] = drive(url, workload, served, args)
+                figures = {key: round(value, 3) for key, value in table[label, workload].items()}
+                print(label, workload, json.dumps(figures), flush=True)
+        finally:
+            process.terminate()
+            process.wait(30)
+    for workload in args.workloads.split(","):
+        ratio = (
+            table["tunelab", workload]["tokens_per_s"]
+            / table["reference", workload]["tokens_per_s"]
+        )
+        print(f"{workload}: tunelab/reference output tokens/s = {ratio:.2f}x")
+    lora = next((path for name, path in runs.items() if name.startswith("lora")), None)
+    if lora:
+        view, merged = merged_overhead(lora, args.repeats, args.max_tokens)
+        print(f"unmerged LoRA {view * 1000:.1f} ms/token vs merged {merged * 1000:.1f} ms/token: "
+              f"overhead {100 * (view / merged - 1):+.1f} %")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

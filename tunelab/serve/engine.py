@@ -1,0 +1,228 @@
+"""The serving engine: one worker thread owns the model; requests wait in a bounded queue.
+
+Why one thread: the views of an `AdapterSet` share the base's tensors and torch already uses
+every core for one forward pass, so running two generations at once only makes both slower.
+Requests are instead *batched*: when the worker is free it takes the oldest waiting job and
+every other waiting job with the same batch key — the same adapter and the same sampling
+settings (temperature, top_p, repetition penalty, n-gram block, and the seed when sampling) —
+up to `max_batch`, left-pads their prompts and decodes them together with the KV cache through
+the very function offline generation uses (`tunelab.evaluate.generation`), so greedy output is
+what `tunelab generate` gives. Different adapters never share a batch: a view is a different
+model. Jobs that arrive while a batch decodes wait for the next one.
+
+Each job is followed token by token by a stopping criterion that transformers calls once per
+decoding step with the tokens so far (B, T): it decodes the row's new text, hands deltas to
+the job's `emit` callback (thread-safe, never blocking: a slow client cannot stall the
+worker), applies stop strings and the job's own `max_tokens`, and ends rows whose client went
+away (`cancelled`). A finished row is padded by transformers until the whole batch is done.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
+
+from tunelab.evaluate.generation import _generate_batch, _left_pad, _stop_ids
+from tunelab.evaluate.modes import inference, model_device
+from tunelab.methods.prompt_cache import is_prompt_learning
+from tunelab.serve.adapters import BASE, AdapterSet
+
+log = logging.getLogger(__name__)
+TRAILING = re.compile(r"[\s\ufffd]+$")
+
+
+class QueueFull(Exception):
+    """More jobs waiting or running than the server accepts."""
+
+
+class Closed(Exception):
+    """The server is shutting down."""
+
+
+@dataclass(eq=False)
+class Job:
+    """One completion request as the worker sees it; events go out through `emit`:
+    {"delta": text}, then {"done": text, "finish_reason", "prompt_tokens", "completion_tokens"}
+    or {"error": message, "status": code}."""
+
+    adapter: str
+    prompt_ids: list[int]
+    max_new_tokens: int
+    emit: Callable[[dict], None]
+    decoding: dict = field(default_factory=dict)  # do_sample, temperature, top_p, penalties
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    tokens: list[int] = field(default_factory=list)
+    sent: str = ""
+    finish_reason: str | None = None
+
+    def key(self) -> tuple:
+        """Jobs with equal keys can share a batch."""
+        sampling = bool(self.decoding.get("do_sample"))
+        return self.adapter, tuple(sorted(self.decoding.items())), self.seed if sampling else None
+
+    def advance(self, token: int, tokenizer, stop_ids: list[int]) -> None:
+        """Take the row's next token; emit new text; finish on EOS, stop string or length."""
+        if self.cancelled.is_set():
+            return self.finish("cancelled", self.sent)
+        if token in stop_ids:
+            return self.finish("stop", self._text(tokenizer))
+        self.tokens.append(token)
+        text = self._text(tokenizer)
+        for stop in self.stop:
+            if stop in text:
+                return self.finish("stop", text[: text.index(stop)])
+        if len(self.tokens) >= self.max_new_tokens:
+            return self.finish("length", text)
+        hold = max((len(stop) - 1 for stop in self.stop), default=0)
+        # Hold back trailing whitespace (strip() may drop it) and trailing U+FFFD (the start of
+        # a character whose other bytes are still to come), so what is sent is never taken back.
+        ready = TRAILING.sub("", text[: len(text) - hold])
+        if len(ready) > len(self.sent) and ready.startswith(self.sent):
+            self.emit({"delta": ready[len(self.sent) :]})
+            self.sent = ready
+
+    def finish(self, reason: str, text: str) -> None:
+        """Emit what is left of the text, then the final event (once)."""
+        self.finish_reason = reason
+        text = text.strip()
+        if text.startswith(self.sent) and len(text) > len(self.sent):
+            self.emit({"delta": text[len(self.sent) :]})
+        self.emit(
+            {
+                "done": text,
+                "finish_reason": reason,
+                "prompt_tokens": len(self.prompt_ids),
+                "completion_tokens": len(self.tokens),
+            }
+        )
+
+    def _text(self, tokenizer) -> str:
+        return tokenizer.decode(self.tokens, skip_special_tokens=True).lstrip()
+
+
+class FollowRows(StoppingCriteria):
+    """Feeds each decoding step's new tokens to the batch's jobs; (B,) True where a row is done."""
+
+    def __init__(self, jobs: list[Job], tokenizer, stop_ids: list[int]) -> None:
+        self.jobs, self.tokenizer, self.stop_ids = jobs, tokenizer, stop_ids
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        for job, token in zip(self.jobs, input_ids[:, -1].tolist(), strict=True):
+            if job.finish_reason is None:
+                job.advance(token, self.tokenizer, self.stop_ids)
+        done = [job.finish_reason is not None for job in self.jobs]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
+class Scheduler:
+    """A bounded queue of jobs and the one worker thread that batches and decodes them."""
+
+    def __init__(self, adapters: AdapterSet, *, max_batch: int = 8, max_queue: int = 64) -> None:
+        self.adapters, self.max_batch, self.max_queue = adapters, max_batch, max_queue
+        self.pending: deque[Job] = deque()
+        self.running: list[Job] = []
+        self.condition = threading.Condition()
+        self.closed = False
+        self.history: deque[tuple[str, list[str | None]]] = deque(maxlen=100)  # recent batches:
+        # (adapter, each job's finish reason), for tests and the benchmark
+        self.thread = threading.Thread(target=self._work, name="tunelab-serve", daemon=True)
+        self.thread.start()
+
+    def submit(self, job: Job) -> None:
+        """Queue `job`; raises QueueFull or Closed instead of waiting."""
+        with self.condition:
+            if self.closed:
+                raise Closed("the server is shutting down")
+            if len(self.pending) + len(self.running) >= self.max_queue:
+                raise QueueFull(f"{self.max_queue} requests are already waiting or running")
+            self.pending.append(job)
+            self.condition.notify()
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Refuse new jobs, end waiting ones with 503, cancel running ones, stop the worker."""
+        with self.condition:
+            self.closed = True
+            for job in self.pending:
+                job.emit({"error": "the server is shutting down", "status": 503})
+            self.pending.clear()
+            for job in self.running:
+                job.cancelled.set()
+            self.condition.notify_all()
+        self.thread.join(timeout)
+
+    def _work(self) -> None:
+        while True:
+            with self.condition:
+                while not self.pending and not self.closed:
+                    self.condition.wait()
+                if self.closed:
+                    return
+                self.running = self._take()
+            try:
+                self._run(self.running)
+            except Exception as error:  # a bug must not kill the worker: report and go on
+                log.exception("generation failed")
+                for job in self.running:
+                    if job.finish_reason is None:
+                        job.emit({"error": f"generation failed: {error}", "status": 500})
+            finally:
+                with self.condition:
+                    self.running = []
+
+    def _take(self) -> list[Job]:
+        """The oldest job and every waiting job with its key, up to max_batch, in order."""
+        first = self.pending.popleft()
+        batch = [first]
+        for job in list(self.pending):
+            if len(batch) == self.max_batch:
+                break
+            if job.key() == first.key():
+                batch.append(job)
+                self.pending.remove(job)
+        return batch
+
+    def _run(self, jobs: list[Job]) -> None:
+        jobs = [job for job in jobs if not job.cancelled.is_set()]
+        if not jobs:
+            return
+        adapter = jobs[0].adapter
+        served = self.adapters.runs.get(adapter)
+        if served is None and adapter != BASE:
+            for job in jobs:
+                job.emit({"error": f"the model {adapter!r} was unloaded", "status": 404})
+            return
+        model = served.model if served else self.adapters.base
+        decode(model, self.adapters.tokenizer, jobs)
+        self.history.append((adapter, [job.finish_reason for job in jobs]))
+
+
+def decode(model, tokenizer, jobs: list[Job]) -> None:
+    """Decode `jobs` (same key) as one left-padded batch with the KV cache."""
+    stop_ids = _stop_ids(model, tokenizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
+    decoding = {"do_sample": False, **jobs[0].decoding}
+    if decoding.get("do_sample"):
+        seed = jobs[0].seed
+        torch.manual_seed(seed if seed is not None else random.randrange(2**63))
+    options = dict(
+        max_new_tokens=max(job.max_new_tokens for job in jobs),
+        stopping_criteria=StoppingCriteriaList([FollowRows(jobs, tokenizer, stop_ids)]),
+        **decoding,
+    )
+    with inference(model):
+        batch = _left_pad([job.prompt_ids for job in jobs], pad_id)
+        batch = {name: tensor.to(model_device(model)) for name, tensor in batch.items()}
+        _generate_batch(model, batch, options, stop_ids, pad_id, is_prompt_learning(model))
+    for job in jobs:  # rows transformers stopped on its own (its max length)
+        if job.finish_reason is None:
+            job.finish("length", job._text(tokenizer))
