@@ -51,7 +51,7 @@ def reference_app(runs_dir: Path):
 
     from tunelab.config import DataConfig
     from tunelab.data.templates import render_prompt
-    from tunelab.evaluate.generation import _generate_batch, _stop_ids
+    from tunelab.evaluate.generation import generate_batch, stop_token_ids
     from tunelab.methods.prompt_cache import is_prompt_learning
     from tunelab.models import load_model_and_tokenizer
     from tunelab.run import load_run, read_run_config
@@ -73,14 +73,14 @@ def reference_app(runs_dir: Path):
         text = render_prompt(body["messages"][-1]["content"], tokenizer, datas[body["model"]])
         batch = tokenizer([text], add_special_tokens=False, return_tensors="pt")
         streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
-        stop_ids = _stop_ids(model, tokenizer)
+        stop_ids = stop_token_ids(model, tokenizer)
         options = dict(max_new_tokens=body["max_tokens"], do_sample=False, streamer=streamer,
                        no_repeat_ngram_size=body.get("no_repeat_ngram_size", 0))  # fmt: skip
         produced = {}
 
         def run():
             with lock, torch.inference_mode():
-                out = _generate_batch(model, dict(batch), options, stop_ids, stop_ids[0],
+                out = generate_batch(model, dict(batch), options, stop_ids, stop_ids[0],
                                       is_prompt_learning(model))  # fmt: skip
             new = out[0, batch["input_ids"].shape[1] :].tolist()
             produced["tokens"] = len([t for t in new if t not in stop_ids])
@@ -184,7 +184,7 @@ def merged_overhead(run: Path, repeats: int, tokens: int) -> tuple[float, float]
     from tunelab.models import load_model_and_tokenizer
     from tunelab.run import read_run_config
     from tunelab.serve.adapters import AdapterSet
-    from tunelab.serve.merge import merge_run
+    from tunelab.export.merge import merge_run
 
     served = AdapterSet.from_runs({"lora": run})
     with tempfile.TemporaryDirectory() as folder:

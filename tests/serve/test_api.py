@@ -15,6 +15,7 @@ import pytest
 
 from tunelab.data.templates import render_prompt
 from tunelab.evaluate import generate
+from tunelab.evaluate.decoding import resolve_options
 from tunelab.methods import METHODS
 from tunelab.run import load_run, read_run_config
 from tunelab.serve.api import ServerState, create_app
@@ -86,10 +87,11 @@ def test_chat_and_text_completions_shape_and_usage(client, server):
 @pytest.mark.parametrize("name", list(RUNS))
 def test_greedy_http_output_is_the_offline_output(client, method_runs, name):
     model, tokenizer = load_run(method_runs[name])  # a fresh load, independent of the server
-    data = read_run_config(method_runs[name]).data
-    rendered = [render_prompt(prompt, tokenizer, data) for prompt in PROMPTS]
+    cfg = read_run_config(method_runs[name])
+    rendered = [render_prompt(prompt, tokenizer, cfg.data) for prompt in PROMPTS]
     diverse = generate(model, tokenizer, rendered, max_new_tokens=8, batch_size=1, **DIVERSE)
-    plain = generate(model, tokenizer, rendered, max_new_tokens=8, batch_size=1)
+    run_decoding = resolve_options(cfg.eval.decoding(), [])  # the run's own, as served
+    plain = generate(model, tokenizer, rendered, max_new_tokens=8, batch_size=1, **run_decoding)
     assert [chat(client, name, prompt, **DIVERSE) for prompt in PROMPTS] == diverse
     assert [chat(client, name, prompt) for prompt in PROMPTS] == plain
     raw = generate(model, tokenizer, PROMPTS[:1], max_new_tokens=8, batch_size=1, **DIVERSE)

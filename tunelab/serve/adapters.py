@@ -124,6 +124,11 @@ class AdapterSet:
         if self.active == name:
             self.active = None
 
+    def decoding(self, name: str | None) -> dict:
+        """Decoding options of `name` (its run's eval decoding; the base: the defaults)."""
+        served = self.runs.get(name) if name else None
+        return dict(served.decoding) if served else resolve_options(EvalConfig().decoding(), [])
+
     def use(self, name: str | None) -> None:
         """Make `name` answer from now on (None or "base": the untouched base)."""
         if name is not None and name != BASE and name not in self.runs:
@@ -138,7 +143,7 @@ class AdapterSet:
         `raw` (the base uses the default template)."""
         config = self.runs[self.active] if self.active else None
         data = config.data if config else DataConfig()
-        decoding = config.decoding if config else resolve_options(EvalConfig().decoding(), [])
+        decoding = self.decoding(self.active)
         rendered = prompts if raw else [render_prompt(p, self.tokenizer, data) for p in prompts]
         return generate(
             self.model, self.tokenizer, rendered, max_new_tokens=max_new_tokens,

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from tunelab.evaluate.generation import _generate_batch, _left_pad, _stop_ids
+from tunelab.evaluate.generation import generate_batch, guard_options, left_pad, stop_token_ids
 from tunelab.evaluate.modes import inference, model_device
 from tunelab.methods.prompt_cache import is_prompt_learning
 from tunelab.serve.adapters import BASE, AdapterSet
@@ -208,21 +208,27 @@ class Scheduler:
 
 def decode(model, tokenizer, jobs: list[Job]) -> None:
     """Decode `jobs` (same key) as one left-padded batch with the KV cache."""
-    stop_ids = _stop_ids(model, tokenizer)
+    stop_ids = stop_token_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
     decoding = {"do_sample": False, **jobs[0].decoding}
     if decoding.get("do_sample"):
         seed = jobs[0].seed
         torch.manual_seed(seed if seed is not None else random.randrange(2**63))
+    guards = guard_options(  # the run's repetition guard and newline stop, as offline
+        tokenizer, [job.prompt_ids for job in jobs], decoding.pop("repetition_guard", 0),
+        decoding.pop("stop_at_newline", False),
+    )  # fmt: skip
+    follow = [FollowRows(jobs, tokenizer, stop_ids), *guards.pop("stopping_criteria", [])]
     options = dict(
         max_new_tokens=max(job.max_new_tokens for job in jobs),
-        stopping_criteria=StoppingCriteriaList([FollowRows(jobs, tokenizer, stop_ids)]),
+        stopping_criteria=StoppingCriteriaList(follow),
+        **guards,
         **decoding,
     )
     with inference(model):
-        batch = _left_pad([job.prompt_ids for job in jobs], pad_id)
+        batch = left_pad([job.prompt_ids for job in jobs], pad_id)
         batch = {name: tensor.to(model_device(model)) for name, tensor in batch.items()}
-        _generate_batch(model, batch, options, stop_ids, pad_id, is_prompt_learning(model))
+        generate_batch(model, batch, options, stop_ids, pad_id, is_prompt_learning(model))
     for job in jobs:  # rows transformers stopped on its own (its max length)
         if job.finish_reason is None:
             job.finish("length", job._text(tokenizer))

@@ -60,8 +60,7 @@ class ServerState:
         return served.data
 
     def decoding(self, name: str) -> dict:
-        served = self.adapters.runs.get(name)
-        return dict(served.decoding) if served else {}
+        return self.adapters.decoding(name)
 
     @property
     def context_length(self) -> int | None:
