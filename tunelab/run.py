@@ -103,9 +103,13 @@ def read_run_config(run_dir: str | Path) -> RunConfig:
         raise TunelabError(f"{run_dir}: not a run directory (no config.yaml)")
     if not files.adapter.exists():
         raise TunelabError(f"{run_dir}: the run has no adapter/ (unfinished or failed)")
+    cfg = load_config(files.config)
+    from tunelab.methods import get_method  # the methods import torch: only when needed
+
+    get_method(cfg.method.name).check_artifact(files.adapter)
     for weights in sorted(files.adapter.glob("*.safetensors")):
         check_safetensors(weights)
-    return load_config(files.config)
+    return cfg
 
 
 def check_safetensors(path: Path) -> None:

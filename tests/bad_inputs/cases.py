@@ -348,6 +348,28 @@ def eval_corrupt_safetensors(tmp, runs):
 
 
 @case
+def eval_run_without_adapter_config(tmp, runs):
+    run = copy_run(runs, "lora", tmp / "run")
+    (run / "adapter" / "adapter_config.json").unlink()
+    return ["eval", str(run)], "adapter_config.json"
+
+
+@case
+def eval_run_without_adapter_weights(tmp, runs):
+    run = copy_run(runs, "lora", tmp / "run")
+    (run / "adapter" / "adapter_model.safetensors").unlink()
+    return ["eval", str(run)], "adapter"
+
+
+@case
+def eval_run_with_an_unknown_config_key(tmp, runs):
+    run = copy_run(runs, "lora", tmp / "run")
+    config = run / "config.yaml"
+    config.write_text(config.read_text() + "extra_section: 1\n")
+    return ["eval", str(run)], "extra_section: unknown key"
+
+
+@case
 def eval_run_config_corrupt(tmp, runs):
     run = copy_run(runs, "lora", tmp / "run")
     (run / "config.yaml").write_text("model: [\n")

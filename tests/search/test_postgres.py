@@ -1,7 +1,8 @@
 """`tunelab search --storage postgresql://...` against a real PostgreSQL server: the fixture
 starts its own cluster (initdb + pg_ctl, a temporary folder, a free port on 127.0.0.1, as the
 `postgres` user when the tests run as root) and two worker processes share one study through
-the URL exactly as the README writes it: no lost and no duplicated trials."""
+the URL exactly as the README writes it: no lost and no duplicated trials; a trial left running
+by a worker that died is marked failed and the study still completes."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from optuna.trial import TrialState
 
 from tests.search.conftest import tiny_config
 from tunelab.search import run_search
+from tunelab.search.objective import owner
 from tunelab.search.study import sqlalchemy_url
 
 BINARIES = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
@@ -75,3 +78,12 @@ def test_two_workers_share_one_postgresql_study(tmp_path, postgres_url):
         assert (Path(run_dir) / "summary.json").is_file()
     rows = (root / "trials.csv").read_text().strip().splitlines()
     assert len(rows) == 1 + len(trials)
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a worker that died mid-trial: its trial stays RUNNING in the database
+    study.ask().set_user_attr("worker", {**owner(), "pid": dead.pid})
+    finished = len(trials)
+    result = run_search(tiny_config(root, **space), trials=finished + 1, storage=postgres_url)
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    assert states.count(TrialState.FAIL) == 1 and states.count(TrialState.RUNNING) == 0
+    assert states.count(TrialState.COMPLETE) == finished + 1 == result.finished

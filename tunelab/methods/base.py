@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from tunelab.config import MethodSettings
-from tunelab.errors import MergeNotSupported
+from tunelab.errors import MergeNotSupported, TunelabError
 from tunelab.io import atomic_write_json
 
 ADAPTER_CONFIG = "tunelab_adapter.json"  # our methods' config file inside adapter/
@@ -47,6 +47,7 @@ class Method:
     mergeable: ClassVar[bool] = True
     supports_packing: ClassVar[bool] = True  # prompt methods need one example per row
     Config: ClassVar[type[MethodSettings]] = MethodSettings
+    artifact_files: ClassVar[tuple[str, ...]] = (ADAPTER_WEIGHTS,)  # what `load` reads
 
     # --- applying -----------------------------------------------------------------------
     def check(self, model: nn.Module, cfg: MethodSettings) -> None:
@@ -76,6 +77,14 @@ class Method:
         model = self.apply(base, cfg, MethodContext())
         load_trained_tensors(model, load_file(str(directory / ADAPTER_WEIGHTS)))
         return model
+
+    def check_artifact(self, directory: Path) -> None:
+        """A one-line error naming the first file `load` would need and not find."""
+        for name in self.artifact_files:
+            if not (directory / name).is_file():
+                raise TunelabError(f"{directory / name}: missing; the run's adapter is incomplete")
+        if not any(directory.glob("*.safetensors")):
+            raise TunelabError(f"{directory}: holds no .safetensors weights; incomplete run")
 
     def merge(self, model: nn.Module, cfg: MethodSettings) -> nn.Module:
         """Return a plain transformers model with the update folded into its weights."""

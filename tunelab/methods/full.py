@@ -22,6 +22,7 @@ class FullFineTuning(Method):
     idea = "update every weight of the model"
     default_lr = 2e-5
     Config: ClassVar[type[MethodSettings]] = FullSettings
+    artifact_files: ClassVar[tuple[str, ...]] = ("config.json",)  # + sharded weights
 
     def apply(self, model: nn.Module, cfg: MethodSettings, ctx: MethodContext) -> nn.Module:
         for param in model.parameters():

@@ -58,6 +58,7 @@ class PeftMethod(Method):
     """A method whose injection, saving and merging PEFT already does well."""
 
     prompt_learning: ClassVar[bool] = False
+    artifact_files: ClassVar[tuple[str, ...]] = ("adapter_config.json", "adapter_model.safetensors")
     module_fields: ClassVar[tuple[str, ...]] = ("target_modules", "feedforward_modules")
 
     def check(self, model: nn.Module, cfg: MethodSettings) -> None:

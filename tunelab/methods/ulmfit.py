@@ -45,6 +45,7 @@ class Ulmfit(Method):
     default_lr = 1e-4
     mergeable = True
     Config: ClassVar[type[MethodSettings]] = UlmfitSettings
+    artifact_files: ClassVar[tuple[str, ...]] = ("config.json",)  # + sharded weights
 
     def apply(self, model: nn.Module, cfg: UlmfitSettings, ctx: MethodContext) -> nn.Module:
         """Everything is trainable, so the optimizer holds every group from the start;
