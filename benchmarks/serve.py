@@ -2,6 +2,7 @@
 
     python benchmarks/serve.py --runs runs/demo-compare [--clients 8] [--requests 4]
                                [--max-tokens 32] [--workloads one,uniform,skewed,distinct]
+    python benchmarks/serve.py --engine-only embedded:smollm2-135m   # CPU cost of batching
 
 Both servers run in their own process, one after the other, on the same runs: `tunelab serve`
 (one worker, micro-batching per adapter) and the reference (FastAPI + transformers `generate`
@@ -201,6 +202,35 @@ def merged_overhead(run: Path, repeats: int, tokens: int) -> tuple[float, float]
     return statistics.median(timings["view"]), statistics.median(timings["merged"])
 
 
+def engine_cpu(model: str, prompts: int, tokens: int) -> tuple[float, float]:
+    """(CPU s one prompt at a time through `generate`, CPU s as one engine batch) for the same
+    prompts and `tokens` new tokens each on one thread: what batching saves, measured in
+    process time so that other load on a shared machine barely moves it."""
+    from tunelab.config import DataConfig
+    from tunelab.data.templates import render_prompt
+    from tunelab.evaluate import generate
+    from tunelab.evaluate.generation import _encode
+    from tunelab.serve.adapters import AdapterSet
+    from tunelab.serve.engine import Job, decode
+
+    torch.set_num_threads(1)
+    served = AdapterSet(model)
+    texts = [render_prompt(PROMPTS[i % len(PROMPTS)], served.tokenizer, DataConfig())
+             for i in range(prompts)]  # fmt: skip
+    force = {"min_new_tokens": tokens}
+    start = time.process_time()
+    for text in texts:
+        generate(
+            served.base, served.tokenizer, [text], max_new_tokens=tokens, batch_size=1, **force
+        )
+    single = time.process_time() - start
+    jobs = [Job("base", _encode(served.tokenizer, [text])[0], tokens, emit=lambda event: None,
+                decoding=dict(force)) for text in texts]  # fmt: skip
+    start = time.process_time()
+    decode(served.base, served.tokenizer, jobs)
+    return single, time.process_time() - start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "demo-compare")
@@ -210,7 +240,16 @@ def main() -> None:
     parser.add_argument("--workloads", default="one,uniform,skewed,distinct")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--reference-port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--engine-only", metavar="MODEL",
+                        help="only the CPU cost of batching on MODEL (no servers)")  # fmt: skip
     args = parser.parse_args()
+    if args.engine_only:
+        single, batched = engine_cpu(args.engine_only, args.clients, args.max_tokens)
+        print(
+            f"{args.clients} prompts x {args.max_tokens} tokens, 1 thread, CPU s: one at a "
+            f"time {single:.2f}, one engine batch {batched:.2f} ({single / batched:.2f}x less)"
+        )
+        return
     from tunelab.serve.catalog import discover
 
     if args.reference_port:  # this process is the reference server

@@ -5,6 +5,7 @@ generation for every method, and concurrent requests over several adapters witho
 from __future__ import annotations
 
 import json
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -189,7 +190,14 @@ def test_every_client_error_has_openai_shape(client, server):
     assert extra.usage.completion_tokens <= 2
 
 
-def test_full_queue_answers_429_and_a_closing_server_503(method_runs):
+def wait_for(condition, seconds: float = 60.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_full_queue_429_disconnect_cancels_and_closing_server_503(method_runs):
     root = next(iter(method_runs.values())).parent
     adapters = load_adapters(plan_runs([], {"lora_a": str(root / "lora_a")}, None))
     scheduler = Scheduler(adapters, max_queue=1)
@@ -201,36 +209,48 @@ def test_full_queue_answers_429_and_a_closing_server_503(method_runs):
         status, body = error_of(lambda: chat(local, "base", "hi"))
         assert (status, body["type"], body["code"]) == (429, "rate_limit_error", "queue_full")
         long_job.cancelled.set()
+        wait_for(lambda: len(scheduler.history) == 1)
+        assert long_job.finish_reason == "cancelled" and len(long_job.tokens) < 900
+
+        body = {"model": "base", "prompt": "hello", "max_tokens": 900, "stream": True}
+        with httpx.stream("POST", f"{running.url}/v1/completions", json=body) as response:
+            next(response.iter_lines())  # one chunk, then hang up
+        wait_for(lambda: len(scheduler.history) == 2)
+        assert scheduler.history[-1] == ("base", ["cancelled"])
+
         scheduler.close()
         status, body = error_of(lambda: chat(local, "base", "hi"))
         assert (status, body["code"]) == (503, "shutting_down")
-    assert long_job.finish_reason == "cancelled" and len(long_job.tokens) < 900
-
-
-def test_a_client_that_disconnects_cancels_its_generation(server):
-    body = {"model": "base", "prompt": "hello", "max_tokens": 64, "stream": True}
-    seen = len(server.state.scheduler.history)
-    with httpx.stream("POST", f"{server.url}/v1/completions", json=body) as response:
-        next(response.iter_lines())  # one chunk, then hang up
-    for _ in range(200):
-        if len(server.state.scheduler.history) > seen:
-            break
-        time.sleep(0.05)
-    assert server.state.scheduler.history[-1] == ("base", ["cancelled"])
 
 
 def test_concurrent_requests_over_adapters_match_lone_requests(client, server):
+    """18 requests over 6 adapters in flight at once, queued behind a held worker so that the
+    batching is certain: each adapter's three are decoded together, and every answer is the
+    lone request's."""
     names = ["base", "lora_a", "prompt", "full", "adapter", "prefix"]
     asks = [(name, prompt) for name in names for prompt in PROMPTS]  # 18 requests
     lone = {ask: chat(client, *ask, **DIVERSE) for ask in asks}
     assert len(set(lone.values())) > len(asks) // 2  # the answers differ, so leaks would show
-    server.state.scheduler.history.clear()
+    scheduler = server.state.scheduler
+    held, release = threading.Event(), threading.Event()
+
+    def hold(event: dict) -> None:  # the worker waits inside the gate job's first token
+        held.set()
+        release.wait(60)
+
+    gate = Job("base", [5, 6, 7], 500, emit=hold)
+    scheduler.submit(gate)
+    held.wait(60)
+    scheduler.history.clear()
     with ThreadPoolExecutor(len(asks)) as pool:
-        answers = list(pool.map(lambda ask: chat(client, *ask, **DIVERSE), asks))
-    together = dict(zip(asks, answers, strict=True))
-    assert together == lone
-    sizes = [len(reasons) for _, reasons in server.state.scheduler.history]
-    assert max(sizes) > 1  # some requests were decoded together
+        futures = [pool.submit(chat, client, *ask, **DIVERSE) for ask in asks]
+        wait_for(lambda: len(scheduler.pending) == len(asks))
+        gate.cancelled.set()
+        release.set()
+        answers = [future.result() for future in futures]
+    assert dict(zip(asks, answers, strict=True)) == lone
+    batches = [(adapter, len(reasons)) for adapter, reasons in scheduler.history]
+    assert sorted(batches) == sorted([("base", 1), *((name, 3) for name in names)])
     assert {ask: chat(client, *ask, **DIVERSE) for ask in asks} == lone  # unchanged after
 
 
