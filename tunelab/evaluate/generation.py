@@ -58,7 +58,7 @@ def generate(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
-    encoded = _encode(tokenizer, prompts)
+    encoded = encode_prompts(tokenizer, prompts)
     stop_ids = stop_token_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
     prompt_learning = is_prompt_learning(model)
@@ -100,7 +100,7 @@ def guard_options(tokenizer, prompts: list[list[int]], guard: int, stop_at_newli
     return options
 
 
-def _encode(tokenizer, prompts: list[str]) -> list[list[int]]:
+def encode_prompts(tokenizer, prompts: list[str]) -> list[list[int]]:
     """Token ids per prompt; an empty prompt starts from BOS (or EOS) so there is a position."""
     if not prompts:
         return []

@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
-from tunelab.evaluate.generation import _encode
+from tunelab.evaluate.generation import encode_prompts
 from tunelab.serve.api.errors import APIError
 from tunelab.serve.api.schemas import ChatRequest, CompletionRequest, Decoding
 from tunelab.serve.api.state import ServerState, get_state, require_key
@@ -73,7 +73,7 @@ async def _complete(body: Decoding, text: str, request: Request, state: ServerSt
 
 def _job(body: Decoding, text: str, state: ServerState) -> tuple[Job, asyncio.Queue]:
     """The scheduler job for this request (limits checked) and the queue its events reach."""
-    prompt_ids = _encode(state.adapters.tokenizer, [text])[0]
+    prompt_ids = encode_prompts(state.adapters.tokenizer, [text])[0]
     max_tokens = body.max_completion_tokens or body.max_tokens or state.max_tokens
     if max_tokens > state.max_tokens:
         raise APIError(
