@@ -119,3 +119,15 @@ def test_default_decoding_guards_and_seeded_sampling(tiny):
     first = generate(model, tokenizer, PROMPTS, seed=3, **options)
     assert generate(model, tokenizer, PROMPTS, seed=3, **options) == first
     assert generate(model, tokenizer, PROMPTS, seed=4, **options) != first
+
+
+def test_output_penalty_spares_prompt_tokens_and_counts_only_the_output():
+    from tunelab.evaluate.decoding import OutputRepetitionPenalty
+
+    penalty = OutputRepetitionPenalty(2.0, [[1, 2]])
+    scores = torch.tensor([[4.0, 4.0, 4.0, -4.0, 4.0]])
+    assert torch.equal(penalty(torch.tensor([[1, 2]]), scores), scores)  # nothing generated yet
+    out = penalty(torch.tensor([[1, 2, 3]]), scores)  # generated 3: penalised
+    assert out.tolist() == [[4.0, 4.0, 4.0, -8.0, 4.0]]
+    out = penalty(torch.tensor([[1, 2, 3, 1]]), scores)  # 1 is the prompt's: free to copy
+    assert out.tolist() == [[4.0, 4.0, 4.0, -8.0, 4.0]]

@@ -62,6 +62,33 @@ class NewNGramGuard(LogitsProcessor):
         return found
 
 
+class OutputRepetitionPenalty(LogitsProcessor):
+    """transformers' repetition penalty (CTRL, Keskar et al. 2019: a used token's logit divided
+    by `penalty` when positive, multiplied when negative) applied only to tokens this row has
+    already generated and its prompt does not hold, so copying from the source stays free."""
+
+    def __init__(self, penalty: float, prompts: Sequence[Sequence[int]]) -> None:
+        if penalty < 1.0:
+            raise ValueError(f"the output repetition penalty must be >= 1, got {penalty}")
+        self.penalty = penalty
+        self.exempt = [set(prompt) for prompt in prompts]
+        self.steps = 0
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.Tensor:
+        """scores (B, V) with the row's own earlier output tokens penalised."""
+        generated = input_ids[:, input_ids.shape[1] - self.steps :].tolist()  # (B, steps)
+        self.steps += 1
+        scores = scores.clone()
+        for row, tokens in enumerate(generated):
+            used = sorted(set(tokens) - self.exempt[row])
+            if used:
+                values = scores[row, used]
+                scores[row, used] = torch.where(
+                    values > 0, values / self.penalty, values * self.penalty
+                )
+        return scores
+
+
 class NewlineStop(StoppingCriteria):
     """Marks a row finished once its decoded output has non-blank text followed by a newline."""
 

@@ -29,7 +29,8 @@ from tunelab.io import atomic_write_json
 from tunelab.run import RunFiles, load_run, read_run_config, write_run_config
 
 DECODING_FIELDS = (
-    "repetition_guard", "stop_at_newline", "repetition_penalty", "no_repeat_ngram_size",
+    "repetition_guard", "output_repetition_penalty", "stop_at_newline", "repetition_penalty",
+    "no_repeat_ngram_size",
     "do_sample", "temperature", "top_p", "sample_seed",
 )  # fmt: skip
 
