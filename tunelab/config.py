@@ -114,7 +114,7 @@ class EvalConfig(Section):
         "unless the prompt holds it (copying names and numbers stays free); 0: off",
     )
     output_repetition_penalty: float = Field(
-        1.0,
+        1.2,
         ge=1.0,
         description="generation: penalise tokens the output already used, except those of the "
         "prompt (>1 discourages loops, copying stays free)",

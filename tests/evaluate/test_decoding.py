@@ -111,7 +111,9 @@ def test_auto_decides_from_the_references():
 def test_default_decoding_guards_and_seeded_sampling(tiny):
     from tunelab.config import EvalConfig
 
-    assert EvalConfig().decoding() == {"repetition_guard": 4, "stop_at_newline": "auto"}
+    assert EvalConfig().decoding() == {
+        "repetition_guard": 4, "output_repetition_penalty": 1.2, "stop_at_newline": "auto"
+    }  # fmt: skip
     sampled = EvalConfig(do_sample=True, sample_seed=3, repetition_guard=0).decoding()
     assert sampled["do_sample"] and sampled["seed"] == 3
     model, tokenizer = tiny
