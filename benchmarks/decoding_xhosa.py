@@ -22,18 +22,22 @@ from tunelab.evaluate.generation_report import compare_samples, describe_outputs
 from tunelab.models import load_model_and_tokenizer
 from tunelab.run import load_run, read_run_config
 
-SETTINGS = {
-    "plain greedy (old default)": {"repetition_guard": 0, "stop_at_newline": False},
+SETTINGS = {  # complete settings: EvalConfig defaults change, these stay as measured
+    "plain greedy (old default)": {
+        "repetition_guard": 0, "output_repetition_penalty": 1.0, "stop_at_newline": False,
+    },
     "no_repeat 3 + penalty 1.2 (old example)": {
-        "repetition_guard": 0, "stop_at_newline": False, "no_repeat_ngram_size": 3,
-        "repetition_penalty": 1.2,
+        "repetition_guard": 0, "output_repetition_penalty": 1.0, "stop_at_newline": False,
+        "no_repeat_ngram_size": 3, "repetition_penalty": 1.2,
     },
-    "guard 4, newline stop auto": {"repetition_guard": 4},
+    "guard 4, newline stop auto": {
+        "repetition_guard": 4, "output_repetition_penalty": 1.0, "stop_at_newline": "auto",
+    },
     "guard 3 + output penalty 1.2, newline stop auto": {
-        "repetition_guard": 3, "output_repetition_penalty": 1.2,
+        "repetition_guard": 3, "output_repetition_penalty": 1.2, "stop_at_newline": "auto",
     },
-    "guard 4 + output penalty 1.2, newline stop auto": {
-        "repetition_guard": 4, "output_repetition_penalty": 1.2,
+    "guard 4 + output penalty 1.2, newline stop auto (new default)": {
+        "repetition_guard": 4, "output_repetition_penalty": 1.2, "stop_at_newline": "auto",
     },
 }  # fmt: skip
 METRICS = ["chrf++", "bleu"]
