@@ -133,3 +133,14 @@ def test_output_penalty_spares_prompt_tokens_and_counts_only_the_output():
     assert out.tolist() == [[4.0, 4.0, 4.0, -8.0, 4.0]]
     out = penalty(torch.tensor([[1, 2, 3, 1]]), scores)  # 1 is the prompt's: free to copy
     assert out.tolist() == [[4.0, 4.0, 4.0, -8.0, 4.0]]
+
+
+def test_output_penalty_spares_punctuation_tokens():
+    from tunelab.evaluate.decoding import OutputRepetitionPenalty
+
+    pieces = FakeTokenizer({0: "a", 1: '":"', 2: "ab", 3: " 7"})
+    penalty = OutputRepetitionPenalty(2.0, [[0]], pieces)
+    scores = torch.full((1, 4), 4.0)
+    for ids in ([0], [0, 1], [0, 1, 2], [0, 1, 2, 3]):  # one call per step, output 1, 2, 3
+        out = penalty(torch.tensor([ids]), scores)
+    assert out.tolist() == [[4.0, 4.0, 2.0, 2.0]]  # not '":"' (punctuation), not "a" (prompt)

@@ -55,8 +55,8 @@ def generate(
     `max_new_tokens`; a finished row is padded while the others go on, and the batch stops
     when every row has finished. `repetition_guard` = n > 0 forbids repeating an n-gram of
     tokens within an output unless the prompt holds it (`NewNGramGuard`);
-    `output_repetition_penalty` > 1 penalises tokens the output already used that the prompt
-    does not hold (`OutputRepetitionPenalty`); `stop_at_newline`
+    `output_repetition_penalty` > 1 penalises word tokens the output already used that the
+    prompt does not hold (`OutputRepetitionPenalty`); `stop_at_newline`
     ends a row at the first newline after its answer began and keeps only that line.
     `decoding` passes options such as `repetition_penalty` or `no_repeat_ngram_size` (these
     two also count the prompt), `temperature` or `top_p` on to `generate`; with `do_sample`,
@@ -106,7 +106,7 @@ def _guards(
     options = {}
     processors = [NewNGramGuard(guard, prompts)] if guard else []
     if penalty != 1.0:
-        processors.append(OutputRepetitionPenalty(penalty, prompts))
+        processors.append(OutputRepetitionPenalty(penalty, prompts, tokenizer))
     if processors:
         options["logits_processor"] = LogitsProcessorList(processors)
     if stop_at_newline:
