@@ -67,7 +67,7 @@ def generate(
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     encoded = _encode(tokenizer, prompts)
-    stop_ids = _stop_ids(model, tokenizer)
+    stop_ids = stop_token_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
     prompt_learning = is_prompt_learning(model)
     lengths = [len(ids) for ids in encoded]
@@ -82,13 +82,13 @@ def generate(
             torch.manual_seed(seed)
         device = model_device(model)
         for chosen in _batches(lengths, batch_size):
-            batch = _left_pad([encoded[index] for index in chosen], pad_id)  # (B, T)
+            batch = left_pad([encoded[index] for index in chosen], pad_id)  # (B, T)
             batch = {name: tensor.to(device) for name, tensor in batch.items()}
             rows = [encoded[index] for index in chosen]
             options = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, **decoding)
-            guards = (repetition_guard, output_repetition_penalty, stop_at_newline)
-            options.update(_guards(tokenizer, rows, *guards))
-            tokens = _generate_batch(model, batch, options, stop_ids, pad_id, prompt_learning)
+            guards = (repetition_guard, stop_at_newline, output_repetition_penalty)
+            options.update(guard_options(tokenizer, rows, *guards))
+            tokens = generate_batch(model, batch, options, stop_ids, pad_id, prompt_learning)
             new_tokens = tokens[:, batch["input_ids"].shape[1] :]  # (B, new)
             for index, row in zip(chosen, new_tokens.tolist(), strict=True):
                 text = _decode(tokenizer, row, stop_ids)
@@ -97,8 +97,8 @@ def generate(
     return outputs
 
 
-def _guards(
-    tokenizer, prompts: list[list[int]], guard: int, penalty: float, stop_at_newline: bool
+def guard_options(
+    tokenizer, prompts: list[list[int]], guard: int, stop_at_newline: bool, penalty: float = 1.0
 ) -> dict:
     """`generate` options for the repetition guards and the newline stop (fresh per batch)."""
     from transformers import LogitsProcessorList, StoppingCriteriaList
@@ -125,7 +125,7 @@ def _encode(tokenizer, prompts: list[str]) -> list[list[int]]:
     return [ids if ids else [start] for ids in encoded]
 
 
-def _stop_ids(model: nn.Module, tokenizer) -> list[int]:
+def stop_token_ids(model: nn.Module, tokenizer) -> list[int]:
     """EOS ids of the tokenizer and of the model's generation config (chat models list several)."""
     configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     if not isinstance(configured, list):
@@ -148,7 +148,7 @@ def _batches(lengths: list[int], batch_size: int) -> Iterator[list[int]]:
         yield batch
 
 
-def _left_pad(rows: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
+def left_pad(rows: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
     """input_ids and attention_mask (B, T), each row right-aligned behind `pad_id`s."""
     length = max(len(row) for row in rows)
     input_ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
@@ -159,7 +159,7 @@ def _left_pad(rows: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
     return {"input_ids": input_ids, "attention_mask": attention_mask}
 
 
-def _generate_batch(
+def generate_batch(
     model: nn.Module,
     batch: dict[str, torch.Tensor],
     options: dict,
