@@ -1,11 +1,11 @@
 """Old vs new decoding defaults on a trained run's dev split: chrF++ and BLEU with bootstrap
 95 % intervals, the paired test against plain greedy, seq-rep-4, distinct-2, length ratio.
 
-    python benchmarks/decoding_xhosa.py RUN [--examples 40] [--base]
+    python benchmarks/decoding_xhosa.py RUN [--examples 40] [--base] [--settings 0 2 ...]
 
 RUN is a finished run (e.g. `tunelab train examples/xhosa-lora.yaml ...`). Each setting
 decodes the same first N dev examples; the run directory is not changed. `--base` also scores
-the untouched base model. Prints a table and writes RUN/../decoding-benchmark.json.
+the untouched base model. Prints a line per setting and writes RUN/../decoding-benchmark-*.json.
 """
 
 from __future__ import annotations
@@ -22,13 +22,23 @@ from tunelab.evaluate.generation_report import compare_samples, describe_outputs
 from tunelab.models import load_model_and_tokenizer
 from tunelab.run import load_run, read_run_config
 
-SETTINGS = {
-    "plain greedy (old default)": {"repetition_guard": 0, "stop_at_newline": False},
-    "no_repeat 3 + penalty 1.2 (old example)": {
-        "repetition_guard": 0, "stop_at_newline": False, "no_repeat_ngram_size": 3,
-        "repetition_penalty": 1.2,
+SETTINGS = {  # complete settings: EvalConfig defaults change, these stay as measured
+    "plain greedy (old default)": {
+        "repetition_guard": 0, "output_repetition_penalty": 1.0, "stop_at_newline": False,
     },
-    "new default (guard 4, newline stop auto)": {},
+    "no_repeat 3 + penalty 1.2 (old example)": {
+        "repetition_guard": 0, "output_repetition_penalty": 1.0, "stop_at_newline": False,
+        "no_repeat_ngram_size": 3, "repetition_penalty": 1.2,
+    },
+    "guard 4, newline stop auto": {
+        "repetition_guard": 4, "output_repetition_penalty": 1.0, "stop_at_newline": "auto",
+    },
+    "guard 3 + output penalty 1.2, newline stop auto": {
+        "repetition_guard": 3, "output_repetition_penalty": 1.2, "stop_at_newline": "auto",
+    },
+    "guard 4 + output penalty 1.2, newline stop auto (new default)": {
+        "repetition_guard": 4, "output_repetition_penalty": 1.2, "stop_at_newline": "auto",
+    },
 }  # fmt: skip
 METRICS = ["chrf++", "bleu"]
 
@@ -53,6 +63,13 @@ def main() -> None:
     parser.add_argument("run", type=Path)
     parser.add_argument("--examples", type=int, default=40)
     parser.add_argument("--base", action="store_true", help="also score the base model")
+    parser.add_argument(
+        "--settings",
+        nargs="+",
+        type=int,
+        help="indices into SETTINGS (default: all); the "
+        "first one run is the reference of the paired test",
+    )
     args = parser.parse_args()
     cfg = read_run_config(args.run)
     models = {"run": load_run(args.run)}
@@ -62,16 +79,18 @@ def main() -> None:
     results = {}
     for which, (model, tokenizer) in models.items():
         reference = None
-        for name, settings in SETTINGS.items():
+        chosen = [list(SETTINGS)[i] for i in args.settings] if args.settings else list(SETTINGS)
+        for name in chosen:
+            settings = SETTINGS[name]
             figures, samples, seconds = score(model, tokenizer, dev, cfg, settings)
             if reference is None:
                 reference = samples
             paired = compare_samples(reference, samples, METRICS, resamples=1000, seed=0)
             label = f"{which} · {name}"
             results[label] = {**figures, "seconds": seconds, "paired_vs_plain": paired}
-            results[label]["samples"] = samples[:5]
+            results[label]["samples"] = samples
             report(label, results[label])
-    out = args.run.parent / "decoding-benchmark.json"
+    out = args.run.parent / f"decoding-benchmark-{'-'.join(map(str, args.settings or []))}.json"
     out.write_text(json.dumps({"examples": len(dev), "results": results}, indent=1,
                               ensure_ascii=False))  # fmt: skip
     print(f"written {out}")

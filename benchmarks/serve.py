@@ -182,10 +182,10 @@ def merged_overhead(run: Path, repeats: int, tokens: int) -> tuple[float, float]
     import tempfile
 
     from tunelab.evaluate import generate
+    from tunelab.export.merge import merge_run
     from tunelab.models import load_model_and_tokenizer
     from tunelab.run import read_run_config
     from tunelab.serve.adapters import AdapterSet
-    from tunelab.export.merge import merge_run
 
     served = AdapterSet.from_runs({"lora": run})
     with tempfile.TemporaryDirectory() as folder:

@@ -162,6 +162,12 @@ class EvalConfig(Section):
         description="generation: never repeat an n-gram of this many tokens within the output "
         "unless the prompt holds it (copying names and numbers stays free); 0: off",
     )
+    output_repetition_penalty: float = Field(
+        1.2,
+        ge=1.0,
+        description="generation: penalise tokens the output already used, except those of the "
+        "prompt (>1 discourages loops, copying stays free)",
+    )
     stop_at_newline: bool | Literal["auto"] = Field(
         "auto",
         description="generation: end an answer at its first newline; auto: when no eval "
@@ -187,6 +193,8 @@ class EvalConfig(Section):
         """Options for `generate`, only those that differ from plain greedy; `stop_at_newline`
         may be "auto", which the caller resolves against its references."""
         options: dict[str, Any] = {"repetition_guard": self.repetition_guard}
+        if self.output_repetition_penalty != 1.0:
+            options["output_repetition_penalty"] = self.output_repetition_penalty
         if self.stop_at_newline:
             options["stop_at_newline"] = self.stop_at_newline
         if self.repetition_penalty != 1.0:

@@ -111,7 +111,9 @@ def test_auto_decides_from_the_references():
 def test_default_decoding_guards_and_seeded_sampling(tiny):
     from tunelab.config import EvalConfig
 
-    assert EvalConfig().decoding() == {"repetition_guard": 4, "stop_at_newline": "auto"}
+    assert EvalConfig().decoding() == {
+        "repetition_guard": 4, "output_repetition_penalty": 1.2, "stop_at_newline": "auto"
+    }  # fmt: skip
     sampled = EvalConfig(do_sample=True, sample_seed=3, repetition_guard=0).decoding()
     assert sampled["do_sample"] and sampled["seed"] == 3
     model, tokenizer = tiny
@@ -119,3 +121,26 @@ def test_default_decoding_guards_and_seeded_sampling(tiny):
     first = generate(model, tokenizer, PROMPTS, seed=3, **options)
     assert generate(model, tokenizer, PROMPTS, seed=3, **options) == first
     assert generate(model, tokenizer, PROMPTS, seed=4, **options) != first
+
+
+def test_output_penalty_spares_prompt_tokens_and_counts_only_the_output():
+    from tunelab.evaluate.decoding import OutputRepetitionPenalty
+
+    penalty = OutputRepetitionPenalty(2.0, [[1, 2]])
+    scores = torch.tensor([[4.0, 4.0, 4.0, -4.0, 4.0]])
+    assert torch.equal(penalty(torch.tensor([[1, 2]]), scores), scores)  # nothing generated yet
+    out = penalty(torch.tensor([[1, 2, 3]]), scores)  # generated 3: penalised
+    assert out.tolist() == [[4.0, 4.0, 4.0, -8.0, 4.0]]
+    out = penalty(torch.tensor([[1, 2, 3, 1]]), scores)  # 1 is the prompt's: free to copy
+    assert out.tolist() == [[4.0, 4.0, 4.0, -8.0, 4.0]]
+
+
+def test_output_penalty_spares_punctuation_tokens():
+    from tunelab.evaluate.decoding import OutputRepetitionPenalty
+
+    pieces = FakeTokenizer({0: "a", 1: '":"', 2: "ab", 3: " 7"})
+    penalty = OutputRepetitionPenalty(2.0, [[0]], pieces)
+    scores = torch.full((1, 4), 4.0)
+    for ids in ([0], [0, 1], [0, 1, 2], [0, 1, 2, 3]):  # one call per step, output 1, 2, 3
+        out = penalty(torch.tensor([ids]), scores)
+    assert out.tolist() == [[4.0, 4.0, 2.0, 2.0]]  # not '":"' (punctuation), not "a" (prompt)

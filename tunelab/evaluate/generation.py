@@ -25,7 +25,12 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from tunelab.evaluate.decoding import NewlineStop, NewNGramGuard, first_line_answer
+from tunelab.evaluate.decoding import (
+    NewlineStop,
+    NewNGramGuard,
+    OutputRepetitionPenalty,
+    first_line_answer,
+)
 from tunelab.evaluate.modes import inference, model_device
 from tunelab.methods.prompt_cache import generate_tokens, is_prompt_learning
 
@@ -40,6 +45,7 @@ def generate(
     do_sample: bool = False,
     progress: bool = False,
     repetition_guard: int = 0,
+    output_repetition_penalty: float = 1.0,
     stop_at_newline: bool = False,
     **decoding,
 ) -> list[str]:
@@ -48,7 +54,9 @@ def generate(
     Generation stops at EOS (the tokenizer's and the model's generation config's) or after
     `max_new_tokens`; a finished row is padded while the others go on, and the batch stops
     when every row has finished. `repetition_guard` = n > 0 forbids repeating an n-gram of
-    tokens within an output unless the prompt holds it (`NewNGramGuard`); `stop_at_newline`
+    tokens within an output unless the prompt holds it (`NewNGramGuard`);
+    `output_repetition_penalty` > 1 penalises word tokens the output already used that the
+    prompt does not hold (`OutputRepetitionPenalty`); `stop_at_newline`
     ends a row at the first newline after its answer began and keeps only that line.
     `decoding` passes options such as `repetition_penalty` or `no_repeat_ngram_size` (these
     two also count the prompt), `temperature` or `top_p` on to `generate`; with `do_sample`,
@@ -78,7 +86,8 @@ def generate(
             batch = {name: tensor.to(device) for name, tensor in batch.items()}
             rows = [encoded[index] for index in chosen]
             options = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, **decoding)
-            options.update(guard_options(tokenizer, rows, repetition_guard, stop_at_newline))
+            guards = (repetition_guard, stop_at_newline, output_repetition_penalty)
+            options.update(guard_options(tokenizer, rows, *guards))
             tokens = generate_batch(model, batch, options, stop_ids, pad_id, prompt_learning)
             new_tokens = tokens[:, batch["input_ids"].shape[1] :]  # (B, new)
             for index, row in zip(chosen, new_tokens.tolist(), strict=True):
@@ -88,13 +97,18 @@ def generate(
     return outputs
 
 
-def guard_options(tokenizer, prompts: list[list[int]], guard: int, stop_at_newline: bool) -> dict:
-    """`generate` options for the repetition guard and the newline stop (fresh per batch)."""
+def guard_options(
+    tokenizer, prompts: list[list[int]], guard: int, stop_at_newline: bool, penalty: float = 1.0
+) -> dict:
+    """`generate` options for the repetition guards and the newline stop (fresh per batch)."""
     from transformers import LogitsProcessorList, StoppingCriteriaList
 
     options = {}
-    if guard:
-        options["logits_processor"] = LogitsProcessorList([NewNGramGuard(guard, prompts)])
+    processors = [NewNGramGuard(guard, prompts)] if guard else []
+    if penalty != 1.0:
+        processors.append(OutputRepetitionPenalty(penalty, prompts, tokenizer))
+    if processors:
+        options["logits_processor"] = LogitsProcessorList(processors)
     if stop_at_newline:
         options["stopping_criteria"] = StoppingCriteriaList([NewlineStop(tokenizer, len(prompts))])
     return options

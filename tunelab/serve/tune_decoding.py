@@ -1,7 +1,8 @@
 """`tunelab eval RUN --tune-decoding`: choose decoding settings on the dev split, never test.
 
-A small grid of decoding settings (the repetition guard's n, a mild repetition penalty, the
-newline stop, plain greedy, seeded sampling) is scored on the run's own eval split — the dev
+A small grid of decoding settings (plain greedy, transformers' no-repeat n-grams with its
+repetition penalty, the repetition guard's n, the output-only repetition penalty, with and
+without the newline stop, seeded nucleus sampling) is scored on the run's own eval split — the dev
 data named by `data.eval`, or the held-out share of the train file. The winner has the best
 score (chrF++ unless the run's metrics name another sacrebleu metric) among the settings whose
 outputs do not loop (seq-rep-4 under the warning threshold; all settings when none qualifies).
@@ -28,21 +29,25 @@ from tunelab.evaluate.text_stats import REPETITION_WARNING, text_statistics
 from tunelab.io import atomic_write_json
 from tunelab.run import RunFiles, load_run, read_run_config, write_run_config
 
-DECODING_FIELDS = (
-    "repetition_guard", "stop_at_newline", "repetition_penalty", "no_repeat_ngram_size",
-    "do_sample", "temperature", "top_p", "sample_seed",
-)  # fmt: skip
+PLAIN: dict[str, Any] = {  # what a grid entry starts from: greedy, no guards, newline stop auto
+    "repetition_guard": 0, "output_repetition_penalty": 1.0, "stop_at_newline": "auto",
+    "repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "do_sample": False,
+    "temperature": 1.0, "top_p": 1.0,
+}  # fmt: skip
+DECODING_FIELDS = (*PLAIN, "sample_seed")
 
 GRID: list[dict[str, Any]] = [
-    {"repetition_guard": 0, "stop_at_newline": False},  # plain greedy, the old default
-    {"repetition_guard": 0},
+    {"repetition_guard": 0, "stop_at_newline": False},  # plain greedy
+    {"repetition_guard": 0, "stop_at_newline": False, "no_repeat_ngram_size": 3,
+     "repetition_penalty": 1.2},  # transformers' own guards (they also count the prompt)
     {"repetition_guard": 3},
     {"repetition_guard": 4},
-    {"repetition_guard": 6},
-    {"repetition_guard": 4, "repetition_penalty": 1.1},
-    {"repetition_guard": 4, "stop_at_newline": False},
-    {"repetition_guard": 4, "do_sample": True, "temperature": 0.7, "top_p": 0.9},
-]
+    {"repetition_guard": 3, "output_repetition_penalty": 1.2},
+    {"repetition_guard": 4, "output_repetition_penalty": 1.2},
+    {"repetition_guard": 4, "output_repetition_penalty": 1.2, "stop_at_newline": False},
+    {"repetition_guard": 4, "output_repetition_penalty": 1.2, "do_sample": True,
+     "temperature": 0.7, "top_p": 0.9},  # seeded (sample_seed)
+]  # fmt: skip
 
 
 def tune_decoding(
@@ -87,10 +92,9 @@ def tune_decoding(
 
 
 def candidate_config(base: EvalConfig, settings: dict, references: list[str]) -> EvalConfig:
-    """The run's eval config with every decoding field at its default, then `settings`; the
-    newline stop decided here (serving has no references to decide `auto` by)."""
-    defaults = {name: EvalConfig.model_fields[name].default for name in DECODING_FIELDS}
-    chosen = base.model_copy(update={**defaults, **settings})
+    """The run's eval config with the decoding fields at PLAIN, then `settings`; the newline
+    stop decided here (serving has no references to decide `auto` by)."""
+    chosen = base.model_copy(update={**PLAIN, **settings})
     stop = resolve_stop_at_newline(chosen.stop_at_newline, references)
     return chosen.model_copy(update={"stop_at_newline": stop})
 
