@@ -27,7 +27,7 @@ from tunelab.export.merge import merged_model
 from tunelab.export.vocab import pre_tokenizer_name
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "xhosa" / "en-xho-aya-style"
-DTYPES = ("f32", "f16", "q8_0")
+DTYPES = ("q8_0", "f16", "f32")
 
 
 def short_run(out: Path) -> Path:
@@ -79,6 +79,7 @@ def main() -> None:
     merged, tokenizer, cfg = merged_model(run)
     rows = scored_rows(tokenizer, cfg.data, args.pairs)
     reference = perplexity(merged, rows)
+    print(f"merged perplexity {reference:.4f}", flush=True)
     results = {"run": str(run), "pairs": args.pairs, "merged_perplexity": reference, "files": {}}
     metadata = {"method": cfg.method.name, "run": run.resolve().name, "base_model": cfg.model.name}
     pre = pre_tokenizer_name(cfg.model.name, tokenizer)
@@ -94,6 +95,7 @@ def main() -> None:
         change = value / reference - 1
         results["files"][dtype] = {"bytes": path.stat().st_size, "export_seconds": seconds,
                                    "perplexity": value, "change": change}  # fmt: skip
+        print(f"{dtype}: {results['files'][dtype]}", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print(f"merged model (f32, in memory): perplexity {reference:.4f} on {args.pairs} dev pairs")
