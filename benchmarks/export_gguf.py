@@ -1,4 +1,4 @@
-"""GGUF export of the embedded SmolLM2-135M: file size and export time per dtype, and the
+"""GGUF export of the embedded SmolLM2-135M: file size and write time per dtype, and the
 perplexity of each file (read back by transformers' GGUF loader) against the merged f32 model.
 
     python benchmarks/export_gguf.py [--run RUN] [--pairs 50] [--out outputs/export-gguf]
@@ -22,11 +22,12 @@ from transformers import AutoModelForCausalLM
 
 from tunelab import train
 from tunelab.data.templates import render_prompt
-from tunelab.export import export_run
+from tunelab.export.gguf_file import write_gguf
 from tunelab.export.merge import merged_model
+from tunelab.export.vocab import pre_tokenizer_name
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "xhosa" / "en-xho-aya-style"
-DTYPES = ("f32", "f16", "bf16", "q8_0")
+DTYPES = ("q8_0", "f16", "f32")
 
 
 def short_run(out: Path) -> Path:
@@ -71,17 +72,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, help="an existing run (default: train a short one)")
     parser.add_argument("--pairs", type=int, default=50)
+    parser.add_argument("--dtypes", default=",".join(DTYPES), help="comma-separated")
     parser.add_argument("--out", type=Path, default=Path("outputs/export-gguf"))
     args = parser.parse_args()
     run = args.run or short_run(args.out)
     merged, tokenizer, cfg = merged_model(run)
     rows = scored_rows(tokenizer, cfg.data, args.pairs)
     reference = perplexity(merged, rows)
+    print(f"merged perplexity {reference:.4f}", flush=True)
     results = {"run": str(run), "pairs": args.pairs, "merged_perplexity": reference, "files": {}}
-    for dtype in DTYPES:
-        started = time.perf_counter()
-        path = export_run(run, args.out / f"smollm2-{dtype}.gguf", dtype=dtype,
-                          overwrite=True).path  # fmt: skip
+    metadata = {"method": cfg.method.name, "run": run.resolve().name, "base_model": cfg.model.name}
+    pre = pre_tokenizer_name(cfg.model.name, tokenizer)
+    for dtype in args.dtypes.split(","):
+        path = args.out / f"smollm2-{dtype}.gguf"
+        path.unlink(missing_ok=True)
+        started = time.perf_counter()  # the merged model is loaded once; this times the writing
+        write_gguf(merged, tokenizer, metadata, path, dtype=dtype, pre=pre)
         seconds = time.perf_counter() - started
         model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
                                                      dtype=torch.float32).eval()  # fmt: skip
@@ -89,10 +95,11 @@ def main() -> None:
         change = value / reference - 1
         results["files"][dtype] = {"bytes": path.stat().st_size, "export_seconds": seconds,
                                    "perplexity": value, "change": change}  # fmt: skip
+        print(f"{dtype}: {results['files'][dtype]}", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print(f"merged model (f32, in memory): perplexity {reference:.4f} on {args.pairs} dev pairs")
-    print("| dtype | file size | export time | perplexity | change |")
+    print("| dtype | file size | write time | perplexity | change |")
     print("|---|---|---|---|---|")
     for dtype, item in results["files"].items():
         print(f"| {dtype} | {item['bytes'] / 1e6:.1f} MB | {item['export_seconds']:.1f} s | "

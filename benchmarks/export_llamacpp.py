@@ -40,11 +40,12 @@ def last_logits_llama_cpp(llm, ids: list[int]) -> np.ndarray:
 
 
 def greedy_llama_cpp(llm, ids: list[int], steps: int) -> list[int]:
+    """Greedy tokens up to `steps` or the first EOS (included), as transformers stops."""
     llm.reset()
     out = []
     for token in llm.generate(ids, top_k=1, top_p=1.0, temp=0.0, repeat_penalty=1.0):
         out.append(token)
-        if len(out) == steps:
+        if len(out) == steps or token == llm.token_eos():
             break
     return out
 
@@ -71,16 +72,16 @@ def main() -> None:
     prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     with torch.no_grad():
-        out = merged.generate(torch.tensor([ids]), max_new_tokens=args.tokens, do_sample=False,
-                              min_new_tokens=args.tokens)  # fmt: skip
+        out = merged.generate(torch.tensor([ids]), max_new_tokens=args.tokens, do_sample=False)
     reference = out[0, len(ids) :].tolist()
     theirs = greedy_llama_cpp(llm, ids, args.tokens)
+    print(f"prompt: {prompt!r}")
     print("transformers:", repr(tokenizer.decode(reference)))
     print("llama.cpp:   ", repr(tokenizer.decode(theirs)))
     pairs = zip(reference, theirs, strict=False)
     same = next((i for i, (a, b) in enumerate(pairs) if a != b), len(theirs))
     print(f"llamacpp_ids_equal={ids_equal} greedy_equal={reference == theirs} "
-          f"greedy_common_prefix={same}/{args.tokens} max_logit_diff={worst:.2e}")  # fmt: skip
+          f"greedy_common_prefix={same}/{len(reference)} max_logit_diff={worst:.2e}")  # fmt: skip
 
 
 if __name__ == "__main__":
