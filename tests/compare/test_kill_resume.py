@@ -63,14 +63,16 @@ def test_killed_comparison_resumes_without_losing_or_faking_work(tmp_path):
     process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_for(lambda: logged_steps(runs / "padded") >= 1, 300, "the second variant to train")
-        workers = psutil.Process(process.pid).children(recursive=True)
+        forked = psutil.Process(process.pid).children()  # the fork server, resource tracker
+        workers = [worker for parent in forked for worker in parent.children()]
         process.send_signal(signal.SIGKILL)
         process.wait()
     finally:
         process.kill()
         log.close()
     assert (runs / "packed" / "measurements.json").exists()  # finished before the kill
-    wait_for(lambda: all(map(ended, workers)), 10, "the workers to end with the comparison")
+    assert workers, "no worker process was found training"
+    wait_for(lambda: all(map(ended, workers)), 30, "the worker to end with the comparison")
     assert not (runs / "padded" / "summary.json").exists()  # no orphan finished it unseen
     stamp = (runs / "packed" / "summary.json").stat().st_mtime_ns
 
