@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from workcount import count_work, flops, matmul_params
+from workcount import count_work, flops, matmul_params, virtual_tokens
 
 from tunelab.config import DataConfig, ModelConfig, RunConfig
 from tunelab.data import Tokenized, build_datasets, tokenize_examples
@@ -90,13 +90,14 @@ def eval_loss(model, items: list[Tokenized], pad_id: int) -> float:
     """Mean token cross-entropy on `items`: right-padded batches with an attention mask and
     plain full logits, computed the same way for both sides."""
     model.eval()
+    virtual = virtual_tokens(model)  # prompt tuning: the logits start with V virtual positions
     total, count = 0.0, 0
     for start in range(0, len(items), EVAL_BATCH):
         batch = padded_batch(items[start : start + EVAL_BATCH], pad_id)
         out = model(
             input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
         )
-        logits = out.logits[:, :-1].float()  # (B, T-1, V)
+        logits = out.logits[:, virtual:-1].float()  # (B, T-1, V)
         targets = batch["labels"][:, 1:]  # (B, T-1)
         total += float(
             F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=IGNORE, reduction="sum")
