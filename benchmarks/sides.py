@@ -1,20 +1,20 @@
-"""The two sides of the throughput benchmark, each run in its own process by throughput.py.
+"""Shared parts of the throughput benchmark's sides, and the tunelab side; each side runs in
+its own process (`throughput.py --side KIND:NAME`), the reference sides are in references.py.
 
-Both sides train the same model on the same tokenised examples (tunelab's data pipeline builds
+Every side trains the same model on the same tokenised examples (tunelab's data pipeline builds
 them once per side, deterministically), one epoch over steps × batch_size examples, with AdamW,
 the same learning rate, a linear decay to 0 over the same number of optimizer steps, gradient
-clipping at 1.0 and no weight decay; then both are scored by `eval_loss` below.
+clipping at 1.0 and no weight decay; then every side is scored by `eval_loss` below.
 
-- reference: transformers `Trainer` + PEFT `get_peft_model`, as their documentation shows it:
-  `DataCollatorForSeq2Seq` pads each random batch of batch_size examples (labels -100 on the
-  prompt and the padding), no packing, no length grouping (`train_sampling_strategy="random"`,
-  formerly `group_by_length=False`).
-- tunelab: the building blocks of `tunelab.training.loop.train` (method.apply, AdamW over the
-  method's parameter groups, the schedule, `run_steps` inside `fast_paths`), so what is
-  measured is what `tunelab train` runs. Packed rows get a token budget chosen so that one
-  epoch is exactly `steps` rows, i.e. as many optimizer steps as the reference.
+- tunelab:default — the building blocks of `tunelab.training.loop.train` (method.apply, AdamW
+  over the method's parameter groups, the schedule, `run_steps` inside `fast_paths`), so what
+  is measured is what `tunelab train` runs. Packed rows get a token budget chosen so that one
+  epoch is exactly `steps` rows, i.e. as many optimizer steps as the references.
+- tunelab:no-shared-prefix — the same without shared-prefix compaction: every example of a
+  packed row runs whole, so only the kernel and overhead work differs from the references.
 
-A side prints one JSON line: seconds, tokens, peak RSS, eval loss, parameter counts.
+A side prints one JSON line: seconds, tokens, peak RSS, eval loss, parameter counts, and the
+work counted by `workcount.count_work` (model tokens, head rows) with the FLOPs that follow.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from workcount import count_work, flops, matmul_params, virtual_tokens
 
 from tunelab.config import DataConfig, ModelConfig, RunConfig
 from tunelab.data import Tokenized, build_datasets, tokenize_examples
@@ -89,13 +90,14 @@ def eval_loss(model, items: list[Tokenized], pad_id: int) -> float:
     """Mean token cross-entropy on `items`: right-padded batches with an attention mask and
     plain full logits, computed the same way for both sides."""
     model.eval()
+    virtual = virtual_tokens(model)  # prompt tuning: the logits start with V virtual positions
     total, count = 0.0, 0
     for start in range(0, len(items), EVAL_BATCH):
         batch = padded_batch(items[start : start + EVAL_BATCH], pad_id)
         out = model(
             input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
         )
-        logits = out.logits[:, :-1].float()  # (B, T-1, V)
+        logits = out.logits[:, virtual:-1].float()  # (B, T-1, V)
         targets = batch["labels"][:, 1:]  # (B, T-1)
         total += float(
             F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=IGNORE, reduction="sum")
@@ -125,17 +127,6 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def matmul_params(model) -> tuple[int, int]:
-    """(weights of every linear layer incl. the head, the trainable ones among them)."""
-    total = trainable = 0
-    for module in model.modules():
-        weight = getattr(module, "weight", None)
-        if isinstance(module, torch.nn.Linear) or type(module).__name__ == "Conv1D":
-            total += weight.numel()
-            trainable += weight.numel() if weight.requires_grad else 0
-    return total, trainable
-
-
 @dataclass
 class Trained:
     """What a side hands back after training: the model and how the training went."""
@@ -151,8 +142,10 @@ class Trained:
 
 def figures(trained: Trained) -> dict:
     """The side's JSON record: speed, peak memory of the training window, eval loss."""
+    from tunelab.methods.base import count_parameters
+
     peak = peak_rss_mb()  # first: the evaluation below must not count
-    n_matmul, n_trainable = matmul_params(trained.model)
+    params = matmul_params(trained.model)
     return {
         "seconds": trained.seconds,
         "cpu_seconds": trained.cpu_seconds,
@@ -161,8 +154,8 @@ def figures(trained: Trained) -> dict:
         "examples": len(trained.work.train),
         "peak_rss_mb": peak,
         "eval_loss": eval_loss(trained.model, trained.work.eval, trained.pad_id),
-        "matmul_params": n_matmul,
-        "trainable_matmul_params": n_trainable,
+        "trainable_params": count_parameters(trained.model)[0],
+        **flops(params, trained.extra),
         **trained.extra,
     }
 
@@ -175,74 +168,6 @@ class Clock:
 
     def read(self) -> tuple[float, float]:
         return time.perf_counter() - self.wall, time.process_time() - self.cpu
-
-
-# ---------------------------------------------------------------- reference
-
-
-def reference_model(name: str, seed: int):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from tunelab.models import random_model, resolve_model_dir
-
-    if name.startswith("random:"):
-        return random_model(name.removeprefix("random:"), seed)
-    folder = resolve_model_dir(name)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return model, tokenizer
-
-
-def run_reference(args: argparse.Namespace) -> Trained:
-    from peft import LoraConfig, get_peft_model
-    from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
-
-    from tunelab.methods.peft_base import resolve_targets
-
-    model, tokenizer = reference_model(args.model, args.seed)
-    work = build_workload(args, tokenizer)
-    if args.method == "lora":
-        config = LoraConfig(
-            task_type="CAUSAL_LM",
-            r=8,
-            lora_alpha=16,
-            lora_dropout=0.0,
-            target_modules=resolve_targets(model, "all"),  # q,k,v,o,gate,up,down for llama
-        )
-        model = get_peft_model(model, config)
-    rows = [
-        {"input_ids": it.input_ids, "attention_mask": [1] * len(it), "labels": it.labels}
-        for it in work.train
-    ]
-    with tempfile.TemporaryDirectory() as scratch:
-        training = TrainingArguments(
-            output_dir=scratch,
-            per_device_train_batch_size=args.batch_size,
-            num_train_epochs=1,
-            learning_rate=args.lr,
-            lr_scheduler_type="linear",
-            warmup_steps=0,
-            weight_decay=0.0,
-            max_grad_norm=1.0,
-            optim="adamw_torch",
-            train_sampling_strategy="random",  # no length grouping (group_by_length=False)
-            logging_strategy="no",
-            save_strategy="no",
-            report_to="none",
-            use_cpu=True,
-            dataloader_num_workers=0,
-            seed=args.seed,
-            disable_tqdm=True,
-        )
-        collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE)
-        trainer = Trainer(model=model, args=training, train_dataset=rows, data_collator=collator)
-        reset_peak_rss()
-        clock = Clock()
-        trainer.train()
-        seconds, cpu = clock.read()
-    return Trained(model, tokenizer.pad_token_id, work, seconds, cpu, trainer.state.global_step, {})
 
 
 # ---------------------------------------------------------------- tunelab
@@ -283,15 +208,13 @@ def rows_budget(items: list[Tokenized], steps: int, seed: int) -> int:
     return low
 
 
-def run_tunelab(args: argparse.Namespace) -> Trained:
+TUNELAB_VARIANTS = ("default", "no-shared-prefix")
+
+
+def run_tunelab(args: argparse.Namespace, variant: str) -> Trained:
     from tunelab.methods import MethodContext, get_method
-    from tunelab.methods.base import count_parameters
     from tunelab.models import arch_of, load_model_and_tokenizer
-    from tunelab.run import RunFiles
-    from tunelab.training.fastpath import fast_paths
-    from tunelab.training.loop import Plan, make_accelerator, run_steps, seed_everything
-    from tunelab.training.progress import SilentReporter
-    from tunelab.training.schedules import build_scheduler
+    from tunelab.training.loop import Plan, make_accelerator, seed_everything
 
     cfg = tunelab_config(args, None)
     accelerator = make_accelerator(cfg)
@@ -301,42 +224,58 @@ def run_tunelab(args: argparse.Namespace) -> Trained:
     packing = method.supports_packing and arch_of(model).supports_packing
     if packing:
         cfg = tunelab_config(args, rows_budget(work.train, args.steps, args.seed))
-    plan = Plan(work.train, [], [], packing, args.steps, args.steps)
     seed_everything(cfg.train.seed)
-    model = method.apply(model, cfg.method, MethodContext(total_steps=args.steps))
+    context = MethodContext(total_steps=args.steps, tokenizer=tokenizer)
+    model = method.apply(model, cfg.method, context)
     if cfg.train.gradient_checkpointing:
         from tunelab.training.loop import _enable_checkpointing
 
         _enable_checkpointing(model)
-    trainable, _ = count_parameters(model)
-    share = not args.no_shared_prefix
-    reset_peak_rss()
-    clock = Clock()
+    plan = Plan(work.train, [], [], packing, args.steps, args.steps)
+    share = variant == "default"
+    with count_work(model) as counted:
+        reset_peak_rss()
+        clock = Clock()
+        steps = train_steps(model, method, cfg, plan, share, accelerator, tokenizer)
+        seconds, cpu = clock.read()
+    extra = {"tokens_per_row": cfg.train.tokens_per_batch, **counted.figures()}
+    model = accelerator.unwrap_model(model)
+    return Trained(model, tokenizer.pad_token_id, work, seconds, cpu, steps, extra)
+
+
+def train_steps(model, method, cfg: RunConfig, plan, share: bool, accelerator, tokenizer) -> int:
+    """AdamW, the schedule and tunelab's step loop inside its fast paths, as `train` runs them
+    (the one place this benchmark calls `run_steps`). Returns the optimizer steps taken."""
+    from tunelab.run import RunFiles
+    from tunelab.training.fastpath import fast_paths
+    from tunelab.training.loop import run_steps
+    from tunelab.training.progress import SilentReporter
+    from tunelab.training.schedules import build_scheduler
+
+    lr = cfg.train.lr
     optimizer = torch.optim.AdamW(
-        method.param_groups(model, cfg.method, args.lr, 0.0), lr=args.lr, betas=cfg.train.betas
+        method.param_groups(model, cfg.method, lr, 0.0), lr=lr, betas=cfg.train.betas
     )
     scheduler = build_scheduler(optimizer, cfg.train, plan.total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
-    with tempfile.TemporaryDirectory() as scratch, fast_paths(model, packing, share):
+    with tempfile.TemporaryDirectory() as scratch, fast_paths(model, plan.packing, share):
         stats = run_steps(
             model, optimizer, scheduler, method, plan, cfg, RunFiles(Path(scratch)),
             accelerator, tokenizer, SilentReporter(), 0, None,
         )  # fmt: skip
-    seconds, cpu = clock.read()
-    extra = {"tokens_per_row": cfg.train.tokens_per_batch, "trainable_params": trainable}
-    model = accelerator.unwrap_model(model)
-    return Trained(model, tokenizer.pad_token_id, work, seconds, cpu, stats["steps"], extra)
-
-
-SIDES = {"reference": run_reference, "tunelab": run_tunelab}
+    return stats["steps"]
 
 
 def run_side(args: argparse.Namespace) -> None:
     """Entry point of a side's process: print its figures as one JSON line."""
+    from references import run_reference
+
     from tunelab.methods import get_method
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     args.lr = args.lr or get_method(args.method).default_lr
-    result = {**figures(SIDES[args.side](args)), "lr": args.lr}
+    kind, name = args.side.split(":")
+    trained = run_reference(args, name) if kind == "reference" else run_tunelab(args, name)
+    result = {**figures(trained), "lr": args.lr}
     print(json.dumps(result), flush=True)

@@ -1,30 +1,49 @@
-"""Training throughput and memory: tunelab against transformers Trainer + PEFT, same work.
+"""Training throughput and memory: tunelab against the strongest reference a user would pick.
 
-    python benchmarks/throughput.py [--method lora|full] [--fixed-length N] [--steps 30] ...
+    python benchmarks/throughput.py [--reference fastest] [--method lora] [--fixed-length N] ...
 
-Each side trains in its own process (so peak RSS is that side's alone), `--repeats` times,
-alternating reference, tunelab, reference, tunelab, ...; the figures are medians. Printed per
-side: effective tokens/s (real tokens only: padding is never counted), peak RSS while training
-(the loaded model included), the eval loss after training, and MFU; then the last line
+Sides, each trained in its own process (so peak RSS is that side's alone), `--repeats` times in
+turn; the figures are medians:
 
-    ratio_tokens_per_s=X.XX ratio_peak_memory=Y.YY eval_loss_delta=Z.ZZZ
+- references (references.py): transformers `Trainer` + PEFT on random padded batches
+  (`random`), with length grouping (`grouped`), with padding-free flattening (`flat`), and
+  trl's `SFTTrainer` with packing (`trl`, if installed). `--reference fastest` (the default)
+  runs every one that applies and takes the ratios against the one with the most tokens/s.
+- tunelab (sides.py): `default`, and `no-shared-prefix` (shared-prefix compaction off), so the
+  kernel work and the saving that depends on the data show separately (`--tunelab-variants`).
+
+Printed per side: tokens/s (real tokens only: padding never counts), tokens per CPU-second,
+peak RSS while training (the loaded model included), the eval loss after training, effective
+MFU and true utilisation, and the work counted (model tokens, head rows); then one line per
+tunelab variant against the chosen reference:
+
+    ratio tunelab=V reference=R tokens_per_s=X.XX peak_memory=Y.YY eval_loss_delta=Z.ZZZ
 
 (tunelab / reference, tunelab / reference, tunelab - reference).
 
-MFU = tokens/s × FLOPs per token / peak FLOP/s. FLOPs per token count the matrix multiplies
-of a plain implementation: 2·N forward, 2·N for the gradient with respect to activations, and
-2·N_trainable for the gradient with respect to weights, where N is every linear layer's weight
-count including the vocabulary head (full fine-tuning: 6·N; LoRA: about 4·N) — attention
-scores, norms and the optimizer are left out (a few percent at these lengths). Both sides are
-credited the same FLOPs per token, so work tunelab skips (the head on prompt tokens, padding)
-shows as higher MFU, as it should. The peak is the best of several fp32 (2048, 2048) matmuls
-timed with torch on the same number of threads in the same invocation, before and after the
-sides, since the machine may be shared.
+FLOPs. A linear layer of N weights costs 2·N per row forward, 2·N for the gradient of its
+input and 2·N for the gradient of its weight if that trains; N counts every linear layer
+(adapters included) and the vocabulary head; attention scores, norms and the optimizer are
+left out (a few percent at these lengths).
+
+- effective MFU = real tokens/s × FLOPs a plain implementation spends per real token (every
+  position through every layer and the head) / peak. Both sides are credited the same FLOPs
+  per token, so work a side skips (padding it never runs, the head on prompt tokens, a shared
+  prefix run once) shows as higher effective MFU: it measures speed, not the hardware's use.
+- true utilisation = FLOPs actually executed / seconds / peak. Executed FLOPs count, with
+  hooks (workcount.py), the tokens that really went through the layers (padding included on the
+  reference sides; after shared-prefix compaction on tunelab's) and the positions that really
+  went through the vocabulary head (every position for the references; the labelled ones for
+  tunelab).
+
+The peak is the best of several fp32 (2048, 2048) matmuls timed with torch on the same number
+of threads in the same invocation, before and after the sides, since the machine may be shared.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import statistics
@@ -38,13 +57,20 @@ import torch
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 DEFAULT_DATA = "../shared/data/xhosa/en-xho-aya-style/train.jsonl"
-SIDE_ORDER = ("reference", "tunelab")
+METHODS = ("lora", "full", "dora", "ia3", "prompt", "prefix")
+REFERENCES = ("random", "grouped", "flat", "trl")  # the sides of references.py
+VARIANTS = ("default", "no-shared-prefix")  # as sides.TUNELAB_VARIANTS
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="embedded:smollm2-135m")
-    parser.add_argument("--method", choices=("lora", "full"), default="lora")
+    parser.add_argument("--method", choices=METHODS, default="lora")
+    parser.add_argument("--reference", choices=(*REFERENCES, "fastest"), default="fastest",
+                        help="reference side; fastest: every one that applies, ratios "
+                             "against the fastest")  # fmt: skip
+    parser.add_argument("--tunelab-variants", default=",".join(VARIANTS),
+                        help=f"comma-separated, of: {', '.join(VARIANTS)}")  # fmt: skip
     parser.add_argument("--data", default=DEFAULT_DATA, help="jsonl with prompt/response fields")
     parser.add_argument("--prompt-field", default="inputs")
     parser.add_argument("--response-field", default="targets")
@@ -61,9 +87,40 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--checkpointing", action="store_true",
                         help="tunelab side: activation checkpointing")  # fmt: skip
     parser.add_argument("--no-shared-prefix", action="store_true",
-                        help="tunelab side: no shared-prefix compaction")  # fmt: skip
-    parser.add_argument("--side", choices=SIDE_ORDER, help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+                        help="same as --tunelab-variants no-shared-prefix")  # fmt: skip
+    parser.add_argument("--side", help=argparse.SUPPRESS)  # reference:NAME or tunelab:VARIANT
+    args = parser.parse_args(argv)
+    args.variants = ["no-shared-prefix"] if args.no_shared_prefix else [
+        name.strip() for name in args.tunelab_variants.split(",") if name.strip()
+    ]  # fmt: skip
+    unknown = [name for name in args.variants if name not in VARIANTS]
+    if unknown or not args.variants:
+        parser.error(f"--tunelab-variants: {','.join(unknown) or 'none given'}: choose among "
+                     f"{', '.join(VARIANTS)}")  # fmt: skip
+    if args.reference != "fastest" and (why := unavailable(args.reference, args.method)):
+        parser.error(f"--reference {args.reference}: {why}")
+    return args
+
+
+def unavailable(reference: str, method: str) -> str | None:
+    """Why `reference` cannot run `method` here, or None if it can."""
+    if reference in ("flat", "trl") and method in ("prompt", "prefix"):
+        return f"not with --method {method}: its virtual tokens go before every row"
+    if reference == "trl" and importlib.util.find_spec("trl") is None:
+        return "trl is not installed (pip install 'tunelab[bench]')"
+    return None
+
+
+def chosen_references(args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    """(references to run, a note for each one left out)."""
+    if args.reference != "fastest":
+        return [args.reference], []
+    run, notes = [], []
+    for name in REFERENCES:
+        why = unavailable(name, args.method)
+        run += [] if why else [name]
+        notes += [f"reference {name} left out: {why}"] if why else []
+    return run, notes
 
 
 def matmul_peak_flops(threads: int, size: int = 2048, tries: int = 6) -> float:
@@ -99,35 +156,56 @@ def median_result(runs: list[dict]) -> dict:
     return result
 
 
-def flops_per_token(result: dict) -> float:
-    return 4 * result["matmul_params"] + 2 * result["trainable_matmul_params"]
+def utilisations(result: dict, peak: float) -> tuple[float, float]:
+    """(effective MFU, true utilisation) of a side, as the module docstring defines them."""
+    effective = result["tokens_per_s"] * result["credited_flops_per_token"] / peak
+    return effective, result["executed_flops"] / result["seconds"] / peak
+
+
+def side_rows(results: dict[str, dict], peak: float) -> list[str]:
+    lines = [
+        f"{'side':<26} {'tokens/s':>9} {'per CPU-s':>10} {'peak RSS MB':>12} {'eval loss':>10} "
+        f"{'eff. MFU':>9} {'true util':>9} {'model tok':>10} {'head rows':>10} {'steps':>6}"
+        "  tokens/s of each run"
+    ]
+    for side, r in results.items():
+        effective, true = utilisations(r, peak)
+        runs = " ".join(f"{value:.1f}" for value in r["all_tokens_per_s"])
+        lines.append(
+            f"{side:<26} {r['tokens_per_s']:>9.1f} {r['tokens_per_cpu_s']:>10.1f} "
+            f"{r['peak_rss_mb']:>12.0f} {r['eval_loss']:>10.4f} {effective:>9.1%} {true:>9.1%} "
+            f"{r['model_tokens']:>10} {r['head_rows']:>10} {r['steps']:>6}  {runs}"
+        )
+    return lines
+
+
+def ratio_line(ours: dict, ref: dict, variant: str, reference: str) -> str:
+    return (
+        f"ratio tunelab={variant} reference={reference} "
+        f"tokens_per_s={ours['tokens_per_s'] / ref['tokens_per_s']:.2f} "
+        f"peak_memory={ours['peak_rss_mb'] / ref['peak_rss_mb']:.2f} "
+        f"eval_loss_delta={ours['eval_loss'] - ref['eval_loss']:.3f}"
+    )
 
 
 def report(args: argparse.Namespace, results: dict[str, dict], peak: float) -> list[str]:
-    ref, ours = results["reference"], results["tunelab"]
+    references = [side for side in results if side.startswith("reference:")]
+    variants = [side for side in results if side.startswith("tunelab:")]
+    first = results[references[0]]
     shape = f"fixed length {args.fixed_length}" if args.fixed_length else "variable length"
     lines = [
-        f"model {args.model}  method {args.method}  lr {ref['lr']:g}  data {args.data} ({shape})",
-        f"{ref['examples']} examples, {ref['tokens']} real tokens, {args.steps} steps × "
+        f"model {args.model}  method {args.method}  lr {first['lr']:g}  data {args.data} ({shape})",
+        f"{first['examples']} examples, {first['tokens']} real tokens, {args.steps} steps × "
         f"batch {args.batch_size}; threads {args.threads}; matmul peak {peak / 1e9:.1f} GFLOP/s",
-        f"{'side':<10} {'tokens/s':>9} {'per CPU-s':>10} {'peak RSS MB':>12} {'eval loss':>10} "
-        f"{'MFU':>6} {'steps':>6}  tokens/s of each run",
+        *side_rows(results, peak),
     ]
-    for side in SIDE_ORDER:
-        r = results[side]
-        mfu = r["tokens_per_s"] * flops_per_token(r) / peak
-        runs = " ".join(f"{value:.1f}" for value in r["all_tokens_per_s"])
-        lines.append(
-            f"{side:<10} {r['tokens_per_s']:>9.1f} {r['tokens_per_cpu_s']:>10.1f} "
-            f"{r['peak_rss_mb']:>12.0f} {r['eval_loss']:>10.4f} {mfu:>6.1%} {r['steps']:>6}  {runs}"
-        )
-    cpu_ratio = ours["tokens_per_cpu_s"] / ref["tokens_per_cpu_s"]
-    lines.append(f"tokens per CPU-second, tunelab / reference: {cpu_ratio:.2f}")
-    lines.append(
-        f"ratio_tokens_per_s={ours['tokens_per_s'] / ref['tokens_per_s']:.2f} "
-        f"ratio_peak_memory={ours['peak_rss_mb'] / ref['peak_rss_mb']:.2f} "
-        f"eval_loss_delta={ours['eval_loss'] - ref['eval_loss']:.3f}"
-    )
+    fastest = max(references, key=lambda side: results[side]["tokens_per_s"])
+    if args.reference == "fastest":
+        lines.append(f"fastest reference: {fastest.split(':')[1]}")
+    for variant in variants:
+        for side in references:
+            lines.append(f"  {ratio_line(results[variant], results[side], variant[8:], side[10:])}")
+    lines += [ratio_line(results[v], results[fastest], v[8:], fastest[10:]) for v in variants]
     return lines
 
 
@@ -139,14 +217,17 @@ def main(argv: list[str] | None = None) -> None:
 
         run_side(args)
         return
+    references, notes = chosen_references(args)
+    sides = [f"reference:{name}" for name in references]
+    sides += [f"tunelab:{variant}" for variant in args.variants]
     peak = matmul_peak_flops(args.threads)
-    runs: dict[str, list[dict]] = {side: [] for side in SIDE_ORDER}
+    runs: dict[str, list[dict]] = {side: [] for side in sides}
     for _ in range(args.repeats):
-        for side in SIDE_ORDER:
+        for side in sides:
             runs[side].append(run_side_process(side, argv, args.threads))
     peak = max(peak, matmul_peak_flops(args.threads))
     results = {side: median_result(side_runs) for side, side_runs in runs.items()}
-    print("\n".join(report(args, results, peak)), flush=True)
+    print("\n".join([*notes, *report(args, results, peak)]), flush=True)
 
 
 if __name__ == "__main__":
