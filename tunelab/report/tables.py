@@ -42,7 +42,7 @@ def decoding_table(record: dict) -> Table:
         table.add_column(column, justify="left" if column == "settings" else "right")
     for candidate in record["candidates"]:
         settings = candidate["settings"]
-        changed = {k: v for k, v in settings.items() if k in _SHOWN or v not in (False, 1.0, 0)}
+        changed = {k: v for k, v in settings.items() if k in _SHOWN or not _plain(v)}
         chosen = "winner" if candidate == record["winner"] else ""
         table.add_row(
             " ".join(f"{k}={v}" for k, v in changed.items()),
@@ -54,6 +54,11 @@ def decoding_table(record: dict) -> Table:
 
 
 _SHOWN = ("repetition_guard", "stop_at_newline")
+
+
+def _plain(value) -> bool:
+    """False, 0 or 1.0: a decoding field left at its plain value (True is not plain)."""
+    return (type(value), value) in {(bool, False), (int, 0), (float, 1.0)}
 
 
 TOKENIZER_COLUMNS = {
