@@ -216,7 +216,7 @@ def decode(model, tokenizer, jobs: list[Job]) -> None:
         torch.manual_seed(seed if seed is not None else random.randrange(2**63))
     guards = guard_options(  # the run's repetition guard and newline stop, as offline
         tokenizer, [job.prompt_ids for job in jobs], decoding.pop("repetition_guard", 0),
-        decoding.pop("stop_at_newline", False),
+        decoding.pop("stop_at_newline", False), decoding.pop("output_repetition_penalty", 1.0),
     )  # fmt: skip
     follow = [FollowRows(jobs, tokenizer, stop_ids), *guards.pop("stopping_criteria", [])]
     options = dict(
