@@ -60,6 +60,8 @@ VIRTUAL_INPUTS = {"prefix", "prompt", "ptuning"}  # add learned inputs: not the 
 MERGE_REFUSED = {  # mergeable methods that cannot merge on these architectures, by design
     ("bitfit", "qwen2"): "cannot declare a bias",  # added o/MLP biases: no config switch
     ("bitfit", "gemma"): "cannot declare a bias",
+    ("bitfit", "gemma3"): "cannot declare a bias",  # attention_bias, but no MLP switch
+    ("bitfit", "mistral"): "cannot declare a bias",  # its projections never carry one
 }
 
 

@@ -57,8 +57,8 @@ def loss_and_gradients(model, batch, fast: bool):
 
 @pytest.mark.parametrize("arch", PACKING_ARCHS)
 @pytest.mark.parametrize(
-    "lengths", [[5, 9, 3, 12], [6, 6, 6], [11, 11, 11]], ids=["mixed", "equal", "equal-long"]
-)  # sliding-window archs: some examples longer than the window (WINDOW), some shorter
+    "lengths", [[5, 19, 3, 12], [6, 6, 6], [20, 20, 20]], ids=["mixed", "equal", "equal-long"]
+)  # sliding-window archs: some examples longer than the window (tiny.WINDOW), some shorter
 def test_packed_row_logits_equal_each_example_alone(arch, lengths):
     model, _ = random_model(arch, seed=0)
     model.eval()

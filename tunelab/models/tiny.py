@@ -27,7 +27,7 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 HIDDEN, LAYERS, HEADS = 64, 2, 4
-WINDOW = 8  # sliding-window archs: shorter than most test examples, so the window matters
+WINDOW = 16  # sliding-window archs: shorter than the longer test examples, so the window matters
 
 
 def byte_tokenizer() -> PreTrainedTokenizerFast:
@@ -76,8 +76,13 @@ def _config(arch: str, vocab_size: int, tokenizer: PreTrainedTokenizerFast) -> P
     if arch == "mistral":  # every layer slides
         return MistralConfig(**llama_like, sliding_window=WINDOW)
     if arch == "gemma3":  # one sliding, one full layer
-        return Gemma3TextConfig(**llama_like, head_dim=HIDDEN // HEADS, sliding_window=WINDOW,
-                                layer_types=["sliding_attention", "full_attention"])  # fmt: skip
+        return Gemma3TextConfig(
+            **llama_like,
+            head_dim=HIDDEN // HEADS,
+            query_pre_attn_scalar=HIDDEN // HEADS,  # as Gemma 3 270M: 1/sqrt(head_dim) scaling
+            sliding_window=WINDOW,
+            layer_types=["sliding_attention", "full_attention"],
+        )
     if arch == "bloom":
         return BloomConfig(
             vocab_size=vocab_size, hidden_size=HIDDEN, n_layer=LAYERS, n_head=HEADS, **ids
