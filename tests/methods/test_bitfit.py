@@ -21,8 +21,9 @@ from .conftest import applied, logits, train
 METHOD = METHODS["bitfit"]
 # Per block, projection biases: q 64 + k 32 + v 32 + o 64 + gate 128 + up 128 + down 64 = 512
 # (llama-like); bloom/gpt2: qkv 192 + out 64 + in 256 + out 64 = 576, plus 2 x 64 norm biases.
-TRAINABLE = {"llama": 1024, "qwen2": 1024, "gemma": 1024, "bloom": 1536, "gpt2": 1472}
-ADDED_MODULES = {"llama": 14, "qwen2": 8, "gemma": 14, "bloom": 0, "gpt2": 0}
+LLAMA_LIKE = ("llama", "qwen2", "gemma", "gemma3", "mistral")
+TRAINABLE = dict.fromkeys(LLAMA_LIKE, 1024) | {"bloom": 1536, "gpt2": 1472}
+ADDED_MODULES = dict.fromkeys(LLAMA_LIKE, 14) | {"qwen2": 8, "bloom": 0, "gpt2": 0}
 
 
 @pytest.mark.parametrize("arch", TINY_ARCHS)
@@ -41,10 +42,11 @@ def test_biases_train_and_missing_ones_are_added(arch, tmp_path):
     [
         ("qwen2", {"add_missing": False}),  # native q/k/v biases only
         ("gemma", {"targets": "attention"}),  # added biases declared by attention_bias
+        ("gemma3", {"targets": "attention"}),
     ],
 )
 def test_merge_with_settings_the_config_can_declare(arch, settings, tmp_path):
-    """The matrix merges the default settings; these settings make qwen2 and gemma mergeable."""
+    """The matrix refuses the default settings; these settings make qwen2 and gemmas mergeable."""
     model, cfg, batch, _ = applied("bitfit", arch, **settings)
     train(model, cfg, batch, steps=3)
     expected = logits(model, batch)
@@ -63,8 +65,8 @@ def test_merge_declares_the_added_biases_in_the_config():
     assert merged.config.mlp_bias and not merged.config.attention_bias
 
 
-@pytest.mark.parametrize("arch", ["qwen2", "gemma"])
-def test_merge_refuses_biases_the_config_cannot_declare(arch):
+@pytest.mark.parametrize("arch", ["qwen2", "gemma", "gemma3", "mistral"])
+def test_merge_refuses_biases_the_config_cannot_declare(arch):  # mistral: none at all
     model, cfg, _, _ = applied("bitfit", arch)
     with pytest.raises(MergeNotSupported, match="cannot declare a bias"):
         METHOD.merge(model, cfg)

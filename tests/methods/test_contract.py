@@ -29,7 +29,7 @@ from tunelab.methods import METHODS, Method, MethodSettings
 
 from .conftest import PROMPTS, applied, greedy_without_cache, logits, spread_model, train
 
-ARCHS = ("llama", "bloom", "gpt2", "qwen2", "gemma")  # gemma too: the per-method files ran it
+ARCHS = ("llama", "bloom", "gpt2", "qwen2", "gemma", "gemma3", "mistral")
 STEPS = 8  # at least as many as ULMFiT's layer groups (4), so every group unfreezes
 LR = 3e-2  # one rate that moves every method's loss within STEPS on the overfit batch
 NEW_TOKENS = 4
@@ -60,6 +60,8 @@ VIRTUAL_INPUTS = {"prefix", "prompt", "ptuning"}  # add learned inputs: not the 
 MERGE_REFUSED = {  # mergeable methods that cannot merge on these architectures, by design
     ("bitfit", "qwen2"): "cannot declare a bias",  # added o/MLP biases: no config switch
     ("bitfit", "gemma"): "cannot declare a bias",
+    ("bitfit", "gemma3"): "cannot declare a bias",  # attention_bias, but no MLP switch
+    ("bitfit", "mistral"): "cannot declare a bias",  # its projections never carry one
 }
 
 

@@ -21,7 +21,8 @@ from .conftest import applied, logits, spread_model, train
 METHOD = METHODS["importance"]
 # Entries of the projection weights in the two blocks: llama-like q, o 64x64; k, v 32x64;
 # gate, up, down 128x64. bloom/gpt2: qkv 192x64, out 64x64, in 256x64, out 64x256.
-TARGET_ENTRIES = {"llama": 73728, "qwen2": 73728, "gemma": 73728, "bloom": 98304, "gpt2": 98304}
+TARGET_ENTRIES = dict.fromkeys(("llama", "qwen2", "gemma", "gemma3", "mistral"), 73728)
+TARGET_ENTRIES |= {"bloom": 98304, "gpt2": 98304}
 
 
 def selected(arch: str, **settings):

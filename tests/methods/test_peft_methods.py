@@ -21,16 +21,19 @@ from tunelab.training.loss import token_loss_sum
 from .conftest import PROMPTS, VIRTUAL, applied, greedy_without_cache, logits, spread_model, train
 
 PROMPT_LEARNING = ["prefix", "prompt", "ptuning"]
+LLAMA_LIKE = ("llama", "qwen2", "gemma", "gemma3", "mistral")
 KV = 32  # llama-like tiny models: 2 key/value heads of 16; bloom and gpt2 use all 64
 EXPECTED_TRAINABLE = {  # by hand from the tiny configs (see tunelab/models/tiny.py)
     "ia3": {  # PEFT's default targets: (k or q, v outputs) + down-projection input, per layer
         "llama": LAYERS * (KV + KV + 2 * HIDDEN),
-        "qwen2": LAYERS * (HIDDEN + KV + 2 * HIDDEN),
+        "mistral": LAYERS * (KV + KV + 2 * HIDDEN),
+        "qwen2": LAYERS * (HIDDEN + KV + 2 * HIDDEN),  # q rather than k
         "gemma": LAYERS * (HIDDEN + KV + 2 * HIDDEN),
+        "gemma3": LAYERS * (HIDDEN + KV + 2 * HIDDEN),
         "bloom": LAYERS * (3 * HIDDEN + 4 * HIDDEN),
         "gpt2": LAYERS * (3 * HIDDEN + 4 * HIDDEN),
     },
-    "prefix": {arch: VIRTUAL * LAYERS * 2 * KV for arch in ("llama", "qwen2", "gemma")}
+    "prefix": dict.fromkeys(LLAMA_LIKE, VIRTUAL * LAYERS * 2 * KV)
     | {arch: VIRTUAL * LAYERS * 2 * HIDDEN for arch in ("bloom", "gpt2")},
     "prompt": dict.fromkeys(TINY_ARCHS, VIRTUAL * HIDDEN),
     "ptuning": dict.fromkeys(  # embedding + MLP H -> 16 -> 16 -> H with biases

@@ -16,8 +16,8 @@ from .conftest import applied, train
 METHOD = METHODS["ulmfit"]
 # Bottom group: what is neither in a block nor tied to the head (gpt2 positions, bloom's
 # embedding norm); llama-like models tie everything else into the top group.
-GROUPS = {"llama": LAYERS + 1, "qwen2": LAYERS + 1, "gemma": LAYERS + 1, "bloom": LAYERS + 2}
-GROUPS["gpt2"] = LAYERS + 2
+GROUPS = dict.fromkeys(("llama", "qwen2", "gemma", "gemma3", "mistral"), LAYERS + 1)
+GROUPS |= {"bloom": LAYERS + 2, "gpt2": LAYERS + 2}
 
 
 @pytest.mark.parametrize("arch", TINY_ARCHS)

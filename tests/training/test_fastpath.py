@@ -16,7 +16,7 @@ from tunelab.training.fastpath import fast_paths
 from tunelab.training.loss import token_loss_sum
 from tunelab.training.packed import MIN_SHARED, SHARED_SDPA, share_prefix
 
-PACKING_ARCHS = ("llama", "qwen2", "gemma")
+PACKING_ARCHS = ("llama", "qwen2", "gemma", "gemma3", "mistral")  # the last two: sliding windows
 
 
 def rows(lengths: list[int], seed: int = 0, prefix: int = 0) -> list[Tokenized]:
@@ -56,7 +56,9 @@ def loss_and_gradients(model, batch, fast: bool):
 
 
 @pytest.mark.parametrize("arch", PACKING_ARCHS)
-@pytest.mark.parametrize("lengths", [[5, 9, 3, 12], [6, 6, 6]], ids=["mixed", "equal"])
+@pytest.mark.parametrize(
+    "lengths", [[5, 19, 3, 12], [6, 6, 6], [20, 20, 20]], ids=["mixed", "equal", "equal-long"]
+)  # sliding-window archs: some examples longer than the window (tiny.WINDOW), some shorter
 def test_packed_row_logits_equal_each_example_alone(arch, lengths):
     model, _ = random_model(arch, seed=0)
     model.eval()

@@ -29,7 +29,7 @@ def tokenize_examples(examples: list[Example], tokenizer: Any, cfg: DataConfig) 
     prompts = _encode([example.prompt for example in examples], tokenizer)
     responses = _encode([example.response for example in examples], tokenizer)
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    bos = _missing_bos(tokenizer)
+    bos = missing_bos(tokenizer)
     items, dropped = [], 0
     for example, prompt, response in zip(examples, prompts, responses, strict=True):
         if bos is not None and (not prompt or prompt[0] != bos):
@@ -61,7 +61,7 @@ def _encode(texts: list[str], tokenizer: Any) -> list[list[int]]:
     return encoded
 
 
-def _missing_bos(tokenizer: Any) -> int | None:
+def missing_bos(tokenizer: Any) -> int | None:
     """The BOS id if this tokenizer prepends one to plain text (Llama-style), else None."""
     bos = getattr(tokenizer, "bos_token_id", None)
     if bos is None:

@@ -1,8 +1,10 @@
 """Batched generation for evaluation: left padding, KV cache, greedy by default.
 
 Prompts are already fully rendered (chat or text template applied), so they are encoded with
-`add_special_tokens=False`. Each prompt is encoded once; prompts are sorted by token length so
-a batch holds similar lengths (little padding), then results are put back in input order.
+`add_special_tokens=False`, then given a BOS exactly where the training data gets one
+(tokenizers that prepend it, e.g. Gemma's, whose models derail without it). Each prompt is
+encoded once; prompts are sorted by token length so a batch holds similar lengths (little
+padding), then results are put back in input order.
 
 Decoder-only models continue from the last position, so pads go on the LEFT: every row's last
 real token sits at the same index and the new tokens line up. We pad the token ids ourselves
@@ -25,6 +27,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from tunelab.data.tokenize import missing_bos
 from tunelab.evaluate.decoding import (
     NewlineStop,
     NewNGramGuard,
@@ -119,6 +122,9 @@ def encode_prompts(tokenizer, prompts: list[str]) -> list[list[int]]:
     if not prompts:
         return []
     encoded = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    bos = missing_bos(tokenizer)  # as tunelab.data.tokenize gives the training prompts
+    if bos is not None:
+        encoded = [ids if ids[:1] == [bos] else [bos, *ids] for ids in encoded]
     start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     if start is None and any(not ids for ids in encoded):
         raise ValueError("an empty prompt needs a BOS or EOS token to start from")

