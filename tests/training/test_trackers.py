@@ -61,3 +61,15 @@ def test_unknown_tracker_is_refused_before_training(tmp_path):
     with pytest.raises(TunelabError, match="report_to"):
         train(config(tmp_path, report_to=["wandb"]))
     assert not (tmp_path / "run").exists()
+
+
+def test_a_tracker_that_is_not_installed_fails_before_any_work(tmp_path, monkeypatch):
+    from tunelab.training import preflight
+
+    real = preflight.importlib.util.find_spec
+    monkeypatch.setattr(
+        preflight.importlib.util, "find_spec", lambda name: None if name == "mlflow" else real(name)
+    )
+    with pytest.raises(TunelabError, match=r"train.report_to: mlflow is not installed"):
+        train(config(tmp_path, report_to=["mlflow"]))
+    assert not (tmp_path / "run").exists()

@@ -111,8 +111,8 @@ def pre_tokenizer_name(model_name: str, tokenizer) -> str:
 
 def _source_gguf(model_name: str) -> Path | None:
     if model_name.startswith("embedded:"):
-        from tunelab.models.load import _embedded_gguf
+        from tunelab.models.load import embedded_gguf
 
-        return _embedded_gguf(model_name.removeprefix("embedded:"))
+        return embedded_gguf(model_name.removeprefix("embedded:"))
     path = Path(model_name).expanduser()
     return path if path.suffix.lower() == ".gguf" and path.is_file() else None

@@ -162,6 +162,14 @@ def _converted_embedded(key: str) -> Path:
         return _converted(gguf, target, source)  # the joined file goes with the scratch folder
 
 
+def embedded_gguf(key: str) -> Path | None:
+    """The GGUF file an embedded model ships, where it ships one whole (None: chunks)."""
+    if key not in EMBEDDED:
+        raise ModelError(f"embedded:{key}: unknown embedded model; known: {', '.join(EMBEDDED)}")
+    entry = EMBEDDED[key]
+    return None if entry.assembled else _embedded_file(key, entry)
+
+
 def _embedded_module(key: str, entry: Embedded):
     try:
         return importlib.import_module(entry.package)

@@ -164,7 +164,8 @@ def plan_data(cfg: RunConfig, tokenizer, method, model, rank: int = 0, world: in
         train_items = tokenize_examples(datasets.train, tokenizer, cfg.data)
     eval_items = tokenize_examples(datasets.eval, tokenizer, cfg.data) if datasets.eval else []
     pad_id = tokenizer.pad_token_id
-    plan = Plan(train_items, [], datasets.eval, packing, 1, 1, rank, world, datasets.train)
+    plan = Plan(train_items, [], datasets.eval, packing, 1, 1, rank, world,
+                train_examples=datasets.train)  # fmt: skip
     plan.extras = plan_extras(cfg, tokenizer, tasks)
     plan.eval_batches = make_batches(
         eval_items,

@@ -7,11 +7,15 @@ loaded base model (e.g. a `target_modules` name that no module of this model has
 
 from __future__ import annotations
 
+import importlib.util
+
 import torch
 
 from tunelab.config import RunConfig, load_config
 from tunelab.errors import ConfigError
 from tunelab.run import RunFiles
+
+TRACKER_MODULES = {"tensorboard": "tensorboard", "mlflow": "mlflow"}
 
 
 def check_settings(cfg: RunConfig) -> None:
@@ -24,6 +28,11 @@ def check_settings(cfg: RunConfig) -> None:
     on_cpu = cfg.train.device == "cpu" or not has_gpu
     if cfg.train.precision == "fp16" and on_cpu:
         raise ConfigError("train.precision: fp16 needs a GPU; on a CPU use fp32 or bf16")
+    for tracker in cfg.train.report_to:  # found now, not after a night of training
+        if importlib.util.find_spec(TRACKER_MODULES[tracker]) is None:
+            raise ConfigError(
+                f"train.report_to: {tracker} is not installed; pip install 'tunelab[trackers]'"
+            )
 
 
 def check_output(files: RunFiles, *, resume: bool, overwrite: bool) -> None:
