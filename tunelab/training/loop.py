@@ -9,13 +9,10 @@ train(config) -> TrainResult:
 
 from __future__ import annotations
 
-import itertools
-import math
 import random
 import shutil
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,21 +21,20 @@ import torch
 from accelerate import Accelerator
 
 from tunelab.config import RunConfig, load_config
-from tunelab.data import build_datasets, make_batches, tokenize_examples
 from tunelab.data.mixture import format_report
-from tunelab.errors import DataError
 from tunelab.io import append_jsonl, atomic_write_json
 from tunelab.methods import MethodContext, get_method
 from tunelab.methods.base import count_parameters
-from tunelab.models import arch_of, load_model_and_tokenizer
+from tunelab.models import load_model_and_tokenizer
 from tunelab.models.tokenizer_report import train_data_figures
 from tunelab.run import RunFiles, save_adapter, write_run_config
-from tunelab.training.budget import Limits, Seen, take_window
+from tunelab.training.budget import Seen
 from tunelab.training.checkpoint import resume_latest, save_checkpoint
 from tunelab.training.divergence import all_ranks, check_finite
 from tunelab.training.evaluation import evaluate_run, generation_summary
 from tunelab.training.fastpath import fast_paths
 from tunelab.training.loss import token_loss_sum
+from tunelab.training.plan import Plan, plan_data
 from tunelab.training.preflight import (
     check_method,
     check_output,
@@ -47,7 +43,7 @@ from tunelab.training.preflight import (
 )
 from tunelab.training.progress import BarReporter, Reporter, SilentReporter
 from tunelab.training.schedules import build_scheduler
-from tunelab.training.tasks import Extras, evaluate_extras, extras_summary, plan_extras, plan_tasks
+from tunelab.training.tasks import evaluate_extras, extras_summary
 from tunelab.training.trackers import report_run
 
 
@@ -87,103 +83,6 @@ def labelled_tokens(batch: dict[str, torch.Tensor]) -> int:
 def real_tokens(batch: dict[str, torch.Tensor]) -> int:
     mask = batch.get("attention_mask")
     return int(mask.sum()) if mask is not None else batch["input_ids"].numel()
-
-
-@dataclass
-class Plan:
-    """What the loop iterates: tokenised data, batching mode and step counts."""
-
-    train_items: list
-    eval_batches: list[dict[str, torch.Tensor]]
-    eval_examples: list
-    packing: bool
-    steps_per_epoch: int
-    total_steps: int
-    rank: int = 0  # this process among `world` data-parallel processes
-    world: int = 1
-    extras: Extras | None = None  # per-task evaluations and forgetting probes (training/tasks)
-    train_examples: list = field(default_factory=list)  # before tokenising (tokenizer report)
-
-    def batches(self, cfg: RunConfig, epoch: int, pad_id: int) -> list[dict[str, torch.Tensor]]:
-        return make_batches(
-            self.train_items,
-            batch_size=cfg.train.batch_size,
-            tokens_per_batch=tokens_per_batch(cfg),
-            packing=self.packing,
-            pad_id=pad_id,
-            seed=cfg.train.seed,
-            epoch=epoch,
-        )
-
-    def windows(
-        self, cfg: RunConfig, pad_id: int, start_step: int, seen: Seen | None = None
-    ) -> Iterator[list[dict]]:
-        """Gradient-accumulation windows in order, skipping the first `start_step`; it ends
-        where `train.max_examples` / `max_tokens` run out (the last window cut to fit). `seen`
-        counts every window's examples and tokens, skipped ones too. With several processes,
-        each optimizer step consumes accum x world micro-batches; this process takes every
-        world-th of them."""
-        seen = seen if seen is not None else Seen()
-        limits = Limits(cfg.train.max_examples, cfg.train.max_tokens)
-        step, epoch, span = 0, 0, cfg.train.grad_accum * self.world
-        while True:
-            batches = self.batches(cfg, epoch, pad_id)
-            check_enough(batches, span)
-            for first in range(0, len(batches) - span + 1, span):
-                window = take_window(batches[first : first + span], seen, limits,
-                                     cut=self.world == 1)  # fmt: skip
-                if not window:
-                    return
-                if step >= start_step:
-                    yield window[self.rank :: self.world]
-                step += 1
-            epoch += 1
-
-
-def check_enough(batches: list, span: int) -> list:
-    """`batches`, when they fill at least one optimizer step (else no step could be taken)."""
-    if len(batches) < span:
-        raise DataError(
-            f"the training data makes {len(batches)} micro-batches, fewer than one optimizer "
-            f"step takes ({span}: train.grad_accum x processes)"
-        )
-    return batches
-
-
-def tokens_per_batch(cfg: RunConfig) -> int:
-    return cfg.train.tokens_per_batch or max(cfg.train.batch_size * cfg.data.max_length // 2, 2)
-
-
-def plan_data(cfg: RunConfig, tokenizer, method, model, rank: int = 0, world: int = 1) -> Plan:
-    packing = cfg.data.packing and method.supports_packing and arch_of(model).supports_packing
-    tasks = None
-    if cfg.data.tasks:  # multi-task: a mixture of template-rendered tasks
-        datasets, train_items, tasks = plan_tasks(cfg, tokenizer, packing, tokens_per_batch(cfg))
-    else:
-        datasets = build_datasets(cfg.data, tokenizer)
-        train_items = tokenize_examples(datasets.train, tokenizer, cfg.data)
-    eval_items = tokenize_examples(datasets.eval, tokenizer, cfg.data) if datasets.eval else []
-    pad_id = tokenizer.pad_token_id
-    plan = Plan(train_items, [], datasets.eval, packing, 1, 1, rank, world,
-                train_examples=datasets.train)  # fmt: skip
-    plan.extras = plan_extras(cfg, tokenizer, tasks)
-    plan.eval_batches = make_batches(
-        eval_items,
-        batch_size=cfg.eval.batch_size,
-        tokens_per_batch=tokens_per_batch(cfg),
-        packing=packing,
-        pad_id=pad_id,
-        seed=0,
-        epoch=0,
-        shuffle=False,
-    )
-    span = cfg.train.grad_accum * world
-    plan.steps_per_epoch = len(check_enough(plan.batches(cfg, 0, pad_id), span)) // span
-    plan.total_steps = cfg.train.max_steps or math.ceil(cfg.train.epochs * plan.steps_per_epoch)
-    if cfg.train.max_examples or cfg.train.max_tokens:  # the steps the budget lasts
-        walk = itertools.islice(plan.windows(cfg, pad_id, 0), cfg.train.max_steps)
-        plan.total_steps = sum(1 for _ in walk)
-    return plan
 
 
 def train(
