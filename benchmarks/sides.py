@@ -232,24 +232,24 @@ def run_tunelab(args: argparse.Namespace, variant: str) -> Trained:
         from tunelab.training.loop import _enable_checkpointing
 
         _enable_checkpointing(model)
-    plan = Plan(work.train, [], [], packing, args.steps, args.steps)
+    plan = Plan(work.train, [], [], packing, args.steps, args.steps, pad_id=tokenizer.pad_token_id)
     share = variant == "default"
     with count_work(model) as counted:
         reset_peak_rss()
         clock = Clock()
-        steps = train_steps(model, method, cfg, plan, share, accelerator, tokenizer)
+        steps = train_steps(model, method, cfg, plan, share, accelerator)
         seconds, cpu = clock.read()
     extra = {"tokens_per_row": cfg.train.tokens_per_batch, **counted.figures()}
     model = accelerator.unwrap_model(model)
     return Trained(model, tokenizer.pad_token_id, work, seconds, cpu, steps, extra)
 
 
-def train_steps(model, method, cfg: RunConfig, plan, share: bool, accelerator, tokenizer) -> int:
+def train_steps(model, method, cfg: RunConfig, plan, share: bool, accelerator) -> int:
     """AdamW, the schedule and tunelab's step loop inside its fast paths, as `train` runs them
     (the one place this benchmark calls `run_steps`). Returns the optimizer steps taken."""
     from tunelab.run import RunFiles
     from tunelab.training.fastpath import fast_paths
-    from tunelab.training.loop import run_steps
+    from tunelab.training.loop import TrainingState, run_steps
     from tunelab.training.progress import SilentReporter
     from tunelab.training.schedules import build_scheduler
 
@@ -259,11 +259,9 @@ def train_steps(model, method, cfg: RunConfig, plan, share: bool, accelerator, t
     )
     scheduler = build_scheduler(optimizer, cfg.train, plan.total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
+    state = TrainingState(model, optimizer, scheduler, method, accelerator)
     with tempfile.TemporaryDirectory() as scratch, fast_paths(model, plan.packing, share):
-        stats = run_steps(
-            model, optimizer, scheduler, method, plan, cfg, RunFiles(Path(scratch)),
-            accelerator, tokenizer, SilentReporter(), 0, None,
-        )  # fmt: skip
+        stats = run_steps(state, plan, cfg, RunFiles(Path(scratch)), SilentReporter())
     return stats["steps"]
 
 

@@ -2,9 +2,13 @@
 the seam in `tunelab.methods.base` (apply, param_groups, on_step, save).
 
 train(config) -> TrainResult:
-  load base -> data -> evaluate base ("before") -> method.apply -> AdamW + schedule
-  -> optimizer steps (gradient accumulation, clipping, eval, checkpoints) -> save adapter
-  -> evaluate ("after") -> summary.json
+  load base -> data (training/plan.py) -> evaluate base ("before") -> method.apply -> AdamW +
+  schedule -> optimizer steps (gradient accumulation, clipping, eval, checkpoints) -> save
+  adapter -> evaluate ("after") -> summary.json
+
+`run_steps(state, plan, cfg, files, reporter, callbacks)` is the step loop alone: a small
+`TrainingState` (model, optimizer, schedule, method, accelerator, step) and the caller's
+`Callbacks`, so a benchmark or a search drives the very loop `train` runs.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import random
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,12 +24,13 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import Accelerator
+from torch import nn
 
 from tunelab.config import RunConfig, load_config
 from tunelab.data.mixture import format_report
 from tunelab.io import append_jsonl, atomic_write_json
 from tunelab.methods import MethodContext, get_method
-from tunelab.methods.base import count_parameters
+from tunelab.methods.base import Method, count_parameters
 from tunelab.models import load_model_and_tokenizer
 from tunelab.models.tokenizer_report import train_data_figures
 from tunelab.run import RunFiles, save_adapter, write_run_config
@@ -167,10 +173,8 @@ def train(
         )  # fmt: skip
 
     with fast_paths(model, packing=plan.packing):  # same results, less work per step
-        stats = run_steps(
-            model, optimizer, scheduler, method, plan, cfg, files, accelerator, tokenizer,
-            reporter, start_step, on_step, on_eval=on_eval,
-        )  # fmt: skip
+        state = TrainingState(model, optimizer, scheduler, method, accelerator, start_step)
+        stats = run_steps(state, plan, cfg, files, reporter, Callbacks(on_step, on_eval))
     model = accelerator.unwrap_model(model)
     summary: dict[str, Any] = {}
     if main:
@@ -216,14 +220,47 @@ def _enable_checkpointing(model) -> None:
         target.enable_input_require_grads()
 
 
+@dataclass
+class TrainingState:
+    """What the step loop trains: the prepared model, its optimizer and schedule, the method
+    (for its per-step hook) and the accelerator; `step` counts optimizer steps done, resumed
+    ones included."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    method: Method
+    accelerator: Accelerator
+    step: int = 0
+
+
+@dataclass
+class Callbacks:
+    """The caller's hooks. `on_step(step)` after every optimizer step (raise StopTraining to
+    end the run there, keeping what trained); `on_eval(step, eval_loss)` after each periodic
+    evaluation (e.g. a search's pruner; its exceptions end the run)."""
+
+    on_step: Callable[[int], None] | None = None
+    on_eval: Callable[[int, float], None] | None = None
+
+
 def run_steps(
-    model, optimizer, scheduler, method, plan, cfg, files, accelerator, tokenizer,
-    reporter, start_step, on_step, on_eval=None,
-) -> dict[str, Any]:  # fmt: skip
-    """The optimizer-step loop. Returns timing and throughput statistics."""
+    state: TrainingState,
+    plan: Plan,
+    cfg: RunConfig,
+    files: RunFiles,
+    reporter: Reporter,
+    callbacks: Callbacks | None = None,
+) -> dict[str, Any]:
+    """The optimizer-step loop from `state.step` to `plan.total_steps`. Returns timing and
+    throughput statistics."""
+    model, optimizer, scheduler = state.model, state.optimizer, state.scheduler
+    method, accelerator = state.method, state.accelerator
+    callbacks = callbacks or Callbacks()
+    on_step, on_eval, start_step = callbacks.on_step, callbacks.on_eval, state.step
     total_steps, device = plan.total_steps, accelerator.device
     seen = Seen()  # examples and tokens of every window taken, resumed steps' too
-    windows = plan.windows(cfg, tokenizer.pad_token_id, start_step, seen)
+    windows = plan.windows(cfg, plan.pad_id, start_step, seen)
     reporter.start(f"{cfg.method.name} on {cfg.model.name}", total_steps, completed=start_step)
     model.train()
     seen_tokens, train_seconds, log_loss, log_tokens, last_loss = 0, 0.0, 0.0, 0, float("nan")
@@ -255,7 +292,7 @@ def run_steps(
         log_loss += window_loss
         log_tokens += n_labelled
         last_loss = window_loss / n_labelled
-        done = step + 1
+        done = state.step = step + 1
         elapsed = time.perf_counter() - started
         speed = seen_tokens / max(elapsed, 1e-9)
         reporter.update(done, {"loss": last_loss, "tokens_per_second": speed})

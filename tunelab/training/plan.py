@@ -33,6 +33,7 @@ class Plan:
     world: int = 1
     extras: Extras | None = None  # per-task evaluations and forgetting probes (training/tasks)
     train_examples: list = field(default_factory=list)  # before tokenising (tokenizer report)
+    pad_id: int = 0  # the tokenizer's padding id, for padded batches
 
     def batches(self, cfg: RunConfig, epoch: int, pad_id: int) -> list[dict[str, torch.Tensor]]:
         return make_batches(
@@ -95,7 +96,7 @@ def plan_data(cfg: RunConfig, tokenizer, method, model, rank: int = 0, world: in
     eval_items = tokenize_examples(datasets.eval, tokenizer, cfg.data) if datasets.eval else []
     pad_id = tokenizer.pad_token_id
     plan = Plan(train_items, [], datasets.eval, packing, 1, 1, rank, world,
-                train_examples=datasets.train)  # fmt: skip
+                train_examples=datasets.train, pad_id=pad_id)  # fmt: skip
     plan.extras = plan_extras(cfg, tokenizer, tasks)
     plan.eval_batches = make_batches(
         eval_items,
