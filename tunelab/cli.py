@@ -366,8 +366,16 @@ def serve(
         print(print_vllm_command(plan))
         return
     limits = dict(max_batch=max_batch, max_queue=max_queue, max_tokens=max_tokens)
-    run_server(plan, roots, host=host, port=port, api_key=api_key, allow_admin=allow_admin,
-               echo=console.print, **limits)  # fmt: skip
+    run_server(
+        plan,
+        roots,
+        host=host,
+        port=port,
+        api_key=api_key,
+        allow_admin=allow_admin,
+        echo=functools.partial(console.print, highlight=False, soft_wrap=True),
+        **limits,
+    )  # soft_wrap: the printed snippets must paste whole
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -165,5 +165,5 @@ def run_server(plan: Plan, roots: list[Path], *, host: str, port: int, echo=prin
     state = ServerState(adapters, scheduler, roots=roots, **limits)
     app = create_app(state)
     shown = "localhost" if host in ("127.0.0.1", "0.0.0.0") else host
-    echo(banner(f"http://{shown}:{port}", state.names(), state.api_key), highlight=False)
+    echo(banner(f"http://{shown}:{port}", state.names(), state.api_key))
     uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
