@@ -28,6 +28,7 @@ from torch import nn
 
 from tunelab.config import RunConfig, load_config
 from tunelab.data.mixture import format_report
+from tunelab.data.types import IGNORE
 from tunelab.io import append_jsonl, atomic_write_json
 from tunelab.methods import MethodContext, get_method
 from tunelab.methods.base import Method, count_parameters
@@ -83,7 +84,7 @@ def make_accelerator(cfg: RunConfig) -> Accelerator:
 
 
 def labelled_tokens(batch: dict[str, torch.Tensor]) -> int:
-    return int((batch["labels"][:, 1:] != -100).sum())
+    return int((batch["labels"][:, 1:] != IGNORE).sum())
 
 
 def real_tokens(batch: dict[str, torch.Tensor]) -> int:
