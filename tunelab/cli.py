@@ -294,7 +294,7 @@ def compare(
     resume. Writes runs/<name>/, results.json, results.md and report.html into the output
     folder."""
     from tunelab.compare import load_compare_config
-    from tunelab.compare.report import rich_table
+    from tunelab.compare.report import rich_table, rich_task_table
     from tunelab.compare.runner import compare as run_comparison
 
     chosen = None if methods is None else methods if methods == "all" else methods.split(",")
@@ -304,6 +304,9 @@ def compare(
     cfg = load_compare_config(config, flags=flags)
     results = run_comparison(cfg, label=str(config))
     wide_console().print(rich_table(results))
+    tasks = rich_task_table(results)
+    if tasks is not None:
+        wide_console().print(tasks)
     console.print(f"report: {Path(cfg.output_dir) / 'report.html'}", highlight=False)
 
 

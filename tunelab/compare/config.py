@@ -18,8 +18,10 @@ budget_steps: 60           # ... or equal optimizer steps (with both: whichever 
 budget_seconds: null       # ... and/or equal wall time (training only, not evaluation)
 overrides:                 # dotted run-config keys, per method of `methods:`
   lora: {method.r: 16, train.lr: 1.0e-3}
-quality: exact_match       # the metric the charts and the Pareto fronts use
+quality: exact_match       # the metric the charts and the Pareto fronts use; TASK/METRIC
+                           # (e.g. translate-en-xh/chrf++) names one of data.tasks' metrics
 output_dir: runs/compare
+x-tasks: {...}             # keys starting with x- are ignored: a place for YAML anchors
 ```
 
 A method is one kind of variant: `methods: [lora]` runs what `variants: {lora: {method: lora}}`
@@ -39,6 +41,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from tunelab.compare.tasks import split_quality
 from tunelab.config import RunConfig, load_config
 from tunelab.errors import ConfigError
 
@@ -49,6 +52,7 @@ FORBIDDEN_BASE_KEYS = {
 }
 FORBIDDEN_OVERRIDES = {"output_dir", "method.name"}
 BUDGET_KEYS = ("train.max_steps", "train.max_examples", "train.max_tokens")
+ANCHOR_PREFIX = "x-"  # top-level keys that only hold YAML anchors for the variants; ignored
 VARIANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # a folder name: OUTPUT/runs/<name>
 
 
@@ -164,6 +168,7 @@ def load_compare_config(
         label = str(source)
         raw = _read_yaml(Path(source))
     raw.update({key: value for key, value in (flags or {}).items() if value is not None})
+    raw = {key: value for key, value in raw.items() if not str(key).startswith(ANCHOR_PREFIX)}
     try:
         cfg = CompareConfig.model_validate(raw)
     except ValidationError as err:
@@ -241,8 +246,9 @@ def run_configs(cfg: CompareConfig, label: str = "config") -> dict[str, RunConfi
             raise ConfigError(f"{label}: {variant.kind} {variant.name}: {message}") from None
     quality = quality_metric(cfg, next(iter(configs.values())), label)
     for name, run in configs.items():
-        if quality not in run.eval.metrics:
-            raise ConfigError(f"{label}: variant {name}: eval.metrics: lacks {quality!r}")
+        lacking = _lacks_quality(run, quality)
+        if lacking:
+            raise ConfigError(f"{label}: variant {name}: {lacking}")
         _check_data_files(run, f"{label}: variant {name}")
     return configs
 
@@ -315,8 +321,9 @@ def quality_metric(cfg: CompareConfig, run: RunConfig, label: str = "config") ->
 
     metrics = run.eval.metrics
     if cfg.quality is not None:
-        if cfg.quality not in metrics:
-            raise ConfigError(f"{label}: quality: {cfg.quality!r} is not in base.eval.metrics")
+        lacking = _lacks_quality(run, cfg.quality)
+        if lacking:
+            raise ConfigError(f"{label}: quality: {cfg.quality!r}: {lacking}")
         return cfg.quality
     generative = [name for name in metrics if METRICS[name].generative]
     if generative:
@@ -324,3 +331,17 @@ def quality_metric(cfg: CompareConfig, run: RunConfig, label: str = "config") ->
     if "loss" not in metrics:
         raise ConfigError(f"{label}: quality: name one of base.eval.metrics")
     return "loss"
+
+
+def _lacks_quality(run: RunConfig, quality: str) -> str | None:
+    """Why `run` cannot report `quality` (a metric of eval.metrics, or TASK/METRIC of one of
+    its data.tasks), or None."""
+    task_name, metric = split_quality(quality)
+    if task_name is None:
+        return None if metric in run.eval.metrics else f"eval.metrics: lacks {metric!r}"
+    tasks = {task.name: task for task in run.data.tasks or []}
+    if task_name not in tasks:
+        return f"data.tasks: no task {task_name!r} (known: {', '.join(tasks) or 'none'})"
+    if metric not in tasks[task_name].task_metrics():
+        return f"task {task_name!r}: its metrics lack {metric!r}"
+    return None

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tunelab.compare.results import budget_text, pareto_sentences, table_cells, variant_sentences
+from tunelab.compare.tasks import table_notes, task_table
 from tunelab.io import read_jsonl
 from tunelab.report import html, plots
 
@@ -100,12 +101,22 @@ def render_report(results: dict[str, Any], title: str = "tunelab comparison") ->
             html.heading(f"Pareto-optimal {noun}"),
             html.bullet_list(pareto_sentences(results)),
             *(variants if results.get("variants") else []),
+            *task_blocks(results),
             html.heading("Charts"),
             html.charts(chart_figures(results)),
             html.heading("Outputs side by side"),
             *sample_blocks(results),
         ],
     )
+
+
+def task_blocks(results: dict[str, Any]) -> list[str]:
+    """The per-task table of multi-task runs (nothing for single-task comparisons)."""
+    headers, rows = task_table(results)
+    if not rows:
+        return []
+    return [html.heading("Per task"), html.paragraph(table_notes(), note=True),
+            html.table(headers, rows)]  # fmt: skip
 
 
 def sample_blocks(results: dict[str, Any]) -> list[str]:
@@ -148,4 +159,21 @@ def rich_table(results: dict[str, Any]) -> Table:
         row = [row[0], "failed" if row[1].startswith("failed") else row[1], *row[2:]]
         table.add_row(*(f"[bold green]{escape(text)}[/]" if (index, col) in best else escape(text)
                         for col, text in enumerate(row)))  # fmt: skip
+    return table
+
+
+def rich_task_table(results: dict[str, Any]) -> Table | None:
+    """The per-task table for the terminal, or None for single-task comparisons."""
+    from rich import box
+    from rich.markup import escape
+    from rich.table import Table
+
+    headers, rows = task_table(results)
+    if not rows:
+        return None
+    table = Table(title="per task (base → after each variant)", box=box.SIMPLE_HEAD)
+    for index, header in enumerate(headers):
+        table.add_column(header, justify="left" if index < 2 else "right")
+    for row in rows:
+        table.add_row(*(escape(text) for text in row))
     return table

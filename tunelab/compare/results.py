@@ -22,6 +22,7 @@ import yaml
 
 from tunelab.compare.config import flat_items
 from tunelab.compare.ranking import best_by, pareto_front
+from tunelab.compare.tasks import markdown_section, quality_pair, row_blocks
 from tunelab.compare.worker import MEASUREMENTS
 
 SUMMARY_FIELDS = (
@@ -84,8 +85,8 @@ def method_row(name: str, run_dir: Path, outcome: dict[str, Any], quality: str, 
     measured = json.loads((run_dir / MEASUREMENTS).read_text(encoding="utf-8"))
     row.update({key: summary.get(key) for key in SUMMARY_FIELDS})
     row.update({key: measured.get(key) for key in MEASURED_FIELDS})
-    row["quality_before"] = summary["before"].get(quality)
-    row["quality"] = summary["after"].get(quality)
+    row["quality_before"], row["quality"] = quality_pair(summary, quality)
+    row.update(row_blocks(summary))
     base_ppl = base.get("probe_perplexity")
     if base_ppl:
         row["forgetting"] = row["probe_perplexity"] - base_ppl
@@ -159,6 +160,7 @@ def markdown(results: dict[str, Any]) -> str:
     if results.get("variants"):
         lines += ["", "Variants:", ""]
         lines += [f"- {sentence}" for sentence in variant_sentences(results)]
+    lines += markdown_section(results)
     return "# Comparison\n\n" + "\n".join(lines) + "\n"
 
 

@@ -29,6 +29,7 @@ from tunelab.compare.progress import CompareProgress
 from tunelab.compare.report import render_report
 from tunelab.compare.results import build_results, markdown, method_row
 from tunelab.compare.samples import side_by_side
+from tunelab.compare.tasks import split_quality
 from tunelab.compare.worker import BASE, Job, is_finished, run_job
 from tunelab.config import RunConfig
 from tunelab.evaluate.metrics import METRICS
@@ -54,9 +55,11 @@ def compare(cfg: CompareConfig, *, label: str = "config", progress: bool = True)
         )  # fmt: skip
         for name, outcome in outcomes.items()
     ]
+    task, metric = split_quality(quality)
     results = build_results(rows, quality=quality, base=base, budget=cfg.budget(),
-                            higher_is_better=METRICS[quality].higher_is_better,
-                            variants=cfg.variants, samples=side_by_side(rows, output))  # fmt: skip
+                            higher_is_better=METRICS[metric].higher_is_better,
+                            variants=cfg.variants,
+                            samples=side_by_side(rows, output, task=task))  # fmt: skip
     write_outputs(output, results)
     return results
 

@@ -20,16 +20,21 @@ SIDE_BY_SIDE = 4  # prompts shown
 SHARED_SAMPLES = "samples-before.jsonl"  # the base model's outputs, beside OUTPUT/before.json
 
 
-def side_by_side(rows: list[dict[str, Any]], output: Path, count: int = SIDE_BY_SIDE) -> list:
+def side_by_side(rows: list[dict[str, Any]], output: Path, count: int = SIDE_BY_SIDE,
+                 task: str | None = None) -> list:  # fmt: skip
     """[{prompt, reference, base, outputs: {variant: {text, same_prompt} | None}}] for the first
-    `count` samples of the first finished variant that has any."""
+    `count` samples of the first finished variant that has any; `task`: that task's samples
+    of multi-task runs (samples-after-tasks.jsonl) instead of the main eval's."""
     after = {
-        row["variant"]: read_jsonl(Path(row["run_dir"]) / "samples-after.jsonl")
+        row["variant"]: _samples(Path(row["run_dir"]), "after", task)
         for row in rows
         if row["status"] == "finished"
     }
     shown = next((samples for samples in after.values() if samples), [])[:count]
-    base = base_samples(rows, output)
+    if task is None:
+        base = base_samples(rows, output)
+    else:
+        base = next((s for r in rows if (s := _samples(Path(r["run_dir"]), "before", task))), [])
     return [
         {
             "prompt": sample["prompt"],
@@ -39,6 +44,12 @@ def side_by_side(rows: list[dict[str, Any]], output: Path, count: int = SIDE_BY_
         }
         for index, sample in enumerate(shown)
     ]
+
+
+def _samples(run_dir: Path, tag: str, task: str | None) -> list[dict[str, Any]]:
+    if task is None:
+        return read_jsonl(run_dir / f"samples-{tag}.jsonl")
+    return [s for s in read_jsonl(run_dir / f"samples-{tag}-tasks.jsonl") if s["task"] == task]
 
 
 def base_samples(rows: list[dict[str, Any]], output: Path) -> list[dict[str, Any]]:
