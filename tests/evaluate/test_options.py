@@ -73,3 +73,30 @@ def test_option_accuracy_follows_the_labels(tiny):
 def test_option_accuracy_needs_options(tiny):
     with pytest.raises(ValueError, match="needs examples with options"):
         option_accuracy(*tiny, [Example("p", "r")])
+
+
+@pytest.mark.parametrize(
+    ("method", "arch"),
+    [("lora", "llama"), ("ia3", "gemma3"), ("adapter", "qwen2"), ("bitfit", "mistral"),
+     ("prompt", "llama"), ("prefix", "qwen2")],
+)  # fmt: skip
+def test_every_method_scores_options_as_brute_force(method, arch):
+    """The prompt-cache path (most methods) and the row-per-option path (prompt learning, whose
+    virtual tokens own the cache) both give the brute-force log-likelihoods."""
+    from tunelab.methods import METHODS, MethodContext
+    from tunelab.models.tiny import random_model
+
+    base, tokenizer = random_model(arch, seed=1)
+    small = {"num_virtual_tokens": 3} if method in ("prompt", "prefix") else {}
+    cfg = METHODS[method].Config(name=method, **small)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = METHODS[method].apply(base, cfg, MethodContext(tokenizer=tokenizer)).eval()
+    with torch.no_grad():  # move every trainable value off its identity init
+        for parameter in model.parameters():
+            if parameter.requires_grad:
+                parameter.add_(torch.randn_like(parameter) * 0.2)
+    prompt = PROMPTS[0]
+    scores = option_log_likelihoods(model, tokenizer, prompt, OPTIONS)
+    expected = [brute_force(model, tokenizer, prompt, option) for option in OPTIONS]
+    assert scores == pytest.approx(expected, abs=1e-3)
