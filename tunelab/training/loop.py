@@ -37,6 +37,7 @@ from tunelab.models.tokenizer_report import train_data_figures
 from tunelab.run import RunFiles, save_adapter, write_run_config
 from tunelab.training.budget import Seen
 from tunelab.training.checkpoint import resume_latest, save_checkpoint
+from tunelab.training.distributed import check_distributed, rewrap, step_scale, trainable_flags
 from tunelab.training.divergence import all_ranks, check_finite
 from tunelab.training.evaluation import evaluate_run, generation_summary
 from tunelab.training.fastpath import fast_paths
@@ -115,6 +116,7 @@ def train(
     check_output(files, resume=resume, overwrite=overwrite)
     seed_everything(cfg.train.seed)
     accelerator = make_accelerator(cfg)
+    check_distributed(accelerator)
     if not accelerator.is_main_process:
         reporter = SilentReporter()
     reporter = reporter or (BarReporter() if cfg.train.progress else SilentReporter())
@@ -271,14 +273,16 @@ def run_steps(
         window = next(windows, None)
         if window is None:  # the example or token budget is spent
             break
+        flags = trainable_flags(model)
         method.on_step(accelerator.unwrap_model(model), cfg.method, step, total_steps)
-        n_labelled = max(sum(labelled_tokens(b) for b in window), 1)
+        model = state.model = rewrap(model, flags, accelerator)  # the trainable set changed
+        n_labelled, scale = step_scale(sum(labelled_tokens(b) for b in window), accelerator)
         window_loss = 0.0
         for batch in window:
             batch = {k: v.to(device) for k, v in batch.items()}
             with accelerator.autocast():
                 loss_sum, _ = token_loss_sum(model, batch)
-            accelerator.backward(loss_sum / n_labelled)
+            accelerator.backward(loss_sum * scale)
             window_loss += float(loss_sum.detach())
             seen_tokens += real_tokens(batch)
         grad_norm = None
@@ -286,7 +290,8 @@ def run_steps(
             grad_norm = accelerator.clip_grad_norm_(
                 [p for p in model.parameters() if p.requires_grad], cfg.train.max_grad_norm
             )
-        check_finite(step + 1, all_ranks(window_loss, accelerator), grad_norm, cfg, files)
+        window_loss = all_ranks(window_loss, accelerator)  # every process's share
+        check_finite(step + 1, window_loss, grad_norm, cfg, files)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -331,6 +336,7 @@ def run_steps(
                 break
     train_seconds = time.perf_counter() - started
     reporter.finish()
+    seen_tokens = int(all_ranks(seen_tokens, accelerator))  # every process's
     return {"train_seconds": train_seconds, "seen_tokens": seen_tokens, "steps": done,
             "final_loss": last_loss, "examples_seen": seen.examples,
             "tokens_seen": seen.tokens}  # fmt: skip
