@@ -1,12 +1,14 @@
-"""Train several runs one after another in one process and keep each rank's final weights
-(run by test_multiprocess.py, under `accelerate launch --num_processes 2` or alone:
-`python multiprocess_harness.py SPEC.json OUT_DIR`).
+"""Train several runs one after another in one process and keep each process's final weights
+(test_multiprocess.py runs it under `accelerate launch --multi_gpu --num_processes 2` as
+`python multiprocess_harness.py SPEC.json OUT_DIR`, and calls `run_jobs` for the one-process
+reference; one start pays the imports once for every run).
 
 SPEC is a list of jobs `{"name", "config", "stop_after"?, "resume"?}`. A job with `stop_after`
-raises out of the loop after that optimizer step (a process dying there, on every rank); a job
-with `resume` resumes its output directory. After each job that finished, every rank writes
+raises out of the loop after that optimizer step, on every process (as a kill there would end
+it: the checkpoints stay, no adapter, no summary); a job with `resume` resumes its output
+directory. After each job that finished, every process writes
 `OUT_DIR/<name>.rank<R>.safetensors`: every parameter of the model and every buffer named
-`importance_indices` (the sparse-update masks), as that rank holds them when the loop ends.
+`importance_indices` (the sparse-update masks), as that process holds them when the loop ends.
 """
 
 from __future__ import annotations
@@ -17,43 +19,49 @@ from pathlib import Path
 
 
 class Stop(Exception):
-    """Raised from `on_step` to end a job mid-run, as a kill would (no save, no summary)."""
+    """Raised from `on_step` to end a job mid-run."""
 
 
-def main(spec_path: str, out: str) -> None:
+def run_jobs(jobs: list[dict], out: Path) -> None:
+    import torch.distributed as dist
     from safetensors.torch import save_file
 
     import tunelab.training.loop as loop
     from tunelab.training.progress import SilentReporter
 
-    finished = {}  # the state each rank holds when its step loop returns
+    held = {}  # what this process holds when its step loop returns
 
     def run_steps(state, *args, **kwargs):
         stats = original(state, *args, **kwargs)
         model = state.accelerator.unwrap_model(state.model)
-        tensors = {n: p.detach().clone().contiguous() for n, p in model.named_parameters()}
+        tensors = {n: p.detach().clone() for n, p in model.named_parameters()}
         tensors |= {n: b.clone() for n, b in model.named_buffers()
                     if n.endswith("importance_indices")}  # fmt: skip
-        finished["tensors"], finished["rank"] = tensors, state.accelerator.process_index
+        held["tensors"], held["rank"] = tensors, state.accelerator.process_index
         return stats
 
     original, loop.run_steps = loop.run_steps, run_steps
-    for job in json.loads(Path(spec_path).read_text()):
-        finished.clear()
-        stop_after = job.get("stop_after")
+    try:
+        for job in jobs:
+            held.clear()
+            stop_after = job.get("stop_after")
 
-        def on_step(step, stop_after=stop_after):
-            if stop_after is not None and step >= stop_after:
-                raise Stop
+            def on_step(step, stop_after=stop_after):
+                if stop_after is not None and step >= stop_after:
+                    raise Stop
 
-        try:
-            loop.train(job["config"], resume=job.get("resume", False),
-                       reporter=SilentReporter(), on_step=on_step)  # fmt: skip
-        except Stop:
-            continue
-        name = f"{job['name']}.rank{finished['rank']}.safetensors"
-        save_file(finished["tensors"], str(Path(out) / name))
+            try:
+                loop.train(job["config"], resume=job.get("resume", False),
+                           reporter=SilentReporter(), on_step=on_step)  # fmt: skip
+            except Stop:
+                if dist.is_initialized():
+                    dist.barrier()  # the main process has written its checkpoint
+                continue
+            path = Path(out) / f"{job['name']}.rank{held['rank']}.safetensors"
+            save_file(held["tensors"], str(path))
+    finally:
+        loop.run_steps = original
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    run_jobs(json.loads(Path(sys.argv[1]).read_text()), Path(sys.argv[2]))

@@ -10,14 +10,14 @@ processes on gloo or GPUs on NCCL): what keeps N processes equal to one.
   (frozen ones get none) or, worse, skip averaging (ones unfrozen later are not registered,
   so each process would apply its own gradient and the replicas drift apart). `rewrap` wraps
   the model anew whenever the set changes, as torch's own tests re-wrap a model.
-- Fully sharded data parallel (FSDP) is refused with one line: it is not tested here
-  (`check_distributed`).
+- Every other launch (FSDP, DeepSpeed, Megatron-LM, TPUs) is refused with one line before any
+  work: none is tested (`check_launch`, `check_distributed`).
 """
 
 from __future__ import annotations
 
 from accelerate import Accelerator
-from accelerate.utils import DistributedType
+from accelerate.utils import DistributedType, parse_flag_from_env
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -26,16 +26,33 @@ from tunelab.errors import ConfigError
 from tunelab.training.divergence import all_ranks
 
 TESTED = (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU)
+UNTESTED_LAUNCHES = {  # what `accelerate launch --use_fsdp` (...) tells the processes it starts
+    "ACCELERATE_USE_FSDP": "FSDP",
+    "ACCELERATE_USE_DEEPSPEED": "DeepSpeed",
+    "ACCELERATE_USE_MEGATRON_LM": "Megatron-LM",
+}
+SUPPORTED = (
+    "tested: one process, or data parallel with `accelerate launch --multi_gpu --num_processes "
+    "N` on CPUs or GPUs; see the README's Reliability section"
+)
+
+
+def check_launch() -> None:
+    """One line, before accelerate starts, for a launch whose training is not tested here
+    (accelerate's own FSDP start fails on a machine without a GPU, with a traceback)."""
+    for variable, name in UNTESTED_LAUNCHES.items():
+        if parse_flag_from_env(variable):
+            raise ConfigError(
+                f"accelerate launch: {name} is not supported by tunelab ({SUPPORTED})"
+            )
 
 
 def check_distributed(accelerator: Accelerator) -> None:
-    """One line, before any work, for a launch mode whose training is not tested."""
+    """The same for the launch mode accelerate settled on (e.g. a TPU, an FSDP plugin)."""
     kind = accelerator.distributed_type
     if kind not in TESTED:
         raise ConfigError(
-            f"accelerate launch: {kind.value} is not supported by tunelab (tested: one process, "
-            "or data parallel with `accelerate launch --multi_gpu --num_processes N`, on CPUs "
-            "or GPUs); see the README's multi-process section"
+            f"accelerate launch: {kind.value} is not supported by tunelab ({SUPPORTED})"
         )
 
 
@@ -69,4 +86,3 @@ def rewrap(model: nn.Module, flags: tuple[bool, ...], accelerator: Accelerator) 
     if handler is not None:
         handler.register_comm_hook(wrapped)
     return wrapped
-

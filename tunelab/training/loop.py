@@ -37,7 +37,13 @@ from tunelab.models.tokenizer_report import train_data_figures
 from tunelab.run import RunFiles, save_adapter, write_run_config
 from tunelab.training.budget import Seen
 from tunelab.training.checkpoint import resume_latest, save_checkpoint
-from tunelab.training.distributed import check_distributed, rewrap, step_scale, trainable_flags
+from tunelab.training.distributed import (
+    check_distributed,
+    check_launch,
+    rewrap,
+    step_scale,
+    trainable_flags,
+)
 from tunelab.training.divergence import all_ranks, check_finite
 from tunelab.training.evaluation import evaluate_run, generation_summary
 from tunelab.training.fastpath import fast_paths
@@ -81,7 +87,10 @@ def make_accelerator(cfg: RunConfig) -> Accelerator:
     mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
-    return Accelerator(cpu=use_cpu, mixed_precision=mixed)
+    check_launch()  # FSDP, DeepSpeed, ...: one line, not accelerate's traceback
+    accelerator = Accelerator(cpu=use_cpu, mixed_precision=mixed)
+    check_distributed(accelerator)
+    return accelerator
 
 
 def labelled_tokens(batch: dict[str, torch.Tensor]) -> int:
@@ -116,7 +125,6 @@ def train(
     check_output(files, resume=resume, overwrite=overwrite)
     seed_everything(cfg.train.seed)
     accelerator = make_accelerator(cfg)
-    check_distributed(accelerator)
     if not accelerator.is_main_process:
         reporter = SilentReporter()
     reporter = reporter or (BarReporter() if cfg.train.progress else SilentReporter())
