@@ -48,6 +48,7 @@ from tunelab.training.divergence import all_ranks, check_finite
 from tunelab.training.evaluation import evaluate_run, generation_summary
 from tunelab.training.fastpath import fast_paths
 from tunelab.training.loss import token_loss_sum
+from tunelab.training.memory import PeakMemory
 from tunelab.training.plan import Plan, plan_data
 from tunelab.training.preflight import (
     check_method,
@@ -274,6 +275,7 @@ def run_steps(
     windows = plan.windows(cfg, plan.pad_id, start_step, seen)
     reporter.start(f"{cfg.method.name} on {cfg.model.name}", total_steps, completed=start_step)
     model.train()
+    memory = PeakMemory.start(device)  # the steps' peak, not the model load's
     seen_tokens, train_seconds, log_loss, log_tokens, last_loss = 0, 0.0, 0.0, 0, float("nan")
     started = time.perf_counter()
     done = start_step
@@ -347,7 +349,7 @@ def run_steps(
     seen_tokens = int(all_ranks(seen_tokens, accelerator))  # every process's
     return {"train_seconds": train_seconds, "seen_tokens": seen_tokens, "steps": done,
             "final_loss": last_loss, "examples_seen": seen.examples,
-            "tokens_seen": seen.tokens}  # fmt: skip
+            "tokens_seen": seen.tokens, "peak_memory_mb": memory.peak_mb()}  # fmt: skip
 
 
 @torch.inference_mode()
@@ -360,14 +362,6 @@ def _eval_loss(model, plan: Plan, device) -> float:
     return total / max(count, 1)
 
 
-def _peak_memory_mb(accelerator) -> float:
-    if accelerator.device.type == "cuda":
-        return torch.cuda.max_memory_allocated() / 2**20
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def _summary(cfg, method, trainable, total, stats, before, after, plan, files, accelerator) -> dict:
     return {
         "method": cfg.method.name,
@@ -378,7 +372,7 @@ def _summary(cfg, method, trainable, total, stats, before, after, plan, files, a
         "steps": stats["steps"],
         "train_seconds": stats["train_seconds"],
         "train_tokens_per_second": stats["seen_tokens"] / max(stats["train_seconds"], 1e-9),
-        "peak_memory_mb": _peak_memory_mb(accelerator),
+        "peak_memory_mb": stats["peak_memory_mb"],  # of the training steps only
         "final_train_loss": stats["final_loss"],
         "examples_seen": stats["examples_seen"],  # every process's, resumed steps' too
         "tokens_seen": stats["tokens_seen"],  # non-padding input tokens
