@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -29,9 +30,11 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from tunelab.cli import app
+from tunelab.config import RunConfig
 from tunelab.errors import ConfigError
 from tunelab.models.tiny import random_model
-from tunelab.training.distributed import check_distributed
+from tunelab.training.distributed import WAIT, check_distributed
+from tunelab.training.loop import make_accelerator
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -167,3 +170,10 @@ def test_untested_launch_modes_are_refused_before_any_work(tmp_path, monkeypatch
     for kind in (DistributedType.FSDP, DistributedType.DEEPSPEED, DistributedType.XLA):
         with pytest.raises(ConfigError, match=f"{kind.value} is not supported"):
             check_distributed(SimpleNamespace(distributed_type=kind))
+
+
+def test_processes_wait_for_the_main_process_evaluation_longer_than_torch_would():
+    """torch's gloo process group gives up after 30 minutes; the main process's evaluation
+    with generation on a CPU can take longer while the others wait."""
+    cfg = RunConfig.model_validate({"train": {"device": "cpu"}})
+    assert make_accelerator(cfg).init_handler.timeout == WAIT >= timedelta(hours=12)

@@ -10,14 +10,19 @@ processes on gloo or GPUs on NCCL): what keeps N processes equal to one.
   (frozen ones get none) or, worse, skip averaging (ones unfrozen later are not registered,
   so each process would apply its own gradient and the replicas drift apart). `rewrap` wraps
   the model anew whenever the set changes, as torch's own tests re-wrap a model.
+- Only the main process evaluates and writes; the others wait for it at their next collective
+  call. torch gives up waiting after 30 minutes (gloo; NCCL 10), less than a CPU evaluation
+  with generation can take, so the process group waits `WAIT` instead (`process_group`).
 - Every other launch (FSDP, DeepSpeed, Megatron-LM, TPUs) is refused with one line before any
   work: none is tested (`check_launch`, `check_distributed`).
 """
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from accelerate import Accelerator
-from accelerate.utils import DistributedType, parse_flag_from_env
+from accelerate.utils import DistributedType, InitProcessGroupKwargs, parse_flag_from_env
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -25,6 +30,7 @@ from tunelab.compat import drop_ddp_hooks
 from tunelab.errors import ConfigError
 from tunelab.training.divergence import all_ranks
 
+WAIT = timedelta(hours=12)  # how long a process waits for the others (e.g. the main's eval)
 TESTED = (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU)
 UNTESTED_LAUNCHES = {  # what `accelerate launch --use_fsdp` (...) tells the processes it starts
     "ACCELERATE_USE_FSDP": "FSDP",
@@ -35,6 +41,11 @@ SUPPORTED = (
     "tested: one process, or data parallel with `accelerate launch --multi_gpu --num_processes "
     "N` on CPUs or GPUs; see the README's Reliability section"
 )
+
+
+def process_group() -> list[InitProcessGroupKwargs]:
+    """accelerate's settings for the process group (ignored by a single process)."""
+    return [InitProcessGroupKwargs(timeout=WAIT)]
 
 
 def check_launch() -> None:

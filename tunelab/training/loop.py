@@ -40,6 +40,7 @@ from tunelab.training.checkpoint import resume_latest, save_checkpoint
 from tunelab.training.distributed import (
     check_distributed,
     check_launch,
+    process_group,
     rewrap,
     step_scale,
     trainable_flags,
@@ -89,7 +90,7 @@ def make_accelerator(cfg: RunConfig) -> Accelerator:
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
     check_launch()  # FSDP, DeepSpeed, ...: one line, not accelerate's traceback
-    accelerator = Accelerator(cpu=use_cpu, mixed_precision=mixed)
+    accelerator = Accelerator(cpu=use_cpu, mixed_precision=mixed, kwargs_handlers=process_group())
     check_distributed(accelerator)
     return accelerator
 
