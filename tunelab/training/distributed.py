@@ -82,17 +82,16 @@ def trainable_flags(model: nn.Module) -> tuple[bool, ...]:
 
 def rewrap(model: nn.Module, flags: tuple[bool, ...], accelerator: Accelerator) -> nn.Module:
     """`model` itself, unless it is DDP-wrapped and the trainable set is no longer `flags`:
-    then the old wrapper's gradient hooks are removed and the model is wrapped again (a new
-    wrapper also checks that every process holds the same parameters)."""
+    then the old wrapper's gradient hooks are removed and the model is wrapped again. The new
+    wrapper skips the broadcast of every weight a first wrap does: the replicas are already
+    the same (the first wrap made them so, and every step since applied the same gradient)."""
     if not isinstance(model, DistributedDataParallel) or trainable_flags(model) == flags:
         return model
     drop_ddp_hooks(model)
     handler = accelerator.ddp_handler
+    settings = {**(handler.to_kwargs() if handler is not None else {}), "init_sync": False}
     wrapped = DistributedDataParallel(
-        model.module,
-        device_ids=model.device_ids,
-        output_device=model.output_device,
-        **(handler.to_kwargs() if handler is not None else {}),
+        model.module, device_ids=model.device_ids, output_device=model.output_device, **settings
     )
     if handler is not None:
         handler.register_comm_hook(wrapped)
