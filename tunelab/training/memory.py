@@ -13,6 +13,9 @@ The training loop and the benchmarks (benchmarks/sides.py) measure through this 
   cannot be reset and is in bytes on macOS, KiB on Linux. When it grew during the window, the
   peak fell inside it and the value is exact; otherwise the window's peak is at most that
   value, which is reported (`exact` is then False).
+
+Windows do not nest where the mark is reset (CUDA, Linux): opening one restarts every window
+still open (a benchmark's window around `run_steps` then starts where the loop's own does).
 """
 
 from __future__ import annotations
