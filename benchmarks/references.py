@@ -29,9 +29,10 @@ import argparse
 import tempfile
 
 import torch
-from sides import Clock, Trained, Workload, build_workload, count_work, reset_peak_rss
+from sides import Clock, Trained, Workload, build_workload, count_work
 
 from tunelab.data.types import IGNORE
+from tunelab.training.memory import PeakMemory
 
 
 def reference_model(name: str, seed: int):
@@ -149,9 +150,10 @@ def run_reference(args: argparse.Namespace, reference: str) -> Trained:
         else:
             trainer = trainer_for(reference, args, model, tokenizer, work, scratch)
         with count_work(trainer.model) as counted:
-            reset_peak_rss()
+            memory = PeakMemory.start("cpu")
             clock = Clock()
             trainer.train()
             seconds, cpu = clock.read()
     steps = trainer.state.global_step
-    return Trained(model, tokenizer.pad_token_id, work, seconds, cpu, steps, counted.figures())
+    figures = counted.figures()
+    return Trained(model, tokenizer.pad_token_id, work, seconds, cpu, steps, figures, memory)

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import resource
 import sys
 import tempfile
 import time
@@ -37,6 +36,7 @@ from tunelab.config import DataConfig, ModelConfig, RunConfig
 from tunelab.data import Tokenized, build_datasets, tokenize_examples
 from tunelab.data.batching import pack_rows, padded_batch
 from tunelab.data.types import IGNORE
+from tunelab.training.memory import PeakMemory
 
 EVAL_BATCH = 8
 
@@ -109,24 +109,6 @@ def eval_loss(model, items: list[Tokenized], pad_id: int) -> float:
 # ---------------------------------------------------------------- memory
 
 
-def reset_peak_rss() -> None:
-    """Start a new peak-RSS window (Linux: writing 5 to clear_refs resets VmHWM)."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass  # the window then covers the whole process, which only overstates both sides
-
-
-def peak_rss_mb() -> float:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 @dataclass
 class Trained:
     """What a side hands back after training: the model and how the training went."""
@@ -138,13 +120,14 @@ class Trained:
     cpu_seconds: float  # CPU time of the process over the same span (all threads)
     steps: int
     extra: dict
+    memory: PeakMemory | None = None  # the training window's peak memory (opened before it)
 
 
 def figures(trained: Trained) -> dict:
     """The side's JSON record: speed, peak memory of the training window, eval loss."""
     from tunelab.methods.base import count_parameters
 
-    peak = peak_rss_mb()  # first: the evaluation below must not count
+    peak = trained.memory.peak_mb()  # first: the evaluation below must not count
     params = matmul_params(trained.model)
     return {
         "seconds": trained.seconds,
@@ -235,13 +218,13 @@ def run_tunelab(args: argparse.Namespace, variant: str) -> Trained:
     plan = Plan(work.train, [], [], packing, args.steps, args.steps, pad_id=tokenizer.pad_token_id)
     share = variant == "default"
     with count_work(model) as counted:
-        reset_peak_rss()
+        memory = PeakMemory.start("cpu")
         clock = Clock()
         steps = train_steps(model, method, cfg, plan, share, accelerator)
         seconds, cpu = clock.read()
     extra = {"tokens_per_row": cfg.train.tokens_per_batch, **counted.figures()}
     model = accelerator.unwrap_model(model)
-    return Trained(model, tokenizer.pad_token_id, work, seconds, cpu, steps, extra)
+    return Trained(model, tokenizer.pad_token_id, work, seconds, cpu, steps, extra, memory)
 
 
 def train_steps(model, method, cfg: RunConfig, plan, share: bool, accelerator) -> int:

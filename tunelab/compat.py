@@ -1,4 +1,4 @@
-"""Every use of a private transformers / PEFT / Optuna internal, in one place, checked once.
+"""Every use of a private transformers / PEFT / Optuna / torch internal, in one place.
 
 tunelab's training fast paths lean on things those libraries do not promise to keep:
 - the attention implementation a model runs under (`config._attn_implementation`), and
@@ -7,7 +7,8 @@ tunelab's training fast paths lean on things those libraries do not promise to k
   layer's `forward`) for the fused LoRA linear and SwiGLU MLP;
 - `logits_to_keep` and a head that the model calls once on its final hidden states (the loss
   bypasses the head and projects only labelled positions itself);
-- Optuna's storage object, to fail a trial whose worker process died.
+- Optuna's storage object, to fail a trial whose worker process died;
+- the gradient hooks of torch's DistributedDataParallel, removed before a model is re-wrapped.
 
 `fast_paths_enabled()` checks, at first use in a process, that the installed transformers and
 PEFT lie in the ranges the fast paths were tested on (`TESTED`, also declared in
@@ -264,3 +265,13 @@ def fail_trial(study, trial, message: str) -> bool:
         return storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
     except optuna.exceptions.UpdateFinishedTrialError:
         return False
+
+
+# ---------------------------------------------------------------- torch's DDP
+
+
+def drop_ddp_hooks(wrapped: nn.Module) -> None:
+    """Remove the gradient hooks a DistributedDataParallel wrapper registered on its model's
+    parameters, before the model is wrapped anew (training/distributed.py). torch has no
+    public call for this; its own tests re-wrap a model the same way."""
+    wrapped._remove_autograd_hooks()

@@ -1,4 +1,11 @@
-"""Atomic writes: an artifact is either complete on disk or absent, never half-written."""
+"""Atomic writes: an artifact is either complete on disk or absent, never half-written.
+
+Each is written under a temporary name in the same folder and renamed into place. Against a
+killed process the rename is enough; against a power cut the data must reach the disk before
+the rename does, and the rename itself must too: every file is fsync'ed before the rename
+(a folder's files, and the folder, included) and the parent folder after it, where the
+operating system allows a folder to be opened (not on Windows).
+"""
 
 from __future__ import annotations
 
@@ -39,6 +46,39 @@ def _disk_full_error(path: Path) -> DiskFull:
     )
 
 
+def fsync_file(path: Path) -> None:
+    """Flush a written file's data to the disk."""
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def fsync_dir(path: Path) -> None:
+    """Flush a folder's entries (names created, renamed, removed) to the disk; nothing where a
+    folder cannot be opened (Windows)."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:  # some file systems refuse fsync on folders: nothing more to do there
+        pass
+    finally:
+        os.close(descriptor)
+
+
+def fsync_tree(root: Path) -> None:
+    """Flush every file under `root`, then every folder, deepest first, `root` last."""
+    folders = [root]
+    for child in sorted(root.rglob("*")):
+        if child.is_dir():
+            folders.append(child)
+        elif child.is_file():
+            fsync_file(child)
+    for folder in reversed(folders):
+        fsync_dir(folder)
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write `text` to `path` through a temporary file in the same folder, then rename."""
     path = Path(path)
@@ -51,6 +91,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; artifacts are ordinary files
         os.replace(tmp, path)
+        fsync_dir(path.parent)  # the rename itself
     except Exception as error:
         full = disk_full(error, path.parent)
         Path(tmp).unlink(missing_ok=True)
@@ -102,14 +143,17 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         tmp.chmod(0o755)  # mkdtemp makes 0700; artifacts are ordinary folders
         for child in tmp.rglob("*"):
             child.chmod(0o755 if child.is_dir() else 0o644)
+        fsync_tree(tmp)  # written by libraries (safetensors, torch.save) that do not flush
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)
             os.replace(path, old)
             os.replace(tmp, path)
+            fsync_dir(path.parent)
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)
+            fsync_dir(path.parent)
     except DiskFull:
         shutil.rmtree(tmp, ignore_errors=True)
         raise _disk_full_error(path) from None

@@ -19,6 +19,7 @@ import numpy as np
 from tunelab.errors import TunelabError
 from tunelab.export.layout import add_hyperparameters, gguf_tensors, layout_of
 from tunelab.export.vocab import add_tokenizer
+from tunelab.io import fsync_dir, fsync_file
 
 Q = gguf.GGMLQuantizationType
 # --dtype -> (matrix tensor type, general.file_type)
@@ -96,9 +97,9 @@ def _write_atomically(writer: gguf.GGUFWriter, output: Path, progress: bool) -> 
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file(progress=progress)
         writer.close()
-        with open(scratch, "rb+") as handle:
-            os.fsync(handle.fileno())
+        fsync_file(scratch)
         os.replace(scratch, output)
+        fsync_dir(output.parent)  # the rename itself
     except BaseException:
         writer.close()
         scratch.unlink(missing_ok=True)

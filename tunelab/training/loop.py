@@ -37,10 +37,19 @@ from tunelab.models.tokenizer_report import train_data_figures
 from tunelab.run import RunFiles, save_adapter, write_run_config
 from tunelab.training.budget import Seen
 from tunelab.training.checkpoint import resume_latest, save_checkpoint
+from tunelab.training.distributed import (
+    check_distributed,
+    check_launch,
+    process_group,
+    rewrap,
+    step_scale,
+    trainable_flags,
+)
 from tunelab.training.divergence import all_ranks, check_finite
 from tunelab.training.evaluation import evaluate_run, generation_summary
 from tunelab.training.fastpath import fast_paths
 from tunelab.training.loss import token_loss_sum
+from tunelab.training.memory import PeakMemory
 from tunelab.training.plan import Plan, plan_data
 from tunelab.training.preflight import (
     check_method,
@@ -80,7 +89,10 @@ def make_accelerator(cfg: RunConfig) -> Accelerator:
     mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
-    return Accelerator(cpu=use_cpu, mixed_precision=mixed)
+    check_launch()  # FSDP, DeepSpeed, ...: one line, not accelerate's traceback
+    accelerator = Accelerator(cpu=use_cpu, mixed_precision=mixed, kwargs_handlers=process_group())
+    check_distributed(accelerator)
+    return accelerator
 
 
 def labelled_tokens(batch: dict[str, torch.Tensor]) -> int:
@@ -264,6 +276,7 @@ def run_steps(
     windows = plan.windows(cfg, plan.pad_id, start_step, seen)
     reporter.start(f"{cfg.method.name} on {cfg.model.name}", total_steps, completed=start_step)
     model.train()
+    memory = PeakMemory.start(device)  # the steps' peak, not the model load's
     seen_tokens, train_seconds, log_loss, log_tokens, last_loss = 0, 0.0, 0.0, 0, float("nan")
     started = time.perf_counter()
     done = start_step
@@ -271,14 +284,16 @@ def run_steps(
         window = next(windows, None)
         if window is None:  # the example or token budget is spent
             break
+        flags = trainable_flags(model)
         method.on_step(accelerator.unwrap_model(model), cfg.method, step, total_steps)
-        n_labelled = max(sum(labelled_tokens(b) for b in window), 1)
+        model = state.model = rewrap(model, flags, accelerator)  # the trainable set changed
+        n_labelled, scale = step_scale(sum(labelled_tokens(b) for b in window), accelerator)
         window_loss = 0.0
         for batch in window:
             batch = {k: v.to(device) for k, v in batch.items()}
             with accelerator.autocast():
                 loss_sum, _ = token_loss_sum(model, batch)
-            accelerator.backward(loss_sum / n_labelled)
+            accelerator.backward(loss_sum * scale)
             window_loss += float(loss_sum.detach())
             seen_tokens += real_tokens(batch)
         grad_norm = None
@@ -286,7 +301,8 @@ def run_steps(
             grad_norm = accelerator.clip_grad_norm_(
                 [p for p in model.parameters() if p.requires_grad], cfg.train.max_grad_norm
             )
-        check_finite(step + 1, all_ranks(window_loss, accelerator), grad_norm, cfg, files)
+        window_loss = all_ranks(window_loss, accelerator)  # every process's share
+        check_finite(step + 1, window_loss, grad_norm, cfg, files)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -331,9 +347,10 @@ def run_steps(
                 break
     train_seconds = time.perf_counter() - started
     reporter.finish()
+    seen_tokens = int(all_ranks(seen_tokens, accelerator))  # every process's
     return {"train_seconds": train_seconds, "seen_tokens": seen_tokens, "steps": done,
             "final_loss": last_loss, "examples_seen": seen.examples,
-            "tokens_seen": seen.tokens}  # fmt: skip
+            "tokens_seen": seen.tokens, "peak_memory_mb": memory.peak_mb()}  # fmt: skip
 
 
 @torch.inference_mode()
@@ -346,14 +363,6 @@ def _eval_loss(model, plan: Plan, device) -> float:
     return total / max(count, 1)
 
 
-def _peak_memory_mb(accelerator) -> float:
-    if accelerator.device.type == "cuda":
-        return torch.cuda.max_memory_allocated() / 2**20
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def _summary(cfg, method, trainable, total, stats, before, after, plan, files, accelerator) -> dict:
     return {
         "method": cfg.method.name,
@@ -364,7 +373,7 @@ def _summary(cfg, method, trainable, total, stats, before, after, plan, files, a
         "steps": stats["steps"],
         "train_seconds": stats["train_seconds"],
         "train_tokens_per_second": stats["seen_tokens"] / max(stats["train_seconds"], 1e-9),
-        "peak_memory_mb": _peak_memory_mb(accelerator),
+        "peak_memory_mb": stats["peak_memory_mb"],  # of the training steps only
         "final_train_loss": stats["final_loss"],
         "examples_seen": stats["examples_seen"],  # every process's, resumed steps' too
         "tokens_seen": stats["tokens_seen"],  # non-padding input tokens

@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from tunelab.compat import accepts_logits_to_keep, fast_paths_enabled
 from tunelab.data.types import IGNORE
@@ -45,8 +46,9 @@ def token_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[to
     positions = keep.any(dim=0).nonzero().squeeze(-1)  # (K,)
     kept_targets = targets[:, positions]  # (B, K)
     mask = kept_targets != IGNORE  # (B, K)
-    shift = _virtual_tokens(model)  # outputs of prompt-tuned models start with V of them
-    head = _plain_head(model)
+    inner = unwrapped(model)  # what the model is; the forward still runs through `model`
+    shift = _virtual_tokens(inner)  # outputs of prompt-tuned models start with V of them
+    head = _plain_head(inner)
     if head is None:  # a head we cannot bypass: project every kept position, then score
         logits = _kept_logits(model, model_inputs(batch), positions + shift)  # (B, K, V)
         loss = F.cross_entropy(logits[mask].float(), kept_targets[mask], reduction="sum")
@@ -54,6 +56,12 @@ def token_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[to
     hidden = _kept_hidden(model, head, model_inputs(batch), positions + shift)  # (B, K, d)
     loss = linear_cross_entropy(hidden[mask], head.weight, head.bias, kept_targets[mask])
     return loss, n_tokens
+
+
+def unwrapped(model: nn.Module) -> nn.Module:
+    """The model inside a DistributedDataParallel wrapper (multi-process training), whose
+    attributes say what it is (its head, its virtual tokens); any other model as it is."""
+    return model.module if isinstance(model, DistributedDataParallel) else model
 
 
 def linear_cross_entropy(

@@ -1,0 +1,67 @@
+"""Train several runs one after another in one process and keep each process's final weights
+(test_multiprocess.py runs it under `accelerate launch --multi_gpu --num_processes 2` as
+`python multiprocess_harness.py SPEC.json OUT_DIR`, and calls `run_jobs` for the one-process
+reference; one start pays the imports once for every run).
+
+SPEC is a list of jobs `{"name", "config", "stop_after"?, "resume"?}`. A job with `stop_after`
+raises out of the loop after that optimizer step, on every process (as a kill there would end
+it: the checkpoints stay, no adapter, no summary); a job with `resume` resumes its output
+directory. After each job that finished, every process writes
+`OUT_DIR/<name>.rank<R>.safetensors`: every parameter of the model and every buffer named
+`importance_indices` (the sparse-update masks), as that process holds them when the loop ends.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+class Stop(Exception):
+    """Raised from `on_step` to end a job mid-run."""
+
+
+def run_jobs(jobs: list[dict], out: Path) -> None:
+    import torch.distributed as dist
+    from safetensors.torch import save_file
+
+    import tunelab.training.loop as loop
+    from tunelab.training.progress import SilentReporter
+
+    held = {}  # what this process holds when its step loop returns
+
+    def run_steps(state, *args, **kwargs):
+        stats = original(state, *args, **kwargs)
+        model = state.accelerator.unwrap_model(state.model)
+        tensors = {n: p.detach().clone() for n, p in model.named_parameters()}
+        tensors |= {n: b.clone() for n, b in model.named_buffers()
+                    if n.endswith("importance_indices")}  # fmt: skip
+        held["tensors"], held["rank"] = tensors, state.accelerator.process_index
+        return stats
+
+    original, loop.run_steps = loop.run_steps, run_steps
+    try:
+        for job in jobs:
+            held.clear()
+            stop_after = job.get("stop_after")
+
+            def on_step(step, stop_after=stop_after):
+                if stop_after is not None and step >= stop_after:
+                    raise Stop
+
+            try:
+                loop.train(job["config"], resume=job.get("resume", False),
+                           reporter=SilentReporter(), on_step=on_step)  # fmt: skip
+            except Stop:
+                if dist.is_initialized():
+                    dist.barrier()  # the main process has written its checkpoint
+                continue
+            path = Path(out) / f"{job['name']}.rank{held['rank']}.safetensors"
+            save_file(held["tensors"], str(path))
+    finally:
+        loop.run_steps = original
+
+
+if __name__ == "__main__":
+    run_jobs(json.loads(Path(sys.argv[1]).read_text()), Path(sys.argv[2]))
