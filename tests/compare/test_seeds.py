@@ -17,6 +17,7 @@ from tunelab.compare import load_compare_config
 from tunelab.compare.config import run_configs
 from tunelab.compare.seeds import (
     aggregate_rows,
+    seed_table,
     seeded_runs,
     separation,
     summarise,
@@ -159,6 +160,13 @@ def test_aggregated_row_holds_means_spread_and_every_seed():
     assert stats["bleu"]["sd"] == pytest.approx(1.0) and stats["seq-rep-4"]["mean"] == 2.0
     assert row["run_dir"] == "r/lora/seed-0" and len(row["runs"]) == 4
     assert row["packing"] is True and "generation" not in row
+    assert row["trainable_params"] == 100 and isinstance(row["trainable_params"], int)
+    results = {"quality_metric": "chrf++", "methods": [row],
+               "seeds": {"seeds": [0, 1, 2, 3], "confidence": 0.95}}  # fmt: skip
+    headers, (cells,) = seed_table(results)
+    assert headers.count("chrf++") == 0 and headers[5:] == ["bleu", "seq-rep-4"]
+    assert cells[:4] == ["lora", "3/4", f"14.17 ± {math.sqrt(57) / 6:.2g}", "[11.04, 17.29]"]
+    assert cells[4] == "s0: 13 [12, 14]; s1: 14 [13, 15]; s2: 15.5 [14.5, 16.5]"
 
 
 def test_a_variant_whose_seeds_all_failed_is_failed():

@@ -154,12 +154,15 @@ def _keys(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def mean_tree(values: list[Any]) -> Any:
-    """The mean of numbers, key by key through nested dicts; for anything else (text, flags,
-    lists) the first value. Missing values (None) are left out of a mean."""
+    """The mean of numbers, key by key through nested dicts (a count equal in every seed stays
+    that int); for anything else (text, flags, lists) the first value. Missing values (None)
+    are left out of a mean."""
     present = [value for value in values if value is not None]
     if not present:
         return None
     if all(_is_number(value) for value in present):
+        if all(isinstance(value, int) for value in present) and len(set(present)) == 1:
+            return present[0]  # a count every seed shares (trainable parameters) stays a count
         return sum(present) / len(present)
     if all(isinstance(value, dict) for value in present):
         keys = _keys(present)
@@ -292,7 +295,8 @@ def seed_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         return [], []
     quality = results["quality_metric"]
     rows = [r for r in results["methods"] if r.get("seed_stats") or r["status"] != "finished"]
-    others = [m for m in _keys([r.get("seed_stats", {}) for r in rows]) if m != "quality"]
+    shown = {"quality", quality}  # the quality metric is the third column already
+    others = [m for m in _keys([r.get("seed_stats", {}) for r in rows]) if m not in shown]
     share = f"{100 * results['seeds']['confidence']:g} %"
     headers = ["variant", "seeds", f"{quality} mean ± sd", f"{share} interval (t)",
                f"{quality} per seed [bootstrap {share}]", *others]  # fmt: skip
