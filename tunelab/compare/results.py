@@ -162,7 +162,8 @@ def markdown(results: dict[str, Any]) -> str:
     for index, row in enumerate(cells):
         shown = [f"**{text}**" if (index, col) in best else text for col, text in enumerate(row)]
         lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in shown) + " |")
-    lines += ["", "Best in bold. " + budget_text(results["budget"]), ""]
+    over_seeds = " (on the means over the seeds)" if results.get("seeds") else ""
+    lines += ["", f"Best in bold{over_seeds}. " + budget_text(results["budget"]), ""]
     lines += [f"- {sentence}" for sentence in pareto_sentences(results)]
     if results.get("variants"):
         lines += ["", "Variants:", ""]
