@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint format bench clean
+.PHONY: install demo test lint format bench study clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -33,6 +33,10 @@ test: install lint
 
 bench: install
 	$(PY) benchmarks/throughput.py
+
+# The founding study (README): hours of CPU, resumable (rerun to resume). Gemma: 'tunelab[gemma]'.
+study: install
+	TUNELAB=$(VENV)/bin/tunelab examples/study/run.sh
 
 clean:
 	rm -rf $(VENV) runs outputs .pytest_cache .ruff_cache

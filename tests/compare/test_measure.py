@@ -9,7 +9,7 @@ import math
 import pytest
 from rich.console import Console
 
-from tunelab.compare.measure import forced_length, ms_per_token
+from tunelab.compare.measure import forced_length, measure_run, ms_per_token
 from tunelab.compare.progress import CompareProgress
 from tunelab.compare.worker import QueueReporter
 from tunelab.config import load_config
@@ -66,6 +66,20 @@ def test_stop_training_ends_the_run_gracefully(tmp_path):
     result = train(config, on_step=stop_after_two)
     assert result.summary["steps"] == 2
     assert result.summary["after"]["loss"] > 0 and (result.run_dir / "adapter").is_dir()
+
+
+def test_a_run_that_cannot_merge_is_measured_unmerged_with_the_reason(tmp_path):
+    """BitFit adds MLP biases that Gemma 3's config cannot declare: the study's bitfit runs on
+    Gemma must still be measured (unmerged), not fail after training."""
+    config = {**tiny_base(), "method": {"name": "bitfit"}, "output_dir": str(tmp_path / "run")}
+    config["model"] = {"name": "random:gemma3"}
+    config["train"] = {**config["train"], "max_steps": 1, "progress": False}
+    config["eval"] = {"metrics": ["loss"], "before": False, "forgetting": False}
+    result = train(config)
+    measured = measure_run(result.run_dir, load_config(config), tokens=2)
+    assert measured["inference_ms_per_token"] > 0
+    assert measured["merged_inference_ms_per_token"] is None
+    assert "bitfit: gemma3_text cannot declare a bias" in measured["merge_note"]
 
 
 def test_budget_clock_starts_with_training():

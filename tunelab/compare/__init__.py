@@ -10,6 +10,8 @@ runner.py   compare(): one process per variant, resume, failures recorded
 worker.py   what runs inside each process (train, then measure)
 measure.py  forgetting probe and inference timing; probe.py holds the probe text
 results.py  rows, winners, Pareto fronts, Markdown; ranking.py the Pareto maths
+seeds.py    `seeds:`: one run per variant and seed, aggregated (mean, sd, t-interval), and
+            which variants' intervals separate
 samples.py  a few eval prompts with every variant's output side by side
 report.py   report.html; progress.py the one progress view across all variants
 """

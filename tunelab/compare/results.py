@@ -7,7 +7,10 @@ A row holds the five trade-offs and more: trainable parameters (count, %), artif
 training seconds and tokens/s, peak memory, quality before/after (every configured metric),
 forgetting (probe perplexity change against the base model) and inference cost (ms per
 generated token, unmerged and merged), and what the budget bought: `examples_seen` and
-`tokens_seen`. A failed variant's row has `status: failed` and its `error`, and no numbers.
+`tokens_seen`; `generation`: summary.json's intervals, paired test and repetition figures.
+A failed variant's row has `status: failed` and its `error`, and no numbers. With `seeds:`, a
+row is a variant's runs over the seeds, aggregated (compare.seeds): means, the quality's spread
+and interval, every seed's own row under `runs`.
 """
 
 from __future__ import annotations
@@ -22,15 +25,17 @@ import yaml
 
 from tunelab.compare.config import flat_items
 from tunelab.compare.ranking import best_by, pareto_front
+from tunelab.compare.seeds import markdown_section as seeds_markdown
 from tunelab.compare.tasks import markdown_section, quality_pair, row_blocks
 from tunelab.compare.worker import MEASUREMENTS
 
 SUMMARY_FIELDS = (
     "trainable_params", "total_params", "trainable_percent", "adapter_bytes", "steps",
     "train_seconds", "train_tokens_per_second", "peak_memory_mb", "final_train_loss", "lr",
-    "examples_seen", "tokens_seen", "packing", "before", "after",
+    "examples_seen", "tokens_seen", "packing", "before", "after", "generation",
 )  # fmt: skip
-MEASURED_FIELDS = ("probe_perplexity", "inference_ms_per_token", "merged_inference_ms_per_token")
+MEASURED_FIELDS = ("probe_perplexity", "inference_ms_per_token", "merged_inference_ms_per_token",
+                   "merge_note")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -140,6 +145,8 @@ def table_cells(results: dict[str, Any]) -> tuple[list[str], list[list[str]], se
             cells.append([row["variant"], error] + [""] * (len(ranked) + 1))
             continue
         status = "done earlier" if row.get("skipped") else "done"
+        if row.get("runs") is not None:  # a variant's runs over the seeds
+            status += f" ({len(row['seeds'])}/{len(row['runs'])} seeds)"
         seen = _number(row.get("examples_seen"), "{:,}")
         cells.append([row["variant"], status, seen, *(c.show(row) for c in ranked)])
         for column, criterion in enumerate(ranked, start=3):
@@ -155,12 +162,14 @@ def markdown(results: dict[str, Any]) -> str:
     for index, row in enumerate(cells):
         shown = [f"**{text}**" if (index, col) in best else text for col, text in enumerate(row)]
         lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in shown) + " |")
-    lines += ["", "Best in bold. " + budget_text(results["budget"]), ""]
+    over_seeds = " (on the means over the seeds)" if results.get("seeds") else ""
+    lines += ["", f"Best in bold{over_seeds}. " + budget_text(results["budget"]), ""]
     lines += [f"- {sentence}" for sentence in pareto_sentences(results)]
     if results.get("variants"):
         lines += ["", "Variants:", ""]
         lines += [f"- {sentence}" for sentence in variant_sentences(results)]
     lines += markdown_section(results)
+    lines += seeds_markdown(results)
     return "# Comparison\n\n" + "\n".join(lines) + "\n"
 
 
@@ -218,7 +227,14 @@ def _number(value: float | None, pattern: str) -> str:
 
 
 def _show_quality(row: dict[str, Any]) -> str:
-    return f"{_number(row.get('quality_before'), '{:.4g}')} → {_number(row['quality'], '{:.4g}')}"
+    """before → after; over seeds: before → mean ± sd [95 % interval]."""
+    text = f"{_number(row.get('quality_before'), '{:.4g}')} → {_number(row['quality'], '{:.4g}')}"
+    if row.get("quality_sd") is not None:
+        text += f" ± {row['quality_sd']:.2g}"
+    interval = row.get("quality_interval")
+    if interval:
+        text += f" [{interval['low']:.4g}, {interval['high']:.4g}]"
+    return text
 
 
 def _show_trainable(row: dict[str, Any]) -> str:

@@ -6,13 +6,14 @@ OUTPUT/base.json              the untouched base model: probe perplexity, infere
 OUTPUT/before.json            the base model's scores on the eval data (shared by every run)
 OUTPUT/samples-before.jsonl   ... and its generations, for the side-by-side outputs
 OUTPUT/runs/<variant>/        an ordinary run directory (+ measurements.json, or error.log)
+OUTPUT/runs/<variant>/seed-<s>/   ... one per seed with `seeds:` (results: compare.seeds)
 OUTPUT/results.json           every row, the best variant per criterion, the Pareto fronts
 OUTPUT/results.md             the table as Markdown
 OUTPUT/report.html            one self-contained page: the table, charts and outputs
 
-Resume: a variant whose run directory holds summary.json and measurements.json under the same
-config is done and skipped; a failed or interrupted one runs again (from its last checkpoint,
-if it saved one). A failure is recorded and the rest go on.
+Resume: a run (a variant, or one seed of it) whose run directory holds summary.json and
+measurements.json under the same config is done and skipped; a failed or interrupted one runs
+again (from its last checkpoint, if it saved one). A failure is recorded and the rest go on.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from tunelab.compare.progress import CompareProgress
 from tunelab.compare.report import render_report
 from tunelab.compare.results import build_results, markdown, method_row
 from tunelab.compare.samples import side_by_side
+from tunelab.compare.seeds import RunKey, aggregate_rows, seed_section, seeded_runs
 from tunelab.compare.tasks import split_quality
 from tunelab.compare.worker import BASE, Job, is_finished, run_job
 from tunelab.config import RunConfig
@@ -43,25 +45,32 @@ def compare(cfg: CompareConfig, *, label: str = "config", progress: bool = True)
     configs = run_configs(cfg, label)  # every variant's config is valid before anything runs
     first = next(iter(configs.values()))
     quality = quality_metric(cfg, first, label)
+    runs = seeded_runs(cfg, configs)
     output = Path(cfg.output_dir)
     output.mkdir(parents=True, exist_ok=True)
-    unit = "variants" if cfg.variants else "methods"
-    with CompareProgress(len(configs), enabled=progress, unit=unit) as view:
+    unit = "runs" if cfg.seeds else "variants" if cfg.variants else "methods"
+    with CompareProgress(len(runs), enabled=progress, unit=unit) as view:
         base = _base_measurements(cfg, first, view)
-        outcomes = {name: _run_method(cfg, name, run, view) for name, run in configs.items()}
-    rows = [
-        method_row(
-            name, cfg.run_dir(name), outcome, quality, base, method=configs[name].method.name
-        )  # fmt: skip
-        for name, outcome in outcomes.items()
-    ]
+        outcomes = {key: _run_method(cfg, key, run, view) for key, run in runs.items()}
+    rows = [_row(key, runs[key], outcome, quality, base) for key, outcome in outcomes.items()]
     task, metric = split_quality(quality)
+    higher = METRICS[metric].higher_is_better
+    if cfg.seeds:
+        rows = aggregate_rows(rows, quality)
     results = build_results(rows, quality=quality, base=base, budget=cfg.budget(),
-                            higher_is_better=METRICS[metric].higher_is_better,
-                            variants=cfg.variants,
+                            higher_is_better=higher, variants=cfg.variants,
                             samples=side_by_side(rows, output, task=task))  # fmt: skip
+    if cfg.seeds:
+        results["seeds"] = seed_section(cfg, rows, higher_is_better=higher)
     write_outputs(output, results)
     return results
+
+
+def _row(key: RunKey, run: RunConfig, outcome: dict, quality: str, base: dict) -> dict:
+    """One run's result row; with seeds, its seed beside its variant."""
+    row = method_row(key.variant, Path(run.output_dir), outcome, quality, base,
+                     method=run.method.name)  # fmt: skip
+    return row if key.seed is None else {**row, "seed": key.seed}
 
 
 def write_outputs(output: Path, results: dict[str, Any]) -> None:
@@ -70,13 +79,13 @@ def write_outputs(output: Path, results: dict[str, Any]) -> None:
     atomic_write_text(output / "report.html", render_report(results))
 
 
-def _run_method(cfg: CompareConfig, name: str, run: RunConfig, view) -> dict[str, Any]:
-    """{status, error, skipped} of one variant: skipped when already finished, else run."""
-    if is_finished(cfg.run_dir(name), run):
-        view.end(name, "finished earlier, skipped")
+def _run_method(cfg: CompareConfig, key: RunKey, run: RunConfig, view) -> dict[str, Any]:
+    """{status, error, skipped} of one run: skipped when already finished, else run."""
+    if is_finished(Path(run.output_dir), run):
+        view.end(key.label, "finished earlier, skipped")
         return {"status": "finished", "error": None, "skipped": True}
-    error = run_in_process(_job(cfg, name, run), view)
-    view.end(name, "failed" if error else "finished", error)
+    error = run_in_process(_job(cfg, key.label, run), view)
+    view.end(key.label, "failed" if error else "finished", error)
     return {"status": "failed" if error else "finished", "error": error, "skipped": False}
 
 
