@@ -91,7 +91,7 @@ def test_quality_metric_default_and_check(comparison_dict, tmp_path):
     run = run_configs(cfg)["lora"]
     assert quality_metric(cfg, run) == "exact_match"  # the first generative metric
     cfg = load_compare_config(comparison_dict(tmp_path, methods=["lora"], quality="bleu"))
-    with pytest.raises(ConfigError, match="quality: 'bleu' is not in base.eval.metrics"):
+    with pytest.raises(ConfigError, match="quality: 'bleu': eval.metrics: lacks 'bleu'"):
         run_configs(cfg)
 
 
