@@ -95,6 +95,11 @@ class AdapterSet:
                 f"adapters: {run_dir} was trained on {describe(cfg.model)}, but this set serves "
                 f"{describe(self.model_config)}; every run must share the base model"
             )
+        if cfg.model.extend_vocab is not None and cfg.model.extend_vocab.new_tokens:
+            raise TunelabError(
+                f"adapters: {run_dir} extends the vocabulary (model.extend_vocab), which a shared "
+                "base cannot serve; serve its merged model (tunelab merge) instead"
+            )
         method = get_method(cfg.method.name)
         adapter = RunFiles(Path(run_dir)).adapter
         pickled = sorted(p.name for p in adapter.iterdir() if p.suffix in PICKLE_SUFFIXES)
