@@ -1,7 +1,8 @@
 """`model.extend_vocab` end to end on a tiny model: after training only the new embedding rows and
 the method's own parameters changed (old rows bit-identical, even with weight decay); the run
-carries the extended tokenizer and the rows, so `load_run` gives the trained model's logits and
-a merged folder loads with plain transformers and gives them too; bad settings are one line,
+carries the extended tokenizer and the rows, so `load_run` and the adapter set behind `generate`
+and `serve` give the trained model's logits and a merged folder loads with plain transformers and
+gives them too; bad settings are one line,
 exit 2, nothing written."""
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import gguf
 import pytest
 import torch
 import yaml
@@ -18,9 +20,11 @@ from typer.testing import CliRunner
 from tunelab import train
 from tunelab.cli import app
 from tunelab.export.merge import merge_run
+from tunelab.export.run import export_run
 from tunelab.models.new_rows import add_rows
 from tunelab.models.tiny import random_model
 from tunelab.run import load_run
+from tunelab.serve.adapters import AdapterSet
 from tunelab.training import loop
 
 XHOSA = [
@@ -128,6 +132,30 @@ def test_only_new_rows_and_the_method_train_and_the_run_reloads(method, tmp_path
     torch.testing.assert_close(
         logits(plain, plain_tokenizer), captured["logits"], rtol=0, atol=1e-5
     )
+    served = AdapterSet.from_runs({"xhosa": run_dir})  # what `generate` and `serve` load
+    torch.testing.assert_close(
+        logits(served.model, served.tokenizer), captured["logits"], rtol=0, atol=1e-5
+    )
+    assert served.generate(["Abantwana"], 4, raw=True)[0]
+    if method == "lora":
+        check_gguf(run_dir, tmp_path, tokenizer, extension, captured["logits"])
+
+
+def check_gguf(run_dir: Path, root: Path, tokenizer, extension: dict, expected) -> None:
+    """The GGUF holds the new tokens as user-defined tokens (llama.cpp's kind for added tokens,
+    matched in the raw text before BPE, as in HF) at their ids, and the merged weights: read
+    back by transformers' GGUF loader, they give the trained logits."""
+    path = export_run(run_dir, root / "model.gguf").path
+    reader = gguf.GGUFReader(path)
+    tokens = reader.get_field("tokenizer.ggml.tokens").contents()
+    types = reader.get_field("tokenizer.ggml.token_type").contents()
+    for new_id, text in zip(extension["new_ids"], extension["tokens"], strict=True):
+        assert tokens[new_id] == text and types[new_id] == gguf.TokenType.USER_DEFINED
+    model = AutoModelForCausalLM.from_pretrained(root, gguf_file=path.name, dtype=torch.float32)
+    batch = tokenizer(PROBE, add_special_tokens=False, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        got = model.eval()(**batch).logits
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
 
 
 runner = CliRunner()
