@@ -9,7 +9,7 @@ and whose text the base tokenizer splits into k >= 2 pieces; its score is (times
 over the corpus) x (k - 1), i.e. how many base tokens it saves across the corpus. Counting
 emissions rather than raw substring occurrences favours the units the corpus is naturally cut
 into (words with their leading space, common prefixes): on the Xhosa data substring counts
-chose short fragments (`nga`, `thi`) that made English prompts 5 % longer; emission counts did
+chose short fragments (`nga`, `thi`) that made English prompts 5-7 % longer; emission counts did
 not (README). The N highest scores win
 (ties: the token text, so the choice is deterministic). Texts that are not whole UTF-8 (a
 byte-level piece of a multi-byte character) or are whitespace only are never chosen.
