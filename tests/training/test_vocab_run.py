@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 
 from tunelab import train
 from tunelab.cli import app
+from tunelab.config import load_config
 from tunelab.export.merge import merge_run
 from tunelab.export.run import export_run
 from tunelab.models.new_rows import add_rows
@@ -26,6 +27,8 @@ from tunelab.models.tiny import random_model
 from tunelab.run import load_run
 from tunelab.serve.adapters import AdapterSet
 from tunelab.training import loop
+from tunelab.training import vocab as vocab_module
+from tunelab.training.vocab import VocabRun
 
 XHOSA = [
     "Abantwana bafunda iincwadi esikolweni kwaye bayakuthanda ukufunda.",
@@ -139,6 +142,40 @@ def test_only_new_rows_and_the_method_train_and_the_run_reloads(method, tmp_path
     assert served.generate(["Abantwana"], 4, raw=True)[0]
     if method == "lora":
         check_gguf(run_dir, tmp_path, tokenizer, extension, captured["logits"])
+
+
+def test_full_fine_tuning_trains_the_rows_with_everything_and_reloads(tmp_path, captured):
+    cfg = config(tmp_path, "full")
+    train(cfg)
+    run_dir = Path(cfg["output_dir"])
+    model, tokenizer = load_run(run_dir)
+    torch.testing.assert_close(logits(model, tokenizer), captured["logits"], rtol=0, atol=1e-5)
+    extension = json.loads((run_dir / "vocab" / "extension.json").read_text())
+    reference, _ = random_model("llama")
+    add_rows(reference, extension["new_ids"], extension["pieces"])
+    start = reference.get_input_embeddings().weight.detach()
+    trained = captured["state"]["model.embed_tokens.weight"]
+    assert not torch.equal(trained[: extension["base_size"]], start[: extension["base_size"]])
+    assert not torch.allclose(trained[extension["new_ids"]], start[extension["new_ids"]])
+
+
+def test_a_resumed_run_reads_its_tokens_back_instead_of_learning_them_again(tmp_path, monkeypatch):
+    cfg = load_config(config(tmp_path, "lora"))
+    folder = tmp_path / "vocab"
+    first = VocabRun(cfg, folder)
+    _, extended = first.extend(*random_model("llama"), resume=False)
+    first.write(extended)
+
+    def never(*args, **kwargs):
+        raise AssertionError("the tokens were learnt again")
+
+    monkeypatch.setattr(vocab_module, "extend_tokenizer", never)
+    again = VocabRun(cfg, folder)
+    model, tokenizer = again.extend(*random_model("llama"), resume=True)
+    assert again.extension.tokens == first.extension.tokens
+    assert tokenizer.get_vocab() == extended.get_vocab()
+    assert again.summary() == first.summary()
+    assert model.get_input_embeddings().weight.shape[0] == len(tokenizer)
 
 
 def check_gguf(run_dir: Path, root: Path, tokenizer, extension: dict, expected) -> None:
