@@ -133,3 +133,17 @@ def test_new_rows_are_the_mean_of_their_pieces_rows(untie):
         torch.testing.assert_close(new_out[new_id], expected_out, rtol=0, atol=1e-6)
     if not untie:
         assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+
+
+@pytest.mark.integration
+def test_the_embedded_tokenizer_is_extended_and_round_trips():
+    """SmolLM2's own byte-level BPE (GPT-2 regex, `Ġ` for a leading space, merges): the new
+    tokens carry the space before the word and the text decodes back exactly."""
+    from tunelab.models.tokenizer_report import load_tokenizer
+
+    base = load_tokenizer("embedded:smollm2-135m")
+    extended, extension = extend_tokenizer(base, XHOSA, 30)
+    assert any(text.startswith(" ") for text in extension.tokens)
+    assert tokens_per_text(extended, XHOSA) < tokens_per_text(base, XHOSA)
+    for text in ROUND_TRIP:
+        assert extended.decode(extended(text, add_special_tokens=False)["input_ids"]) == text
