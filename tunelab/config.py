@@ -38,6 +38,21 @@ class MethodSettings(Section):
     name: str
 
 
+class ExtendVocabConfig(Section):
+    """Vocabulary extension (`tunelab.models.vocab`): new tokens learnt from the target-language
+    text, their rows initialised from the sub-tokens they replace and trained beside the method."""
+
+    corpus: str = Field(
+        "train",
+        description="text the new tokens are learnt from: `train` (the run's training "
+        "responses, i.e. the target side) or a file (.txt lines, .jsonl/.json/.csv/.tsv rows)",
+    )
+    new_tokens: int = Field(0, ge=0, description="how many tokens to add; 0: no extension")
+    field: str | None = Field(
+        None, description="corpus file: the field holding the text (default: text/the only one)"
+    )
+
+
 class ModelConfig(Section):
     name: str = Field(
         "embedded:smollm2-135m",
@@ -48,6 +63,9 @@ class ModelConfig(Section):
     )
     attn_implementation: Literal["sdpa", "eager"] = "sdpa"
     seed: int = Field(0, description="seed for random:<arch> initialisation")
+    extend_vocab: ExtendVocabConfig | None = Field(
+        None, description="add new tokens learnt from the target language (opt-in)"
+    )
 
 
 class DataConfig(Section):

@@ -7,7 +7,9 @@ RUN/before-extras.json  the base model's per-task metrics and forgetting perplex
 RUN/mixture.json     multi-task runs: examples and tokens per task in the training mixture
 RUN/samples-*.jsonl  prompts, references and generations (before / after)
 RUN/summary.json     method, parameter counts, speed, memory, before / after
-RUN/adapter/         what trained: PEFT format, a transformers model dir, or ours
+RUN/adapter/         what trained: PEFT format, a transformers model dir, or ours (+ the new
+                     embedding rows, new_rows.safetensors, when model.extend_vocab is on)
+RUN/vocab/           model.extend_vocab: the extended tokenizer and extension.json
 RUN/checkpoints/     only while a run is in progress (for --resume)
 """
 
@@ -57,6 +59,10 @@ class RunFiles:
         return self.root / "adapter"
 
     @property
+    def vocab(self) -> Path:
+        return self.root / "vocab"
+
+    @property
     def checkpoints(self) -> Path:
         return self.root / "checkpoints"
 
@@ -71,7 +77,7 @@ class RunFiles:
         for path in (self.before_extras, self.mixture, self.samples("before-tasks"),
                      self.samples("after-tasks")):  # fmt: skip
             path.unlink(missing_ok=True)
-        for folder in (self.adapter, self.checkpoints):
+        for folder in (self.adapter, self.checkpoints, self.vocab):
             shutil.rmtree(folder, ignore_errors=True)
 
     def read_summary(self) -> dict[str, Any]:
@@ -92,9 +98,12 @@ def write_run_config(files: RunFiles, cfg: RunConfig) -> None:
     atomic_write_text(files.config, dump_config(cfg))
 
 
-def save_adapter(method, model, cfg: RunConfig, files: RunFiles) -> None:
+def save_adapter(method, model, cfg: RunConfig, files: RunFiles, extra=None) -> None:
+    """The method's files, plus what `extra(model, folder)` adds (the new vocabulary rows)."""
     with atomic_dir(files.adapter) as tmp:
         method.save(model, cfg.method, tmp)
+        if extra is not None:
+            extra(model, tmp)
 
 
 def read_run_config(run_dir: str | Path) -> RunConfig:
@@ -107,6 +116,9 @@ def read_run_config(run_dir: str | Path) -> RunConfig:
     from tunelab.methods import get_method  # the methods import torch: only when needed
 
     get_method(cfg.method.name).check_artifact(files.adapter)
+    from tunelab.training.vocab import check_vocab_files
+
+    check_vocab_files(cfg, files.root, files.adapter)
     for weights in sorted(files.adapter.glob("*.safetensors")):
         check_safetensors(weights)
     return cfg
@@ -128,10 +140,14 @@ def load_run(run_dir: str | Path, *, device: str | None = None):
     """(model, tokenizer): the base model with the run's trained weights applied, in eval mode."""
     from tunelab.methods import get_method
     from tunelab.models import load_model_and_tokenizer
+    from tunelab.training.vocab import extension_on, load_vocab
 
     cfg = read_run_config(run_dir)
+    files = RunFiles(Path(run_dir))
     base, tokenizer = load_model_and_tokenizer(cfg.model)
-    model = get_method(cfg.method.name).load(base, cfg.method, RunFiles(Path(run_dir)).adapter)
+    if extension_on(cfg):  # the extended tokenizer and the trained new rows
+        base, tokenizer = load_vocab(base, tokenizer, files.root, files.adapter)
+    model = get_method(cfg.method.name).load(base, cfg.method, files.adapter)
     if device:
         model.to(device)
     model.eval()

@@ -8,7 +8,9 @@ exactly as `load_run` loads onto a fresh base — PEFT injects its layers into t
 adapters, BitFit's added biases) or parametrisations (importance) into it. A base tensor the run
 overwrites (full fine-tuning, ULMFiT, BitFit's own biases, trained norms) gets a private copy in
 that view first, so the base stays untouched. Switching is choosing which view answers: no
-tensor moves, and each view computes exactly what a fresh `load_run` of its run computes.
+tensor moves, and each view computes exactly what a fresh `load_run` of its run computes. A run
+that extends the vocabulary (`model.extend_vocab`) brings its tokenizer and new rows into the
+base itself, so it is served alone.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from tunelab.evaluate.decoding import resolve_options
 from tunelab.methods import get_method
 from tunelab.models import load_model_and_tokenizer
 from tunelab.run import RunFiles, read_run_config
+from tunelab.training.vocab import ROWS_FILE, extension_on, load_vocab
 
 BASE = "base"  # the name that selects the untouched base model
 PEFT_PREFIX = "base_model.model."  # PEFT's saved names start here
@@ -57,6 +60,7 @@ class AdapterSet:
         self.base, self.tokenizer = load_model_and_tokenizer(base_model)
         self.runs: dict[str, Served] = {}
         self.active: str | None = None
+        self.vocabulary_of: Path | None = None  # the run whose extended vocabulary the base holds
 
     @classmethod
     def from_runs(cls, runs: dict[str, str | Path]) -> AdapterSet:
@@ -97,6 +101,8 @@ class AdapterSet:
             )
         method = get_method(cfg.method.name)
         adapter = RunFiles(Path(run_dir)).adapter
+        if extension_on(cfg):
+            self._take_vocabulary(Path(run_dir), adapter)
         pickled = sorted(p.name for p in adapter.iterdir() if p.suffix in PICKLE_SUFFIXES)
         if pickled:
             raise TunelabError(f"adapters: {adapter} holds pickle files ({', '.join(pickled)}); "
@@ -109,6 +115,19 @@ class AdapterSet:
             model = method.load(view, cfg.method, adapter)
         decoding = resolve_options(cfg.eval.decoding(), [])  # no references: auto is off
         return Served(model.eval(), cfg.data, Path(run_dir), decoding, cfg.method.name)
+
+    def _take_vocabulary(self, run_dir: Path, adapter: Path) -> None:
+        """A run with `model.extend_vocab` brings its tokenizer and trained new rows into the
+        base (old rows untouched), so it is served alone: every view shares that vocabulary."""
+        others = {s.run_dir.resolve() for s in self.runs.values()} - {run_dir.resolve()}
+        taken = self.vocabulary_of not in (None, run_dir.resolve())
+        if others or taken:
+            raise TunelabError(
+                f"adapters: {run_dir} extends the vocabulary (model.extend_vocab); such a run is "
+                "served alone, not beside other runs on one base"
+            )
+        self.base, self.tokenizer = load_vocab(self.base, self.tokenizer, run_dir, adapter)
+        self.vocabulary_of = run_dir.resolve()
 
     def put(self, name: str, served: Served) -> None:
         """Serve `served` under `name`, replacing what was there (a reload) in one step."""
@@ -184,6 +203,8 @@ def give_own_copies(view: nn.Module, names: set[str]) -> None:
 def load_full_weights(view: nn.Module, adapter: Path) -> nn.Module:
     """Put a saved whole model's tensors into `view`; tensors equal to the base stay shared."""
     for path in sorted(adapter.glob("*.safetensors")):
+        if path.name == ROWS_FILE:  # the new vocabulary rows: already in the base
+            continue
         for name, value in load_file(str(path)).items():
             module, attribute = _holder(view, name)
             current = getattr(module, attribute, None)

@@ -61,6 +61,7 @@ from tunelab.training.progress import BarReporter, Reporter, SilentReporter
 from tunelab.training.schedules import build_scheduler
 from tunelab.training.tasks import evaluate_extras, extras_summary
 from tunelab.training.trackers import report_run
+from tunelab.training.vocab import VocabRun, check_corpus
 
 
 @dataclass
@@ -119,6 +120,7 @@ def train(
     cfg = load_config(config, overrides)
     files = RunFiles(Path(cfg.output_dir))
     check_settings(cfg)
+    check_corpus(cfg)
     if resume:
         check_resume(files, cfg)
     if resume and files.summary.exists():  # finished (a kill may have left checkpoints)
@@ -133,6 +135,8 @@ def train(
     model, tokenizer = load_model_and_tokenizer(cfg.model)
     method = get_method(cfg.method.name)
     check_method(method, model, cfg)
+    vocab = VocabRun(cfg, files.vocab)  # model.extend_vocab: new tokens before the data
+    model, tokenizer = vocab.extend(model, tokenizer, resume=resume)
     rank, world = accelerator.process_index, accelerator.num_processes
     plan = plan_data(cfg, tokenizer, method, model, rank, world)  # bad data fails before writes
     main = accelerator.is_main_process  # only the main process writes the run directory
@@ -140,6 +144,7 @@ def train(
         files.reset()
     if main:
         write_run_config(files, cfg)
+        vocab.write(tokenizer)
         if plan.extras.mixture:  # multi-task: the resolved mixture, shown before training
             atomic_write_json(files.mixture, plan.extras.mixture)
             reporter.message(format_report(plan.extras.mixture))
@@ -165,13 +170,15 @@ def train(
     )
     seed_everything(cfg.train.seed)
     model = method.apply(model, cfg.method, context)
+    vocab.attach(model)  # only the new rows of the embeddings train beside the method
     model.to(accelerator.device)
     if cfg.train.gradient_checkpointing:
         _enable_checkpointing(model)
     trainable, total = count_parameters(model)
+    trainable -= vocab.frozen_elements()
     lr = cfg.train.lr or method.default_lr
     optimizer = torch.optim.AdamW(
-        method.param_groups(model, cfg.method, lr, cfg.train.weight_decay),
+        vocab.param_groups(method.param_groups(model, cfg.method, lr, cfg.train.weight_decay), lr),
         lr=lr,
         betas=cfg.train.betas,
     )
@@ -189,9 +196,10 @@ def train(
         state = TrainingState(model, optimizer, scheduler, method, accelerator, start_step)
         stats = run_steps(state, plan, cfg, files, reporter, Callbacks(on_step, on_eval))
     model = accelerator.unwrap_model(model)
+    vocab.detach()
     summary: dict[str, Any] = {}
     if main:
-        save_adapter(method, model, cfg, files)
+        save_adapter(method, model, cfg, files, extra=vocab.save_rows)
         after = evaluate_run(model, tokenizer, plan, cfg, files, tag="after")
         summary = _summary(
             cfg, method, trainable, total, stats, before or {}, after, plan, files, accelerator
@@ -202,6 +210,7 @@ def train(
         summary["tokenizer"] = train_data_figures(
             tokenizer, plan.train_examples, cfg.data.max_length
         )
+        summary["extend_vocab"] = vocab.summary()  # None: no extension
         atomic_write_json(files.summary, summary)
         shutil.rmtree(files.checkpoints, ignore_errors=True)
         report_run(files, cfg)  # train.report_to: TensorBoard, MLflow
