@@ -120,3 +120,11 @@ def test_a_comparison_of_task_variants_reports_every_task(tmp_path):
     assert "## Per task" in markdown(results)
     assert "Per task" in (tmp_path / "out" / "report.html").read_text()
     assert results["samples"] and results["samples"][0]["base"] is not None
+    # chrF with its bootstrap interval, and the outputs' repetition, per variant
+    assert "[" in cells[("rev", "chrf")][1]
+    assert ("rev", "seq-rep-4") in cells and ("rev", "length_ratio") in cells
+    (pair,) = results["task_pairs"]  # the second variant against the first, same sentences
+    assert (pair["against"], pair["variant"], pair["metric"]) == ("rev-only", "both", "chrf")
+    after = {name: row["tasks"]["rev"]["after"]["chrf"] for name, row in rows.items()}
+    assert pair["delta"] == pytest.approx(after["both"] - after["rev-only"], abs=1e-6)
+    assert pair["low"] <= pair["delta"] <= pair["high"]

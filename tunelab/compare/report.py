@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from tunelab.compare.results import budget_text, pareto_sentences, table_cells, variant_sentences
 from tunelab.compare.seeds import seed_table, separation_sentences
 from tunelab.compare.seeds import table_notes as seed_notes
-from tunelab.compare.tasks import table_notes, task_table
+from tunelab.compare.tasks import pair_sentences, table_notes, task_table
 from tunelab.io import read_jsonl
 from tunelab.report import html, plots
 
@@ -129,8 +129,11 @@ def task_blocks(results: dict[str, Any]) -> list[str]:
     headers, rows = task_table(results)
     if not rows:
         return []
+    pairs = pair_sentences(results)
+    paired = [html.paragraph("Paired bootstrap between variants (same eval sentences):"),
+              html.bullet_list(pairs)] if pairs else []  # fmt: skip
     return [html.heading("Per task"), html.paragraph(table_notes(), note=True),
-            html.table(headers, rows)]  # fmt: skip
+            html.table(headers, rows), *paired]  # fmt: skip
 
 
 def sample_blocks(results: dict[str, Any]) -> list[str]:

@@ -91,7 +91,7 @@ def method_row(name: str, run_dir: Path, outcome: dict[str, Any], quality: str, 
     row.update({key: summary.get(key) for key in SUMMARY_FIELDS})
     row.update({key: measured.get(key) for key in MEASURED_FIELDS})
     row["quality_before"], row["quality"] = quality_pair(summary, quality)
-    row.update(row_blocks(summary))
+    row.update(row_blocks(summary, run_dir))
     base_ppl = base.get("probe_perplexity")
     if base_ppl:
         row["forgetting"] = row["probe_perplexity"] - base_ppl

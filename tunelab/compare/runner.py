@@ -31,7 +31,7 @@ from tunelab.compare.report import render_report
 from tunelab.compare.results import build_results, markdown, method_row
 from tunelab.compare.samples import side_by_side
 from tunelab.compare.seeds import RunKey, aggregate_rows, seed_section, seeded_runs
-from tunelab.compare.tasks import split_quality
+from tunelab.compare.tasks import paired_between_variants, split_quality
 from tunelab.compare.worker import BASE, Job, is_finished, run_job
 from tunelab.config import RunConfig
 from tunelab.evaluate.metrics import METRICS
@@ -62,6 +62,8 @@ def compare(cfg: CompareConfig, *, label: str = "config", progress: bool = True)
                             samples=side_by_side(rows, output, task=task))  # fmt: skip
     if cfg.seeds:
         results["seeds"] = seed_section(cfg, rows, higher_is_better=higher)
+    else:
+        results["task_pairs"] = paired_between_variants(rows, quality)
     write_outputs(output, results)
     return results
 
