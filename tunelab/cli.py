@@ -97,7 +97,7 @@ def train(
     if summary.get("phases"):  # where the wall time went (a resumed finished run may lack it)
         from tunelab.training.phases import format_shares
 
-        console.print(format_shares(summary["phases"]), highlight=False)
+        console.print(format_shares(summary["phases"]), highlight=False, soft_wrap=True)
 
 
 def _print_tasks_and_forgetting(summary: dict) -> None:
