@@ -110,5 +110,7 @@ def test_what_it_does_not_handle_goes_to_generate():
     assert can_shrink(model, {"max_new_tokens": 4})
     assert not can_shrink(model, {"max_new_tokens": 4, "do_sample": True})
     assert not can_shrink(model, {"max_new_tokens": 4, "repetition_penalty": 1.2})
+    rowless = StoppingCriteriaList([lambda ids, scores: ids[:, -1] == 0])  # no keep_rows
+    assert not can_shrink(model, {"max_new_tokens": 4, "stopping_criteria": rowless})
     model.generation_config.repetition_penalty = 1.1  # the model's own config adds a processor
     assert not can_shrink(model, {"max_new_tokens": 4})

@@ -10,7 +10,9 @@ tokens, the attention mask, the cache (`Cache.batch_select_indices`) and the per
 tunelab's processors (their `keep_rows`). The result has `generate`'s shape: (B, T + new),
 each row padded with `pad_id` after it stops, `new` the steps until the last row stopped.
 
-`can_shrink` says when this applies: greedy, options limited to those handled here, a model
+`can_shrink` says when this applies: greedy, options limited to those handled here, every
+given processor and stopping criterion able to narrow its per-row state (`keep_rows`; the
+server's streaming criterion cannot, so serving keeps `generate`), a model
 whose generation config adds no processor of its own and whose cache is a plain
 `DynamicCache` (full or sliding-window attention layers). Everything else goes to `generate`.
 """
@@ -41,6 +43,9 @@ NEUTRAL = {"repetition_penalty": (None, 1.0), "no_repeat_ngram_size": (None, 0),
 def can_shrink(model: nn.Module, options: dict) -> bool:
     """True when `greedy_generate` decodes exactly as `generate` would for these options."""
     if options.get("do_sample") or not set(options) <= HANDLED:
+        return False
+    given = [*(options.get("logits_processor") or []), *(options.get("stopping_criteria") or [])]
+    if not all(hasattr(item, "keep_rows") for item in given):  # per-row state we cannot narrow
         return False
     config = getattr(model, "generation_config", None)
     if any(getattr(config, name, None) not in neutral for name, neutral in NEUTRAL.items()):
