@@ -11,6 +11,10 @@ real token sits at the same index and the new tokens line up. We pad the token i
 rather than flipping `tokenizer.padding_side`, so the tokenizer is never modified (and a
 tokenizer without a pad token works: EOS pads).
 
+Greedy decoding drops a row from the batch as soon as it stops (EOS or the newline stop), so a
+batch costs the sum of its rows' own lengths rather than its longest row times its size
+(`tunelab/evaluate/greedy.py`; same tokens as transformers' `generate`).
+
 PEFT prompt-learning models (prompt tuning, p-tuning, prefix tuning) are special: with
 transformers 5 and peft 0.21, `model.generate` re-injects the virtual tokens at every cached
 decoding step (prompt tuning) or drops the prefix entirely (prefix tuning), silently producing
