@@ -198,6 +198,7 @@ def run_tunelab(args: argparse.Namespace, variant: str) -> Trained:
     from tunelab.methods import MethodContext, get_method
     from tunelab.models import arch_of, load_model_and_tokenizer
     from tunelab.training.loop import make_accelerator, seed_everything
+    from tunelab.training.packed import packs_virtual_tokens
     from tunelab.training.plan import Plan
 
     cfg = tunelab_config(args, None)
@@ -206,6 +207,8 @@ def run_tunelab(args: argparse.Namespace, variant: str) -> Trained:
     work = build_workload(args, tokenizer)
     method = get_method(cfg.method.name)
     packing = method.supports_packing and arch_of(model).supports_packing
+    if getattr(method, "prompt_learning", False):  # as training/plan.py decides
+        packing = packing and packs_virtual_tokens(model)
     if packing:
         cfg = tunelab_config(args, rows_budget(work.train, args.steps, args.seed))
     seed_everything(cfg.train.seed)

@@ -73,6 +73,8 @@ def test_train_with_overrides_then_eval_and_generate(tmp_path):
     config = write_config(tmp_path / "c.yaml")
     result = runner.invoke(app, ["train", str(config), "method.r=4", "train.lr=1e-3"])
     assert result.exit_code == 0, result.output
+    shares = [line for line in result.output.splitlines() if line.startswith("wall ")]
+    assert len(shares) == 1 and " steps " in shares[0] and shares[0].endswith("%"), result.output
     run = tmp_path / "run"
     resolved = yaml.safe_load((run / "config.yaml").read_text())
     assert resolved["method"]["r"] == 4 and resolved["train"]["lr"] == 1e-3

@@ -94,6 +94,10 @@ def train(
         f"{summary['train_tokens_per_second']:.0f} tok/s · peak {summary['peak_memory_mb']:.0f} MB"
     )
     _print_tasks_and_forgetting(summary)
+    if summary.get("phases"):  # where the wall time went (a resumed finished run may lack it)
+        from tunelab.training.phases import format_shares
+
+        console.print(format_shares(summary["phases"]), highlight=False, soft_wrap=True)
 
 
 def _print_tasks_and_forgetting(summary: dict) -> None:

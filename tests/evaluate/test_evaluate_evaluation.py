@@ -95,10 +95,12 @@ def test_generative_metrics_share_one_generation(tiny, monkeypatch):
         Example(prompts[2], outputs[2]),
         Example(prompts[3], outputs[3]),  # beyond max_examples
     ]
-    calls = []
-    real_generate = type(model).generate
+    calls = []  # batches decoded (greedy decoding runs its own loop, not model.generate)
+    import tunelab.evaluate.generation as generation
+
+    real_batch = generation.generate_batch
     monkeypatch.setattr(
-        type(model), "generate", lambda self, **kw: calls.append(1) or real_generate(self, **kw)
+        generation, "generate_batch", lambda *args: calls.append(1) or real_batch(*args)
     )
     metrics = ["exact_match", "loss", "accuracy", "chrf"]
     scores, samples = evaluate_with_predictions(

@@ -167,7 +167,8 @@ def test_prefix_default_init_reads_vocabulary_tokens():
 @pytest.mark.parametrize("name", PROMPT_LEARNING)
 def test_prompt_learning_does_not_merge(name):
     method = METHODS[name]
-    assert not method.mergeable and not method.supports_packing and method.prompt_learning
+    assert not method.mergeable and method.prompt_learning
+    assert method.supports_packing is (name != "prefix")  # prefix tuning's KV prefix cannot
     model, cfg, _, _ = applied(name, "gpt2")
     with pytest.raises(MergeNotSupported, match=name):
         method.merge(model, cfg)

@@ -12,6 +12,8 @@ answers (translation pairs), which references without a newline show. Both keep 
 for one `generate` call and are built fresh for each batch. They count the tokens generated so
 far from the number of calls, so they work whether `generate` was given ids or embeddings (the
 prompt-learning path passes embeddings, and then the ids it sees hold only the new tokens).
+Their `keep_rows(rows)` narrows that state when finished rows leave the batch
+(`tunelab/evaluate/greedy.py`).
 """
 
 from __future__ import annotations
@@ -50,6 +52,10 @@ class NewNGramGuard(LogitsProcessor):
             if banned:
                 scores[row, banned] = -float("inf")
         return scores
+
+    def keep_rows(self, rows: list[int]) -> None:
+        """Keep only these rows' state, in this order (finished rows left the batch)."""
+        self.allowed = [self.allowed[row] for row in rows]
 
     def banned(self, tokens: list[int], allowed: set[tuple[int, ...]]) -> list[int]:
         """Next tokens that would complete an n-gram already in `tokens` and not in `allowed`."""
@@ -91,6 +97,10 @@ class OutputRepetitionPenalty(LogitsProcessor):
                 )
         return scores
 
+    def keep_rows(self, rows: list[int]) -> None:
+        """Keep only these rows' state, in this order (finished rows left the batch)."""
+        self.exempt = [self.exempt[row] for row in rows]
+
     def is_word(self, token: int) -> bool:
         if self.tokenizer is None:
             return True
@@ -115,6 +125,10 @@ class NewlineStop(StoppingCriteria):
             self.texts[row] += self.tokenizer.decode([token], skip_special_tokens=True)
             done.append("\n" in self.texts[row].lstrip())
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+    def keep_rows(self, rows: list[int]) -> None:
+        """Keep only these rows' state, in this order (finished rows left the batch)."""
+        self.texts = [self.texts[row] for row in rows]
 
 
 def first_line_answer(text: str) -> str:

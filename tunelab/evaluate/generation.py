@@ -11,6 +11,10 @@ real token sits at the same index and the new tokens line up. We pad the token i
 rather than flipping `tokenizer.padding_side`, so the tokenizer is never modified (and a
 tokenizer without a pad token works: EOS pads).
 
+Greedy decoding drops a row from the batch as soon as it stops (EOS or the newline stop), so a
+batch costs the sum of its rows' own lengths rather than its longest row times its size
+(`tunelab/evaluate/greedy.py`; same tokens as transformers' `generate`).
+
 PEFT prompt-learning models (prompt tuning, p-tuning, prefix tuning) are special: with
 transformers 5 and peft 0.21, `model.generate` re-injects the virtual tokens at every cached
 decoding step (prompt tuning) or drops the prefix entirely (prefix tuning), silently producing
@@ -34,6 +38,7 @@ from tunelab.evaluate.decoding import (
     OutputRepetitionPenalty,
     first_line_answer,
 )
+from tunelab.evaluate.greedy import can_shrink, greedy_generate
 from tunelab.evaluate.modes import inference, model_device
 from tunelab.methods.prompt_cache import generate_tokens, is_prompt_learning
 
@@ -55,12 +60,13 @@ def generate(
     """The model's continuation of each prompt, decoded without special tokens and stripped.
 
     Generation stops at EOS (the tokenizer's and the model's generation config's) or after
-    `max_new_tokens`; a finished row is padded while the others go on, and the batch stops
-    when every row has finished. `repetition_guard` = n > 0 forbids repeating an n-gram of
-    tokens within an output unless the prompt holds it (`NewNGramGuard`);
-    `output_repetition_penalty` > 1 penalises word tokens the output already used that the
-    prompt does not hold (`OutputRepetitionPenalty`); `stop_at_newline`
-    ends a row at the first newline after its answer began and keeps only that line.
+    `max_new_tokens`; a finished row leaves the batch (greedy decoding, `evaluate/greedy.py`)
+    or is padded while the others go on, and the batch stops when every row has finished.
+    `repetition_guard` = n > 0 forbids repeating an n-gram of tokens within an output unless
+    the prompt holds it (`NewNGramGuard`); `output_repetition_penalty` > 1 penalises word
+    tokens the output already used that the prompt does not hold (`OutputRepetitionPenalty`);
+    `stop_at_newline` ends a row at the first newline after its answer began and keeps only
+    that line.
     `decoding` passes options such as `repetition_penalty` or `no_repeat_ngram_size` (these
     two also count the prompt), `temperature` or `top_p` on to `generate`; with `do_sample`,
     `seed` fixes the draws (torch's CPU RNG is left as it was). The model is in eval mode
@@ -173,7 +179,13 @@ def generate_batch(
     pad_id: int,
     prompt_learning: bool,
 ) -> torch.Tensor:
-    """(B, T + new) tokens: prompt then continuation, padded after a row stops."""
+    """(B, T + new) tokens: prompt then continuation, padded after a row stops. Greedy
+    decoding drops finished rows from the batch where it can (`greedy.can_shrink`)."""
+    if not prompt_learning and can_shrink(model, options):
+        return greedy_generate(
+            model, batch["input_ids"], batch["attention_mask"], stop_ids=stop_ids, pad_id=pad_id,
+            **options,
+        )  # fmt: skip
     if prompt_learning:
         return generate_tokens(
             model, batch["input_ids"], batch["attention_mask"], eos_ids=stop_ids, pad_id=pad_id,

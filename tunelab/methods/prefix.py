@@ -52,7 +52,8 @@ class PrefixTuning(PeftMethod):
     idea = "freeze the model, learn keys and values of virtual positions in every layer"
     default_lr = 3e-3
     mergeable = False
-    supports_packing = False  # the prefix goes before each example, once per row
+    supports_packing = False  # PEFT hands the prefix over as a KV cache, which the packed
+    # attention does not split per example (benchmarks/RESULTS.md: prompt-style methods)
     prompt_learning = True
     Config: ClassVar[type[MethodSettings]] = PrefixSettings
 

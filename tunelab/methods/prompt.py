@@ -36,7 +36,7 @@ class PromptTuning(PeftMethod):
     idea = "freeze the model, learn embeddings of virtual tokens put before every input"
     default_lr = 3e-2
     mergeable = False
-    supports_packing = False  # virtual tokens go before each example, once per row
+    supports_packing = True  # each example sees the virtual tokens (training/packed.py)
     prompt_learning = True
     Config: ClassVar[type[MethodSettings]] = PromptSettings
 

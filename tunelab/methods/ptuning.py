@@ -31,7 +31,7 @@ class Ptuning(PeftMethod):
     idea = "virtual tokens before every input, produced by a small trainable MLP or LSTM"
     default_lr = 1e-2
     mergeable = False
-    supports_packing = False  # virtual tokens go before each example, once per row
+    supports_packing = True  # each example sees the virtual tokens (training/packed.py)
     prompt_learning = True
     Config: ClassVar[type[MethodSettings]] = PtuningSettings
 

@@ -50,6 +50,7 @@ from tunelab.training.evaluation import evaluate_run, generation_summary
 from tunelab.training.fastpath import fast_paths
 from tunelab.training.loss import token_loss_sum
 from tunelab.training.memory import PeakMemory
+from tunelab.training.phases import PhaseTimer
 from tunelab.training.plan import Plan, plan_data
 from tunelab.training.preflight import (
     check_method,
@@ -127,18 +128,22 @@ def train(
         shutil.rmtree(files.checkpoints, ignore_errors=True)
         return TrainResult(files.root, files.read_summary())
     check_output(files, resume=resume, overwrite=overwrite)
+    timer = PhaseTimer()  # wall time per phase, for summary.json's `phases`
     seed_everything(cfg.train.seed)
     accelerator = make_accelerator(cfg)
     if not accelerator.is_main_process:
         reporter = SilentReporter()
     reporter = reporter or (BarReporter() if cfg.train.progress else SilentReporter())
-    model, tokenizer = load_model_and_tokenizer(cfg.model)
+    with timer.phase("model_load"):
+        model, tokenizer = load_model_and_tokenizer(cfg.model)
     method = get_method(cfg.method.name)
     check_method(method, model, cfg)
     vocab = VocabRun(cfg, files.vocab)  # model.extend_vocab: new tokens before the data
-    model, tokenizer = vocab.extend(model, tokenizer, resume=resume)
+    with timer.phase("data"):  # the new tokens are chosen from the training text
+        model, tokenizer = vocab.extend(model, tokenizer, resume=resume)
     rank, world = accelerator.process_index, accelerator.num_processes
-    plan = plan_data(cfg, tokenizer, method, model, rank, world)  # bad data fails before writes
+    with timer.phase("data"):  # bad data fails before writes
+        plan = plan_data(cfg, tokenizer, method, model, rank, world)
     main = accelerator.is_main_process  # only the main process writes the run directory
     if main and not resume:
         files.reset()
@@ -150,6 +155,7 @@ def train(
             reporter.message(format_report(plan.extras.mixture))
     model.to(accelerator.device)
 
+    timer.start("eval_before")
     before = files.read_before()
     if before is None and cfg.eval.before and main:
         reporter.message(f"evaluating the base model on {len(plan.eval_examples)} examples")
@@ -159,7 +165,9 @@ def train(
     if before_extras is None and cfg.eval.before and main:
         before_extras = evaluate_extras(model, tokenizer, plan.extras, cfg, files, tag="before")
         atomic_write_json(files.before_extras, before_extras)
+    timer.stop("eval_before")
 
+    timer.start("method_setup")
     context = MethodContext(
         calibration_batches=lambda: _on_device(
             plan.batches(cfg, 0, tokenizer.pad_token_id), accelerator
@@ -191,26 +199,34 @@ def train(
             files.checkpoints, accelerator.unwrap_model(model), optimizer, scheduler,
             reporter.message,
         )  # fmt: skip
+    timer.stop("method_setup")
 
-    with fast_paths(model, packing=plan.packing):  # same results, less work per step
+    with timer.phase("train_steps"), fast_paths(model, packing=plan.packing):
         state = TrainingState(model, optimizer, scheduler, method, accelerator, start_step)
         stats = run_steps(state, plan, cfg, files, reporter, Callbacks(on_step, on_eval))
+    timer.move("train_steps", "checkpoints", stats["checkpoint_seconds"])
+    timer.move("train_steps", "eval_periodic", stats["eval_seconds"])
     model = accelerator.unwrap_model(model)
     vocab.detach()
     summary: dict[str, Any] = {}
     if main:
-        save_adapter(method, model, cfg, files, extra=vocab.save_rows)
-        after = evaluate_run(model, tokenizer, plan, cfg, files, tag="after")
+        with timer.phase("checkpoints"):
+            save_adapter(method, model, cfg, files, extra=vocab.save_rows)
+        with timer.phase("eval_after"):
+            after = evaluate_run(model, tokenizer, plan, cfg, files, tag="after")
         summary = _summary(
             cfg, method, trainable, total, stats, before or {}, after, plan, files, accelerator
         )
-        after_extras = evaluate_extras(model, tokenizer, plan.extras, cfg, files, tag="after")
+        with timer.phase("eval_after"):
+            after_extras = evaluate_extras(model, tokenizer, plan.extras, cfg, files, tag="after")
         summary.update(extras_summary(before_extras, after_extras, plan.extras))
-        summary["generation"] = generation_summary(cfg, files)  # None: nothing generated
-        summary["tokenizer"] = train_data_figures(
-            tokenizer, plan.train_examples, cfg.data.max_length
-        )
+        with timer.phase("report"):
+            summary["generation"] = generation_summary(cfg, files)  # None: nothing generated
+            summary["tokenizer"] = train_data_figures(
+                tokenizer, plan.train_examples, cfg.data.max_length
+            )
         summary["extend_vocab"] = vocab.summary()  # None: no extension
+        summary["phases"] = timer.summary()  # wall time per phase, up to this write
         atomic_write_json(files.summary, summary)
         shutil.rmtree(files.checkpoints, ignore_errors=True)
         report_run(files, cfg)  # train.report_to: TensorBoard, MLflow
@@ -287,6 +303,7 @@ def run_steps(
     model.train()
     memory = PeakMemory.start(device)  # the steps' peak, not the model load's
     seen_tokens, train_seconds, log_loss, log_tokens, last_loss = 0, 0.0, 0.0, 0, float("nan")
+    eval_seconds = checkpoint_seconds = 0.0  # spent inside the loop on eval and checkpoints
     started = time.perf_counter()
     done = start_step
     for step in range(start_step, total_steps):
@@ -336,7 +353,9 @@ def run_steps(
             and done % cfg.train.eval_every == 0
             and done < total_steps
         ):
+            eval_started = time.perf_counter()
             eval_loss = _eval_loss(model, plan, device)
+            eval_seconds += time.perf_counter() - eval_started
             append_jsonl(files.metrics, {"step": done, "eval_loss": eval_loss})
             model.train()
             if on_eval is not None:  # e.g. a search's pruner; its exceptions end the run
@@ -347,8 +366,10 @@ def run_steps(
             and done % cfg.train.save_every == 0
             and done < total_steps
         ):
+            save_started = time.perf_counter()
             save_checkpoint(files.checkpoints, done, accelerator.unwrap_model(model), optimizer,
                             scheduler, {"seen_tokens": seen_tokens})  # fmt: skip
+            checkpoint_seconds += time.perf_counter() - save_started
         if on_step is not None:
             try:
                 on_step(done)
@@ -359,7 +380,8 @@ def run_steps(
     seen_tokens = int(all_ranks(seen_tokens, accelerator))  # every process's
     return {"train_seconds": train_seconds, "seen_tokens": seen_tokens, "steps": done,
             "final_loss": last_loss, "examples_seen": seen.examples,
-            "tokens_seen": seen.tokens, "peak_memory_mb": memory.peak_mb()}  # fmt: skip
+            "tokens_seen": seen.tokens, "peak_memory_mb": memory.peak_mb(),
+            "eval_seconds": eval_seconds, "checkpoint_seconds": checkpoint_seconds}  # fmt: skip
 
 
 @torch.inference_mode()

@@ -24,7 +24,12 @@ from torch.nn.parallel import DistributedDataParallel
 
 from tunelab.compat import accepts_logits_to_keep, fast_paths_enabled
 from tunelab.data.types import IGNORE
-from tunelab.training.packed import share_prefix, shares_prefixes
+from tunelab.training.packed import (
+    per_example_attention,
+    share_prefix,
+    shares_prefixes,
+    virtual_token_row,
+)
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids")
 CHUNK_ELEMENTS = 2**23  # logits per chunk (32 MiB in fp32): rows = CHUNK_ELEMENTS // V
@@ -48,14 +53,23 @@ def token_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[to
     mask = kept_targets != IGNORE  # (B, K)
     inner = unwrapped(model)  # what the model is; the forward still runs through `model`
     shift = _virtual_tokens(inner)  # outputs of prompt-tuned models start with V of them
-    head = _plain_head(inner)
-    if head is None:  # a head we cannot bypass: project every kept position, then score
-        logits = _kept_logits(model, model_inputs(batch), positions + shift)  # (B, K, V)
-        loss = F.cross_entropy(logits[mask].float(), kept_targets[mask], reduction="sum")
-        return loss, n_tokens
-    hidden = _kept_hidden(model, head, model_inputs(batch), positions + shift)  # (B, K, d)
-    loss = linear_cross_entropy(hidden[mask], head.weight, head.bias, kept_targets[mask])
+    if shift and "position_ids" in batch:  # a packed row: V virtual tokens for every example
+        base, inputs = virtual_token_row(inner, batch)
+        with per_example_attention(base):
+            return _loss_sum(base, inputs, positions + shift, kept_targets, mask), n_tokens
+    loss = _loss_sum(model, model_inputs(batch), positions + shift, kept_targets, mask, inner)
     return loss, n_tokens
+
+
+def _loss_sum(model, inputs, positions, kept_targets, mask, inner=None) -> torch.Tensor:
+    """Summed cross-entropy of `kept_targets` (B, K) where `mask`, predicted from the model's
+    outputs at sequence `positions` (K,); `inner`: the model under a DDP wrapper (its head)."""
+    head = _plain_head(inner if inner is not None else model)
+    if head is None:  # a head we cannot bypass: project every kept position, then score
+        logits = _kept_logits(model, inputs, positions)  # (B, K, V)
+        return F.cross_entropy(logits[mask].float(), kept_targets[mask], reduction="sum")
+    hidden = _kept_hidden(model, head, inputs, positions)  # (B, K, d)
+    return linear_cross_entropy(hidden[mask], head.weight, head.bias, kept_targets[mask])
 
 
 def unwrapped(model: nn.Module) -> nn.Module:

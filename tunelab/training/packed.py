@@ -30,6 +30,7 @@ from torch import nn
 
 from tunelab.compat import (
     attn_implementation,
+    fast_paths_enabled,
     register_attention,
     repeat_kv,
     sdpa_attention_forward,
@@ -197,3 +198,42 @@ def _shared_length(ids: list[int], labels: list[int], spans: list[tuple[int, int
         learned = next((i for i in range(start, end) if labels[i] != IGNORE), end) - start
         shared = min(count, learned - 1)  # the label at `shared` must stay IGNORE
     return max(shared, 0)
+
+
+# ---------------------------------------------------------------- virtual tokens
+def virtual_token_row(model: nn.Module, inputs: dict) -> tuple[nn.Module, dict]:
+    """A packed row (1, L) for a prompt-tuning or p-tuning PeftModel, as (the base model, its
+    inputs): the V virtual tokens once at the head of the row, then the row's embeddings with
+    every position shifted by V. The virtual tokens do not depend on the input and come first,
+    so their hidden states are the same for every example; the packed attention reads them as
+    the row's shared prefix (segment 0, V tokens) that each example sees, which is exactly one
+    example per row behind its own V virtual tokens (text at positions V, V+1, ...). PEFT's own
+    forward cannot do this: it puts the virtual tokens once before the whole row and drops
+    `position_ids`. Positions of a row whose prompt prefix is stored once (`share_prefix`)
+    shift the same way; the shared prefix then is the virtual tokens and that prompt."""
+    embeds = model.word_embeddings(inputs["input_ids"])  # (1, L, H)
+    prompts = model.get_prompt(batch_size=1).to(embeds.dtype)  # (1, V, H)
+    positions = inputs["position_ids"]  # (1, L)
+    virtual = torch.arange(prompts.shape[1], device=positions.device)[None]  # (1, V)
+    return model.get_base_model(), {
+        "inputs_embeds": torch.cat([prompts, embeds], dim=1),  # (1, V + L, H)
+        "position_ids": torch.cat([virtual, positions + prompts.shape[1]], dim=1),  # (1, V + L)
+    }
+
+
+def packs_virtual_tokens(model: nn.Module) -> bool:
+    """Can packed rows carry virtual tokens for this model? Only under the packed attention:
+    the fast paths are on and the model runs SDPA (anything else cannot switch to it)."""
+    return attn_implementation(model) == "sdpa" and fast_paths_enabled()
+
+
+@contextmanager
+def per_example_attention(model: nn.Module) -> Iterator[None]:
+    """The packed attention for the block, unless the model already runs under it (a row with
+    virtual tokens needs it: transformers' own packed-row mask would hide them from every
+    example after the first)."""
+    if attn_implementation(model) in (PACKED_SDPA, SHARED_SDPA):
+        yield
+        return
+    with packed_attention(model, share_prefixes=False):
+        yield

@@ -16,6 +16,7 @@ from tunelab.data import build_datasets, make_batches, tokenize_examples
 from tunelab.errors import DataError
 from tunelab.models import arch_of
 from tunelab.training.budget import Limits, Seen, take_window
+from tunelab.training.packed import packs_virtual_tokens
 from tunelab.training.tasks import Extras, plan_extras, plan_tasks
 
 
@@ -87,6 +88,8 @@ def tokens_per_batch(cfg: RunConfig) -> int:
 
 def plan_data(cfg: RunConfig, tokenizer, method, model, rank: int = 0, world: int = 1) -> Plan:
     packing = cfg.data.packing and method.supports_packing and arch_of(model).supports_packing
+    if getattr(method, "prompt_learning", False):  # virtual tokens pack only with our attention
+        packing = packing and packs_virtual_tokens(model)
     tasks = None
     if cfg.data.tasks:  # multi-task: a mixture of template-rendered tasks
         datasets, train_items, tasks = plan_tasks(cfg, tokenizer, packing, tokens_per_batch(cfg))
