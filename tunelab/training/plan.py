@@ -89,7 +89,9 @@ def tokens_per_batch(cfg: RunConfig) -> int:
 def plan_data(cfg: RunConfig, tokenizer, method, model, rank: int = 0, world: int = 1) -> Plan:
     packing = cfg.data.packing and method.supports_packing and arch_of(model).supports_packing
     if getattr(method, "prompt_learning", False):  # virtual tokens pack only with our attention
-        packing = packing and packs_virtual_tokens(model)
+        # ... and in one process: a packed row runs the base model directly, past the DDP
+        # wrapper whose forward readies the gradient all-reduce of the virtual tokens
+        packing = packing and packs_virtual_tokens(model) and world == 1
     tasks = None
     if cfg.data.tasks:  # multi-task: a mixture of template-rendered tasks
         datasets, train_items, tasks = plan_tasks(cfg, tokenizer, packing, tokens_per_batch(cfg))
