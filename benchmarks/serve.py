@@ -172,6 +172,24 @@ def start_server(command: list[str], port: int) -> subprocess.Popen:
     raise RuntimeError(f"server on port {port} did not start")
 
 
+def engine_stats(url: str) -> dict:
+    return httpx.get(f"{url}/tunelab/stats", timeout=30).json()
+
+
+def describe_stats(before: dict, after: dict) -> str:
+    """What the engine did between two /tunelab/stats readings."""
+    done = {key: after[key] - before[key] for key in ("steps", "step_rows", "prefills",
+            "prefill_rows", "classic", "classic_rows", "finished")}  # fmt: skip
+    rows = done["step_rows"] / done["steps"] if done["steps"] else 0.0
+    forwards = (done["steps"] + done["prefills"]) / done["finished"] if done["finished"] else 0.0
+    joined = done["prefill_rows"] / done["prefills"] if done["prefills"] else 0.0
+    return (
+        f"{done['steps']} decoding forwards, {rows:.2f} rows each; {done['prefills']} prefills, "
+        f"{joined:.2f} rows each; {done['classic']} generate() batches of "
+        f"{done['classic_rows']} requests; {forwards:.2f} continuous forwards per request"
+    )
+
+
 def warm(url: str, names: list[str]) -> None:
     for name in names:
         one_request(url, name, PROMPTS[0], 4)
@@ -202,33 +220,45 @@ def merged_overhead(run: Path, repeats: int, tokens: int) -> tuple[float, float]
     return statistics.median(timings["view"]), statistics.median(timings["merged"])
 
 
-def engine_cpu(model: str, prompts: int, tokens: int) -> tuple[float, float]:
-    """(CPU s one prompt at a time through `generate`, CPU s as one engine batch) for the same
-    prompts and `tokens` new tokens each on one thread: what batching saves, measured in
-    process time so that other load on a shared machine barely moves it."""
+def engine_cpu(model: str, prompts: int, tokens: int) -> dict[str, float]:
+    """CPU seconds for the same prompts and `tokens` new tokens each on one thread: one prompt
+    at a time through `generate`, as one left-padded `generate` batch (the engine's classic
+    path), and as one continuous batch (`RunningBatch`, every prompt joining at once): what
+    batching saves, measured in process time so that other load on a shared machine barely
+    moves it."""
     from tunelab.config import DataConfig
     from tunelab.data.templates import render_prompt
     from tunelab.evaluate import generate
-    from tunelab.evaluate.generation import _encode
+    from tunelab.evaluate.generation import encode_prompts
+    from tunelab.evaluate.modes import inference
     from tunelab.serve.adapters import AdapterSet
-    from tunelab.serve.engine import Job, decode
+    from tunelab.serve.batch import RunningBatch, Stats
+    from tunelab.serve.engine import Job, Wordlike, decode
 
     torch.set_num_threads(1)
     served = AdapterSet(model)
-    texts = [render_prompt(PROMPTS[i % len(PROMPTS)], served.tokenizer, DataConfig())
+    tokenizer = served.tokenizer
+    texts = [render_prompt(PROMPTS[i % len(PROMPTS)], tokenizer, DataConfig())
              for i in range(prompts)]  # fmt: skip
     force = {"min_new_tokens": tokens}
+    ids = encode_prompts(tokenizer, texts)
     start = time.process_time()
     for text in texts:
-        generate(
-            served.base, served.tokenizer, [text], max_new_tokens=tokens, batch_size=1, **force
-        )
-    single = time.process_time() - start
-    jobs = [Job("base", _encode(served.tokenizer, [text])[0], tokens, emit=lambda event: None,
-                decoding=dict(force)) for text in texts]  # fmt: skip
+        generate(served.base, tokenizer, [text], max_new_tokens=tokens, batch_size=1, **force)
+    cost = {"one at a time": time.process_time() - start}
+    jobs = lambda: [Job("base", row, tokens, emit=lambda event: None, decoding=dict(force))  # noqa: E731
+                    for row in ids]  # fmt: skip
     start = time.process_time()
-    decode(served.base, served.tokenizer, jobs)
-    return single, time.process_time() - start
+    decode(served.base, tokenizer, jobs())
+    cost["generate batch"] = time.process_time() - start
+    start = time.process_time()
+    batch = RunningBatch(served.base, tokenizer, force, Wordlike(tokenizer), Stats())
+    with inference(served.base):
+        batch.join(jobs())
+        while len(batch):
+            batch.step()
+    cost["continuous batch"] = time.process_time() - start
+    return cost
 
 
 def main() -> None:
@@ -244,11 +274,11 @@ def main() -> None:
                         help="only the CPU cost of batching on MODEL (no servers)")  # fmt: skip
     args = parser.parse_args()
     if args.engine_only:
-        single, batched = engine_cpu(args.engine_only, args.clients, args.max_tokens)
-        print(
-            f"{args.clients} prompts x {args.max_tokens} tokens, 1 thread, CPU s: one at a "
-            f"time {single:.2f}, one engine batch {batched:.2f} ({single / batched:.2f}x less)"
-        )
+        cost = engine_cpu(args.engine_only, args.clients, args.max_tokens)
+        single = cost["one at a time"]
+        figures = [f"{label} {s:.2f} ({single / s:.2f}x less)" for label, s in cost.items()]
+        print(f"{args.clients} prompts x {args.max_tokens} tokens, 1 thread, CPU s: ", end="")
+        print(", ".join(figures))
         return
     from tunelab.serve.catalog import discover
 
@@ -276,9 +306,12 @@ def main() -> None:
             served = names
             warm(url, served)
             for workload in args.workloads.split(","):
+                before = engine_stats(url) if label == "tunelab" else None
                 table[label, workload] = drive(url, workload, served, args)
                 figures = {key: round(value, 3) for key, value in table[label, workload].items()}
                 print(label, workload, json.dumps(figures), flush=True)
+                if before is not None:
+                    print("  engine:", describe_stats(before, engine_stats(url)), flush=True)
         finally:
             process.terminate()
             process.wait(30)
