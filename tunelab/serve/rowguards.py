@@ -102,9 +102,9 @@ class RowGuards:
             scores = torch.where(self.seen[start:].to(scores.device), penalised, scores)
         banned = self._banned(rows)
         if banned:
-            rows, tokens = zip(*banned, strict=True)
+            where, tokens = zip(*banned, strict=True)
             scores = scores.clone()
-            scores[list(rows), list(tokens)] = -float("inf")
+            scores[list(where), list(tokens)] = -float("inf")
         if options.min_new_tokens:
             early = [i for i, row in enumerate(rows) if row.generated < options.min_new_tokens]
             if early:
