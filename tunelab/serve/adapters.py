@@ -30,6 +30,7 @@ from tunelab.evaluate.decoding import resolve_options
 from tunelab.methods import get_method
 from tunelab.models import load_model_and_tokenizer
 from tunelab.run import RunFiles, read_run_config
+from tunelab.serve.fastlora import fuse_lora
 
 BASE = "base"  # the name that selects the untouched base model
 PEFT_PREFIX = "base_model.model."  # PEFT's saved names start here
@@ -107,6 +108,7 @@ class AdapterSet:
         else:
             give_own_copies(view, written_names(adapter, view))
             model = method.load(view, cfg.method, adapter)
+            fuse_lora(model)  # PEFT's LoRA layers: the same sums without the bookkeeping
         decoding = resolve_options(cfg.eval.decoding(), [])  # no references: auto is off
         return Served(model.eval(), cfg.data, Path(run_dir), decoding, cfg.method.name)
 

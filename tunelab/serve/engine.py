@@ -2,19 +2,27 @@
 
 Why one thread: the views of an `AdapterSet` share the base's tensors and torch already uses
 every core for one forward pass, so running two generations at once only makes both slower.
-Requests are instead *batched*: when the worker is free it takes the oldest waiting job and
-every other waiting job with the same batch key — the same adapter and the same sampling
-settings (temperature, top_p, repetition penalty, n-gram block, and the seed when sampling) —
-up to `max_batch`, left-pads their prompts and decodes them together with the KV cache through
-the very function offline generation uses (`tunelab.evaluate.generation`), so greedy output is
-what `tunelab generate` gives. Different adapters never share a batch: a view is a different
-model. Jobs that arrive while a batch decodes wait for the next one.
+Requests are instead *batched*, continuously: every job has a batch key (its adapter and its
+decoding options: temperature, top_p, penalties, n-gram blocks, and the seed when sampling),
+and jobs of one key and one model decode as one `RunningBatch` (`tunelab.serve.batch`). Between
+two decoding steps the worker admits waiting jobs, oldest first: a job joins its key's running
+batch while that has fewer than `max_batch` rows, or starts a new one. Rows leave the batch the
+step they finish, so no forward is spent on them. Running batches of different keys (different
+adapters: each view is a different model) take one step each in turn. An idle worker that is
+handed a first job waits up to `window` seconds (default 10 ms) for more of its kind, so that
+requests sent together start together.
 
-Each job is followed token by token by a stopping criterion that transformers calls once per
-decoding step with the tokens so far (B, T): it decodes the row's new text, hands deltas to
-the job's `emit` callback (thread-safe, never blocking: a slow client cannot stall the
-worker), applies stop strings and the job's own `max_tokens`, and ends rows whose client went
-away (`cancelled`). A finished row is padded by transformers until the whole batch is done.
+Greedy decoding runs through the running batch's own loop, which computes what offline
+`generate` computes for each row alone (tests compare them token for token). Jobs that loop
+does not cover — sampling (seeded draws come from `generate`'s sampler), PEFT's prompt-learning
+models, sliding-window caches — are decoded as before: a left-padded batch of one key through
+the very function offline generation uses (`tunelab.evaluate.generation`), followed token by
+token by a stopping criterion, the worker busy until that batch ends.
+
+Each job hands deltas of its text to its `emit` callback (thread-safe, never blocking: a slow
+client cannot stall the worker), applies stop strings and its own `max_tokens`, and ends when
+its client went away (`cancelled`). `stats` counts forwards and rows per forward;
+`/tunelab/stats` serves it.
 """
 
 from __future__ import annotations
