@@ -16,9 +16,12 @@ row (greedy, `max_tokens` fixed, `no_repeat_ngram_size=3` so answers run long):
   distinct  client i always asks model i (base and the adapters, in turn)
 
 Printed per server and workload: output tokens/s (all clients together), p50/p95 request
-latency and p50 time to first token; then tunelab / reference ratios of tokens/s. Last, the
-per-token cost of an unmerged LoRA view against the same LoRA merged into the weights
-(greedy decoding of one prompt, median of `--repeats`).
+latency, p50 time to first token, and output tokens per CPU second of the server process (on a
+shared machine the wall-clock figures move with other load; CPU time much less); for tunelab
+also what the engine did (decoding forwards, rows per forward, prefills); then tunelab /
+reference ratios of both. Last, the per-token CPU cost of an unmerged LoRA as a served view
+(lean LoRA forward) and as PEFT's own model against the same LoRA merged into the weights
+(greedy decoding of one prompt, one thread, median of `--repeats`).
 """
 
 from __future__ import annotations
@@ -136,7 +139,13 @@ def plan(workload: str, names: list[str], clients: int, requests: int) -> list[l
     return [[names[c % len(names)]] * requests for c in range(clients)]
 
 
-def drive(url: str, workload: str, names: list[str], args) -> dict:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds the process `pid` has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def drive(url: str, workload: str, names: list[str], args, pid: int) -> dict:
     asks = plan(workload, names, args.clients, args.requests)
     results: list[dict] = []
 
@@ -145,15 +154,16 @@ def drive(url: str, workload: str, names: list[str], args) -> dict:
             prompt = PROMPTS[(index + number) % len(PROMPTS)]
             results.append(one_request(url, model, prompt, args.max_tokens))
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), cpu_seconds(pid)
     threads = [threading.Thread(target=client, args=(i,)) for i in range(args.clients)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    wall = time.perf_counter() - start
+    wall, cpu = time.perf_counter() - start, cpu_seconds(pid) - cpu
     latencies = sorted(r["latency"] for r in results)
-    return {"tokens_per_s": sum(r["tokens"] for r in results) / wall,
+    tokens = sum(r["tokens"] for r in results)
+    return {"tokens_per_s": tokens / wall, "tokens_per_cpu_s": tokens / cpu,
             "p50": statistics.median(latencies), "p95": latencies[int(0.95 * (len(latencies) - 1))],
             "ttft_p50": statistics.median(r["ttft"] for r in results), "wall": wall}  # fmt: skip
 
@@ -195,29 +205,35 @@ def warm(url: str, names: list[str]) -> None:
         one_request(url, name, PROMPTS[0], 4)
 
 
-def merged_overhead(run: Path, repeats: int, tokens: int) -> tuple[float, float]:
-    """(s/token unmerged LoRA view, s/token merged), greedy, one prompt."""
+def merged_overhead(run: Path, repeats: int, tokens: int) -> dict[str, float]:
+    """CPU s/token of one LoRA run, greedy, one prompt, one torch thread, as a served view (the
+    lean LoRA forward), as PEFT's own model (`load_run`), and merged into the weights; each the
+    median of `repeats`, interleaved. CPU time, so that other load on the machine barely
+    moves it."""
     import tempfile
 
     from tunelab.evaluate import generate
     from tunelab.export.merge import merge_run
     from tunelab.models import load_model_and_tokenizer
-    from tunelab.run import read_run_config
+    from tunelab.run import load_run, read_run_config
     from tunelab.serve.adapters import AdapterSet
 
+    torch.set_num_threads(1)
     served = AdapterSet.from_runs({"lora": run})
+    peft_model, _ = load_run(run)
     with tempfile.TemporaryDirectory() as folder:
         merge_run(run, Path(folder) / "merged")
         config = read_run_config(run).model.model_copy(update={"name": f"{folder}/merged"})
         merged, tokenizer = load_model_and_tokenizer(config)
-    timings = {"view": [], "merged": []}
+    models = {"view": served.model, "peft": peft_model, "merged": merged}
+    timings = {label: [] for label in models}
     for _ in range(repeats):
-        for label, model in (("view", served.model), ("merged", merged)):
-            start = time.perf_counter()
+        for label, model in models.items():
+            start = time.process_time()
             generate(model, tokenizer, [PROMPTS[1]], max_new_tokens=tokens, batch_size=1,
                      min_new_tokens=tokens)  # fmt: skip
-            timings[label].append((time.perf_counter() - start) / tokens)
-    return statistics.median(timings["view"]), statistics.median(timings["merged"])
+            timings[label].append((time.process_time() - start) / tokens)
+    return {label: statistics.median(values) for label, values in timings.items()}
 
 
 def engine_cpu(model: str, prompts: int, tokens: int) -> dict[str, float]:
@@ -307,7 +323,7 @@ def main() -> None:
             warm(url, served)
             for workload in args.workloads.split(","):
                 before = engine_stats(url) if label == "tunelab" else None
-                table[label, workload] = drive(url, workload, served, args)
+                table[label, workload] = drive(url, workload, served, args, process.pid)
                 figures = {key: round(value, 3) for key, value in table[label, workload].items()}
                 print(label, workload, json.dumps(figures), flush=True)
                 if before is not None:
@@ -316,16 +332,20 @@ def main() -> None:
             process.terminate()
             process.wait(30)
     for workload in args.workloads.split(","):
-        ratio = (
-            table["tunelab", workload]["tokens_per_s"]
-            / table["reference", workload]["tokens_per_s"]
+        ours, theirs = table["tunelab", workload], table["reference", workload]
+        print(
+            f"{workload}: tunelab/reference output tokens/s = "
+            f"{ours['tokens_per_s'] / theirs['tokens_per_s']:.2f}x; output tokens per server "
+            f"CPU second = {ours['tokens_per_cpu_s'] / theirs['tokens_per_cpu_s']:.2f}x"
         )
-        print(f"{workload}: tunelab/reference output tokens/s = {ratio:.2f}x")
     lora = next((path for name, path in runs.items() if name.startswith("lora")), None)
     if lora:
-        view, merged = merged_overhead(lora, args.repeats, args.max_tokens)
-        print(f"unmerged LoRA {view * 1000:.1f} ms/token vs merged {merged * 1000:.1f} ms/token: "
-              f"overhead {100 * (view / merged - 1):+.1f} %")  # fmt: skip
+        cost = merged_overhead(lora, args.repeats, args.max_tokens)
+        merged = cost["merged"]
+        print(f"LoRA per token, CPU ms (1 thread): served view {cost['view'] * 1000:.1f} "
+              f"({100 * (cost['view'] / merged - 1):+.1f} % over merged), PEFT's forward "
+              f"{cost['peft'] * 1000:.1f} ({100 * (cost['peft'] / merged - 1):+.1f} %), merged "
+              f"{merged * 1000:.1f}")  # fmt: skip
 
 
 if __name__ == "__main__":
