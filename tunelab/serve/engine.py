@@ -32,6 +32,7 @@ import random
 import re
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -152,6 +153,7 @@ class Scheduler:
         self.pending: deque[Job] = deque()
         self.running: list[Job] = []
         self.batches: dict[tuple, RunningBatch] = {}  # (job key, id(model)) -> running batch
+        self.continuous: dict[tuple, tuple] = {}  # slot -> (model ref, decoded by RunningBatch)
         self.turn = 0  # round robin over running batches, one step each
         self.stats = Stats()
         self.wordlike = Wordlike(adapters.tokenizer)
@@ -238,7 +240,13 @@ class Scheduler:
                 job.emit({"error": f"the model {job.adapter!r} was unloaded", "status": 404})
                 continue
             slot = (job.key(), id(model))
-            if continuous_ok(model, job.decoding):
+            known = self.continuous.get(slot)
+            if known is None or known[0]() is not model:  # (an id can be reused after unload)
+                known = self.continuous[slot] = (
+                    weakref.ref(model),
+                    continuous_ok(model, job.decoding),
+                )
+            if known[1]:
                 running = len(self.batches[slot]) if slot in self.batches else 0
                 group = joining.setdefault(slot, [])
             else:
