@@ -16,9 +16,12 @@ row (greedy, `max_tokens` fixed, `no_repeat_ngram_size=3` so answers run long):
   distinct  client i always asks model i (base and the adapters, in turn)
 
 Printed per server and workload: output tokens/s (all clients together), p50/p95 request
-latency and p50 time to first token; then tunelab / reference ratios of tokens/s. Last, the
-per-token cost of an unmerged LoRA view against the same LoRA merged into the weights
-(greedy decoding of one prompt, median of `--repeats`).
+latency, p50 time to first token, and output tokens per CPU second of the server process (on a
+shared machine the wall-clock figures move with other load; CPU time much less); for tunelab
+also what the engine did (decoding forwards, rows per forward, prefills); then tunelab /
+reference ratios of both. Last, the per-token CPU cost of an unmerged LoRA as a served view
+(lean LoRA forward) and as PEFT's own model against the same LoRA merged into the weights
+(greedy decoding of one prompt, one thread, median of `--repeats`).
 """
 
 from __future__ import annotations
@@ -136,7 +139,13 @@ def plan(workload: str, names: list[str], clients: int, requests: int) -> list[l
     return [[names[c % len(names)]] * requests for c in range(clients)]
 
 
-def drive(url: str, workload: str, names: list[str], args) -> dict:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds the process `pid` has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def drive(url: str, workload: str, names: list[str], args, pid: int) -> dict:
     asks = plan(workload, names, args.clients, args.requests)
     results: list[dict] = []
 
@@ -145,15 +154,16 @@ def drive(url: str, workload: str, names: list[str], args) -> dict:
             prompt = PROMPTS[(index + number) % len(PROMPTS)]
             results.append(one_request(url, model, prompt, args.max_tokens))
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), cpu_seconds(pid)
     threads = [threading.Thread(target=client, args=(i,)) for i in range(args.clients)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    wall = time.perf_counter() - start
+    wall, cpu = time.perf_counter() - start, cpu_seconds(pid) - cpu
     latencies = sorted(r["latency"] for r in results)
-    return {"tokens_per_s": sum(r["tokens"] for r in results) / wall,
+    tokens = sum(r["tokens"] for r in results)
+    return {"tokens_per_s": tokens / wall, "tokens_per_cpu_s": tokens / cpu,
             "p50": statistics.median(latencies), "p95": latencies[int(0.95 * (len(latencies) - 1))],
             "ttft_p50": statistics.median(r["ttft"] for r in results), "wall": wall}  # fmt: skip
 
@@ -172,63 +182,99 @@ def start_server(command: list[str], port: int) -> subprocess.Popen:
     raise RuntimeError(f"server on port {port} did not start")
 
 
+def engine_stats(url: str) -> dict:
+    return httpx.get(f"{url}/tunelab/stats", timeout=30).json()
+
+
+def describe_stats(before: dict, after: dict) -> str:
+    """What the engine did between two /tunelab/stats readings."""
+    done = {key: after[key] - before[key] for key in ("steps", "step_rows", "prefills",
+            "prefill_rows", "classic", "classic_rows", "finished")}  # fmt: skip
+    rows = done["step_rows"] / done["steps"] if done["steps"] else 0.0
+    forwards = (done["steps"] + done["prefills"]) / done["finished"] if done["finished"] else 0.0
+    joined = done["prefill_rows"] / done["prefills"] if done["prefills"] else 0.0
+    return (
+        f"{done['steps']} decoding forwards, {rows:.2f} rows each; {done['prefills']} prefills, "
+        f"{joined:.2f} rows each; {done['classic']} generate() batches of "
+        f"{done['classic_rows']} requests; {forwards:.2f} continuous forwards per request"
+    )
+
+
 def warm(url: str, names: list[str]) -> None:
     for name in names:
         one_request(url, name, PROMPTS[0], 4)
 
 
-def merged_overhead(run: Path, repeats: int, tokens: int) -> tuple[float, float]:
-    """(s/token unmerged LoRA view, s/token merged), greedy, one prompt."""
+def merged_overhead(run: Path, repeats: int, tokens: int) -> dict[str, float]:
+    """CPU s/token of one LoRA run, greedy, one prompt, one torch thread, as a served view (the
+    lean LoRA forward), as PEFT's own model (`load_run`), and merged into the weights; each the
+    median of `repeats`, interleaved. CPU time, so that other load on the machine barely
+    moves it."""
     import tempfile
 
     from tunelab.evaluate import generate
     from tunelab.export.merge import merge_run
     from tunelab.models import load_model_and_tokenizer
-    from tunelab.run import read_run_config
+    from tunelab.run import load_run, read_run_config
     from tunelab.serve.adapters import AdapterSet
 
+    torch.set_num_threads(1)
     served = AdapterSet.from_runs({"lora": run})
+    peft_model, _ = load_run(run)
     with tempfile.TemporaryDirectory() as folder:
         merge_run(run, Path(folder) / "merged")
         config = read_run_config(run).model.model_copy(update={"name": f"{folder}/merged"})
         merged, tokenizer = load_model_and_tokenizer(config)
-    timings = {"view": [], "merged": []}
+    models = {"view": served.model, "peft": peft_model, "merged": merged}
+    timings = {label: [] for label in models}
     for _ in range(repeats):
-        for label, model in (("view", served.model), ("merged", merged)):
-            start = time.perf_counter()
+        for label, model in models.items():
+            start = time.process_time()
             generate(model, tokenizer, [PROMPTS[1]], max_new_tokens=tokens, batch_size=1,
                      min_new_tokens=tokens)  # fmt: skip
-            timings[label].append((time.perf_counter() - start) / tokens)
-    return statistics.median(timings["view"]), statistics.median(timings["merged"])
+            timings[label].append((time.process_time() - start) / tokens)
+    return {label: statistics.median(values) for label, values in timings.items()}
 
 
-def engine_cpu(model: str, prompts: int, tokens: int) -> tuple[float, float]:
-    """(CPU s one prompt at a time through `generate`, CPU s as one engine batch) for the same
-    prompts and `tokens` new tokens each on one thread: what batching saves, measured in
-    process time so that other load on a shared machine barely moves it."""
+def engine_cpu(model: str, prompts: int, tokens: int) -> dict[str, float]:
+    """CPU seconds for the same prompts and `tokens` new tokens each on one thread: one prompt
+    at a time through `generate`, as one left-padded `generate` batch (the engine's classic
+    path), and as one continuous batch (`RunningBatch`, every prompt joining at once): what
+    batching saves, measured in process time so that other load on a shared machine barely
+    moves it."""
     from tunelab.config import DataConfig
     from tunelab.data.templates import render_prompt
     from tunelab.evaluate import generate
-    from tunelab.evaluate.generation import _encode
+    from tunelab.evaluate.generation import encode_prompts
+    from tunelab.evaluate.modes import inference
     from tunelab.serve.adapters import AdapterSet
-    from tunelab.serve.engine import Job, decode
+    from tunelab.serve.batch import RunningBatch, Stats
+    from tunelab.serve.engine import Job, Wordlike, decode
 
     torch.set_num_threads(1)
     served = AdapterSet(model)
-    texts = [render_prompt(PROMPTS[i % len(PROMPTS)], served.tokenizer, DataConfig())
+    tokenizer = served.tokenizer
+    texts = [render_prompt(PROMPTS[i % len(PROMPTS)], tokenizer, DataConfig())
              for i in range(prompts)]  # fmt: skip
     force = {"min_new_tokens": tokens}
+    ids = encode_prompts(tokenizer, texts)
     start = time.process_time()
     for text in texts:
-        generate(
-            served.base, served.tokenizer, [text], max_new_tokens=tokens, batch_size=1, **force
-        )
-    single = time.process_time() - start
-    jobs = [Job("base", _encode(served.tokenizer, [text])[0], tokens, emit=lambda event: None,
-                decoding=dict(force)) for text in texts]  # fmt: skip
+        generate(served.base, tokenizer, [text], max_new_tokens=tokens, batch_size=1, **force)
+    cost = {"one at a time": time.process_time() - start}
+    jobs = lambda: [Job("base", row, tokens, emit=lambda event: None, decoding=dict(force))  # noqa: E731
+                    for row in ids]  # fmt: skip
     start = time.process_time()
-    decode(served.base, served.tokenizer, jobs)
-    return single, time.process_time() - start
+    decode(served.base, tokenizer, jobs())
+    cost["generate batch"] = time.process_time() - start
+    start = time.process_time()
+    batch = RunningBatch(served.base, tokenizer, force, Wordlike(tokenizer), Stats())
+    with inference(served.base):
+        batch.join(jobs())
+        while len(batch):
+            batch.step()
+    cost["continuous batch"] = time.process_time() - start
+    return cost
 
 
 def main() -> None:
@@ -244,11 +290,11 @@ def main() -> None:
                         help="only the CPU cost of batching on MODEL (no servers)")  # fmt: skip
     args = parser.parse_args()
     if args.engine_only:
-        single, batched = engine_cpu(args.engine_only, args.clients, args.max_tokens)
-        print(
-            f"{args.clients} prompts x {args.max_tokens} tokens, 1 thread, CPU s: one at a "
-            f"time {single:.2f}, one engine batch {batched:.2f} ({single / batched:.2f}x less)"
-        )
+        cost = engine_cpu(args.engine_only, args.clients, args.max_tokens)
+        single = cost["one at a time"]
+        figures = [f"{label} {s:.2f} ({single / s:.2f}x less)" for label, s in cost.items()]
+        print(f"{args.clients} prompts x {args.max_tokens} tokens, 1 thread, CPU s: ", end="")
+        print(", ".join(figures))
         return
     from tunelab.serve.catalog import discover
 
@@ -276,23 +322,30 @@ def main() -> None:
             served = names
             warm(url, served)
             for workload in args.workloads.split(","):
-                table[label, workload] = drive(url, workload, served, args)
+                before = engine_stats(url) if label == "tunelab" else None
+                table[label, workload] = drive(url, workload, served, args, process.pid)
                 figures = {key: round(value, 3) for key, value in table[label, workload].items()}
                 print(label, workload, json.dumps(figures), flush=True)
+                if before is not None:
+                    print("  engine:", describe_stats(before, engine_stats(url)), flush=True)
         finally:
             process.terminate()
             process.wait(30)
     for workload in args.workloads.split(","):
-        ratio = (
-            table["tunelab", workload]["tokens_per_s"]
-            / table["reference", workload]["tokens_per_s"]
+        ours, theirs = table["tunelab", workload], table["reference", workload]
+        print(
+            f"{workload}: tunelab/reference output tokens/s = "
+            f"{ours['tokens_per_s'] / theirs['tokens_per_s']:.2f}x; output tokens per server "
+            f"CPU second = {ours['tokens_per_cpu_s'] / theirs['tokens_per_cpu_s']:.2f}x"
         )
-        print(f"{workload}: tunelab/reference output tokens/s = {ratio:.2f}x")
     lora = next((path for name, path in runs.items() if name.startswith("lora")), None)
     if lora:
-        view, merged = merged_overhead(lora, args.repeats, args.max_tokens)
-        print(f"unmerged LoRA {view * 1000:.1f} ms/token vs merged {merged * 1000:.1f} ms/token: "
-              f"overhead {100 * (view / merged - 1):+.1f} %")  # fmt: skip
+        cost = merged_overhead(lora, args.repeats, args.max_tokens)
+        merged = cost["merged"]
+        print(f"LoRA per token, CPU ms (1 thread): served view {cost['view'] * 1000:.1f} "
+              f"({100 * (cost['view'] / merged - 1):+.1f} % over merged), PEFT's forward "
+              f"{cost['peft'] * 1000:.1f} ({100 * (cost['peft'] / merged - 1):+.1f} %), merged "
+              f"{merged * 1000:.1f}")  # fmt: skip
 
 
 if __name__ == "__main__":

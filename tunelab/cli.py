@@ -358,6 +358,9 @@ def serve(
     api_key: str = typer.Option(None, "--api-key", help="require 'Authorization: Bearer KEY'"),
     allow_admin: bool = typer.Option(False, "--allow-admin", help="enable /admin/load, unload"),
     max_batch: int = typer.Option(8, "--max-batch", min=1, help="requests decoded together"),
+    batch_window: float = typer.Option(
+        10.0, "--batch-window-ms", min=0, help="an idle server waits this long to fill a batch"
+    ),
     max_queue: int = typer.Option(64, "--max-queue", min=1, help="requests waiting or running"),
     max_tokens: int = typer.Option(256, "--max-tokens", min=1, help="cap on max_tokens"),
     print_vllm: bool = typer.Option(False, "--print-vllm", help="print a vllm serve command"),
@@ -372,7 +375,8 @@ def serve(
     if print_vllm:
         print(print_vllm_command(plan))
         return
-    limits = dict(max_batch=max_batch, max_queue=max_queue, max_tokens=max_tokens)
+    limits = dict(max_batch=max_batch, max_queue=max_queue, max_tokens=max_tokens,
+                  window=batch_window / 1000)  # fmt: skip
     run_server(
         plan,
         roots,

@@ -251,6 +251,9 @@ def test_concurrent_requests_over_adapters_match_lone_requests(client, server):
     assert dict(zip(asks, answers, strict=True)) == lone
     batches = [(adapter, len(reasons)) for adapter, reasons in scheduler.history]
     assert sorted(batches) == sorted([("base", 1), *((name, 3) for name in names)])
+    stats = httpx.get(f"{server.url}/tunelab/stats").json()  # what the benchmark reads
+    assert stats["prefill_rows"] >= 12 and stats["classic_rows"] >= 6  # prompt, prefix: generate
+    assert 1 < stats["mean_rows_per_step"] <= 3
     assert {ask: chat(client, *ask, **DIVERSE) for ask in asks} == lone  # unchanged after
 
 

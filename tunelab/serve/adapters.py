@@ -32,6 +32,7 @@ from tunelab.evaluate.decoding import resolve_options
 from tunelab.methods import get_method
 from tunelab.models import load_model_and_tokenizer
 from tunelab.run import RunFiles, read_run_config
+from tunelab.serve.fastlora import fuse_lora
 from tunelab.training.vocab import ROWS_FILE, extension_on, load_vocab
 
 BASE = "base"  # the name that selects the untouched base model
@@ -113,6 +114,7 @@ class AdapterSet:
         else:
             give_own_copies(view, written_names(adapter, view))
             model = method.load(view, cfg.method, adapter)
+            fuse_lora(model)  # PEFT's LoRA layers: the same sums without the bookkeeping
         decoding = resolve_options(cfg.eval.decoding(), [])  # no references: auto is off
         return Served(model.eval(), cfg.data, Path(run_dir), decoding, cfg.method.name)
 

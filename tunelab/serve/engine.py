@@ -2,19 +2,27 @@
 
 Why one thread: the views of an `AdapterSet` share the base's tensors and torch already uses
 every core for one forward pass, so running two generations at once only makes both slower.
-Requests are instead *batched*: when the worker is free it takes the oldest waiting job and
-every other waiting job with the same batch key — the same adapter and the same sampling
-settings (temperature, top_p, repetition penalty, n-gram block, and the seed when sampling) —
-up to `max_batch`, left-pads their prompts and decodes them together with the KV cache through
-the very function offline generation uses (`tunelab.evaluate.generation`), so greedy output is
-what `tunelab generate` gives. Different adapters never share a batch: a view is a different
-model. Jobs that arrive while a batch decodes wait for the next one.
+Requests are instead *batched*, continuously: every job has a batch key (its adapter and its
+decoding options: temperature, top_p, penalties, n-gram blocks, and the seed when sampling),
+and jobs of one key and one model decode as one `RunningBatch` (`tunelab.serve.batch`). Between
+two decoding steps the worker admits waiting jobs, oldest first: a job joins its key's running
+batch while that has fewer than `max_batch` rows, or starts a new one. Rows leave the batch the
+step they finish, so no forward is spent on them. Running batches of different keys (different
+adapters: each view is a different model) take one step each in turn. An idle worker that is
+handed a first job waits up to `window` seconds (default 10 ms) for more of its kind, so that
+requests sent together start together.
 
-Each job is followed token by token by a stopping criterion that transformers calls once per
-decoding step with the tokens so far (B, T): it decodes the row's new text, hands deltas to
-the job's `emit` callback (thread-safe, never blocking: a slow client cannot stall the
-worker), applies stop strings and the job's own `max_tokens`, and ends rows whose client went
-away (`cancelled`). A finished row is padded by transformers until the whole batch is done.
+Greedy decoding runs through the running batch's own loop, which computes what offline
+`generate` computes for each row alone (tests compare them token for token). Jobs that loop
+does not cover — sampling (seeded draws come from `generate`'s sampler), PEFT's prompt-learning
+models, sliding-window caches — are decoded as before: a left-padded batch of one key through
+the very function offline generation uses (`tunelab.evaluate.generation`), followed token by
+token by a stopping criterion, the worker busy until that batch ends.
+
+Each job hands deltas of its text to its `emit` callback (thread-safe, never blocking: a slow
+client cannot stall the worker), applies stop strings and its own `max_tokens`, and ends when
+its client went away (`cancelled`). `stats` counts forwards and rows per forward;
+`/tunelab/stats` serves it.
 """
 
 from __future__ import annotations
@@ -23,6 +31,8 @@ import logging
 import random
 import re
 import threading
+import time
+import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,10 +40,12 @@ from dataclasses import dataclass, field
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
+from tunelab.evaluate.decoding import first_line_answer
 from tunelab.evaluate.generation import generate_batch, guard_options, left_pad, stop_token_ids
 from tunelab.evaluate.modes import inference, model_device
 from tunelab.methods.prompt_cache import is_prompt_learning
 from tunelab.serve.adapters import BASE, AdapterSet
+from tunelab.serve.batch import RunningBatch, Stats, continuous_ok
 
 log = logging.getLogger(__name__)
 TRAILING = re.compile(r"[\s\ufffd]+$")
@@ -64,20 +76,25 @@ class Job:
     tokens: list[int] = field(default_factory=list)
     sent: str = ""
     finish_reason: str | None = None
+    arrived: float = field(default_factory=time.monotonic)
 
     def key(self) -> tuple:
         """Jobs with equal keys can share a batch."""
         sampling = bool(self.decoding.get("do_sample"))
         return self.adapter, tuple(sorted(self.decoding.items())), self.seed if sampling else None
 
-    def advance(self, token: int, tokenizer, stop_ids: list[int]) -> None:
-        """Take the row's next token; emit new text; finish on EOS, stop string or length."""
+    def advance(self, token: int, tokenizer, stop_ids: list[int], newline: bool = False) -> None:
+        """Take the row's next token; emit new text; finish on EOS, stop string, length, or
+        (with `newline`, the run's `stop_at_newline`) a newline after the answer began, keeping
+        its first line as offline generation does."""
         if self.cancelled.is_set():
             return self.finish("cancelled", self.sent)
         if token in stop_ids:
             return self.finish("stop", self._text(tokenizer))
         self.tokens.append(token)
         text = self._text(tokenizer)
+        if newline and "\n" in text:
+            return self.finish("stop", first_line_answer(text))
         for stop in self.stop:
             if stop in text:
                 return self.finish("stop", text[: text.index(stop)])
@@ -113,13 +130,13 @@ class Job:
 class FollowRows(StoppingCriteria):
     """Feeds each decoding step's new tokens to the batch's jobs; (B,) True where a row is done."""
 
-    def __init__(self, jobs: list[Job], tokenizer, stop_ids: list[int]) -> None:
-        self.jobs, self.tokenizer, self.stop_ids = jobs, tokenizer, stop_ids
+    def __init__(self, jobs: list[Job], tokenizer, stop_ids: list[int], newline: bool) -> None:
+        self.jobs, self.tokenizer, self.stop_ids, self.newline = jobs, tokenizer, stop_ids, newline
 
     def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
         for job, token in zip(self.jobs, input_ids[:, -1].tolist(), strict=True):
             if job.finish_reason is None:
-                job.advance(token, self.tokenizer, self.stop_ids)
+                job.advance(token, self.tokenizer, self.stop_ids, self.newline)
         done = [job.finish_reason is not None for job in self.jobs]
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
@@ -127,13 +144,22 @@ class FollowRows(StoppingCriteria):
 class Scheduler:
     """A bounded queue of jobs and the one worker thread that batches and decodes them."""
 
-    def __init__(self, adapters: AdapterSet, *, max_batch: int = 8, max_queue: int = 64) -> None:
+    def __init__(
+        self, adapters: AdapterSet, *, max_batch: int = 8, max_queue: int = 64,
+        window: float = 0.01,
+    ) -> None:  # fmt: skip
         self.adapters, self.max_batch, self.max_queue = adapters, max_batch, max_queue
+        self.window = window  # seconds an idle worker waits for a batch to fill
         self.pending: deque[Job] = deque()
         self.running: list[Job] = []
+        self.batches: dict[tuple, RunningBatch] = {}  # (job key, id(model)) -> running batch
+        self.continuous: dict[tuple, tuple] = {}  # slot -> (model ref, decoded by RunningBatch)
+        self.turn = 0  # round robin over running batches, one step each
+        self.stats = Stats()
+        self.wordlike = Wordlike(adapters.tokenizer)
         self.condition = threading.Condition()
         self.closed = False
-        self.history: deque[tuple[str, list[str | None]]] = deque(maxlen=100)  # recent batches:
+        self.history: deque[tuple[str, list[str | None]]] = deque(maxlen=100)  # ended batches:
         # (adapter, each job's finish reason), for tests and the benchmark
         self.thread = threading.Thread(target=self._work, name="tunelab-serve", daemon=True)
         self.thread.start()
@@ -163,47 +189,137 @@ class Scheduler:
     def _work(self) -> None:
         while True:
             with self.condition:
-                while not self.pending and not self.closed:
-                    self.condition.wait()
-                if self.closed:
+                self._wait_for_work()
+                if self.closed and not self.batches:
                     return
-                self.running = self._take()
+                joining, classic = self._admit()
+                self.running.extend(job for group in (*joining.values(), *classic) for job in group)
             try:
-                self._run(self.running)
+                for slot, jobs in joining.items():
+                    self._join(slot, jobs)
+                for jobs in classic:
+                    self._classic(jobs)
+                self._step()
             except Exception as error:  # a bug must not kill the worker: report and go on
                 log.exception("generation failed")
                 for job in self.running:
                     if job.finish_reason is None:
                         job.emit({"error": f"generation failed: {error}", "status": 500})
+                        job.finish_reason = "error"
+                self.batches.clear()
             finally:
-                with self.condition:
-                    self.running = []
+                self._forget_finished()
 
-    def _take(self) -> list[Job]:
-        """The oldest job and every waiting job with its key, up to max_batch, in order."""
-        first = self.pending.popleft()
-        batch = [first]
+    def _wait_for_work(self) -> None:
+        """Block while there is nothing to do; an idle worker given a first job waits up to
+        `window` seconds for more of its kind, so that they start as one batch."""
+        while not self.pending and not self.batches and not self.closed:
+            self.condition.wait()
+        if self.batches or self.closed or not self.window:
+            return
+        deadline = self.pending[0].arrived + self.window
+        key = self.pending[0].key()
+        while not self.closed and time.monotonic() < deadline:
+            if sum(job.key() == key for job in self.pending) >= self.max_batch:
+                return
+            self.condition.wait(deadline - time.monotonic())
+
+    def _admit(self) -> tuple[dict[tuple, list[Job]], list[list[Job]]]:
+        """Take waiting jobs, oldest first: ({batch slot: jobs joining it}, [classic batches]).
+        A job joins its key's running batch (or starts one) while that has room; jobs that
+        `generate` must decode form batches of one key, as before."""
+        joining: dict[tuple, list[Job]] = {}
+        classic: dict[tuple, list[Job]] = {}
         for job in list(self.pending):
-            if len(batch) == self.max_batch:
-                break
-            if job.key() == first.key():
-                batch.append(job)
+            if job.cancelled.is_set():
                 self.pending.remove(job)
-        return batch
+                continue
+            model = self._model(job)
+            if model is None:
+                self.pending.remove(job)
+                job.emit({"error": f"the model {job.adapter!r} was unloaded", "status": 404})
+                continue
+            slot = (job.key(), id(model))
+            known = self.continuous.get(slot)
+            if known is None or known[0]() is not model:  # (an id can be reused after unload)
+                known = self.continuous[slot] = (
+                    weakref.ref(model),
+                    continuous_ok(model, job.decoding),
+                )
+            if known[1]:
+                running = len(self.batches[slot]) if slot in self.batches else 0
+                group = joining.setdefault(slot, [])
+            else:
+                running, group = 0, classic.setdefault(slot, [])
+            if running + len(group) < self.max_batch:
+                group.append(job)
+                self.pending.remove(job)
+        return {slot: jobs for slot, jobs in joining.items() if jobs}, list(classic.values())
 
-    def _run(self, jobs: list[Job]) -> None:
-        jobs = [job for job in jobs if not job.cancelled.is_set()]
-        if not jobs:
+    def _model(self, job: Job):
+        if job.adapter == BASE:
+            return self.adapters.base
+        served = self.adapters.runs.get(job.adapter)
+        return served.model if served else None
+
+    def _join(self, slot: tuple, jobs: list[Job]) -> None:
+        batch = self.batches.get(slot)
+        if batch is None:
+            model = self._model(jobs[0])
+            batch = RunningBatch(model, self.adapters.tokenizer, jobs[0].decoding, self.wordlike,
+                                 self.stats)  # fmt: skip
+            batch.adapter = jobs[0].adapter
+            self.batches[slot] = batch
+        with inference(batch.model):
+            batch.join(jobs)
+        self._end_if_empty(slot)
+
+    def _step(self) -> None:
+        """One decoding step of the next running batch (round robin)."""
+        if not self.batches:
             return
-        adapter = jobs[0].adapter
-        served = self.adapters.runs.get(adapter)
-        if served is None and adapter != BASE:
-            for job in jobs:
-                job.emit({"error": f"the model {adapter!r} was unloaded", "status": 404})
-            return
-        model = served.model if served else self.adapters.base
-        decode(model, self.adapters.tokenizer, jobs)
-        self.history.append((adapter, [job.finish_reason for job in jobs]))
+        slots = list(self.batches)
+        slot = slots[self.turn % len(slots)]
+        self.turn += 1
+        batch = self.batches[slot]
+        with inference(batch.model):
+            batch.step()
+        self._end_if_empty(slot)
+
+    def _end_if_empty(self, slot: tuple) -> None:
+        batch = self.batches[slot]
+        if not len(batch):
+            del self.batches[slot]
+            self.history.append((batch.adapter, [job.finish_reason for job in batch.seen]))
+
+    def _classic(self, jobs: list[Job]) -> None:
+        """A batch `generate` decodes whole (sampling, prompt-learning models, ...)."""
+        decode(self._model(jobs[0]), self.adapters.tokenizer, jobs)
+        self.stats.classic += 1
+        self.stats.classic_rows += len(jobs)
+        self.stats.finished += len(jobs)
+        self.history.append((jobs[0].adapter, [job.finish_reason for job in jobs]))
+
+    def _forget_finished(self) -> None:
+        with self.condition:
+            self.running = [job for job in self.running if job.finish_reason is None]
+            if self.closed:
+                for job in self.running:
+                    job.cancelled.set()
+
+
+class Wordlike:
+    """token id -> True when its text holds a letter or digit (cached; the output penalty's
+    test, as `OutputRepetitionPenalty.is_word`)."""
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer, self.known = tokenizer, {}
+
+    def __call__(self, token: int) -> bool:
+        if token not in self.known:
+            text = self.tokenizer.decode([token], skip_special_tokens=True)
+            self.known[token] = any(character.isalnum() for character in text)
+        return self.known[token]
 
 
 def decode(model, tokenizer, jobs: list[Job]) -> None:
@@ -214,11 +330,12 @@ def decode(model, tokenizer, jobs: list[Job]) -> None:
     if decoding.get("do_sample"):
         seed = jobs[0].seed
         torch.manual_seed(seed if seed is not None else random.randrange(2**63))
+    newline = bool(decoding.get("stop_at_newline"))
     guards = guard_options(  # the run's repetition guard and newline stop, as offline
         tokenizer, [job.prompt_ids for job in jobs], decoding.pop("repetition_guard", 0),
         decoding.pop("stop_at_newline", False), decoding.pop("output_repetition_penalty", 1.0),
     )  # fmt: skip
-    follow = [FollowRows(jobs, tokenizer, stop_ids), *guards.pop("stopping_criteria", [])]
+    follow = [FollowRows(jobs, tokenizer, stop_ids, newline), *guards.pop("stopping_criteria", [])]
     options = dict(
         max_new_tokens=max(job.max_new_tokens for job in jobs),
         stopping_criteria=StoppingCriteriaList(follow),

@@ -160,8 +160,10 @@ def run_server(plan: Plan, roots: list[Path], *, host: str, port: int, echo=prin
     from tunelab.serve.engine import Scheduler
 
     adapters = load_adapters(plan)
-    max_batch, max_queue = limits.pop("max_batch"), limits.pop("max_queue")
-    scheduler = Scheduler(adapters, max_batch=max_batch, max_queue=max_queue)
+    batching = {
+        key: limits.pop(key) for key in ("max_batch", "max_queue", "window") if key in limits
+    }
+    scheduler = Scheduler(adapters, **batching)
     state = ServerState(adapters, scheduler, roots=roots, **limits)
     app = create_app(state)
     shown = "localhost" if host in ("127.0.0.1", "0.0.0.0") else host

@@ -3,6 +3,8 @@
 /tunelab/runs      every served run's card (summary, data, before/after, loss curve)
 /tunelab/reports   the comparison and search reports found under --runs; each is served as
                    the file it is (/tunelab/reports/N/report.html), not redrawn
+/tunelab/stats     what the engine did so far: decoding forwards, rows per forward, prefills,
+                   batches `generate` decoded, requests finished (the benchmark prints it)
 """
 
 from __future__ import annotations
@@ -41,6 +43,11 @@ def runs(state: ServerState = Depends(get_state)) -> dict:
         "admin": state.allow_admin,
         "runs": served,
     }
+
+
+@data.get("/stats")
+def stats(state: ServerState = Depends(get_state)) -> dict:
+    return state.scheduler.stats.summary()
 
 
 @data.get("/reports")

@@ -1,0 +1,165 @@
+"""Continuous batching: rows joining and leaving a running batch decode exactly what each prompt
+decodes alone through `generate`; the per-row guards compute what the offline processors
+compute; the scheduler forms full batches and spends no forward on finished rows."""
+
+from __future__ import annotations
+
+import random
+import threading
+
+import pytest
+import torch
+from transformers import NoRepeatNGramLogitsProcessor, RepetitionPenaltyLogitsProcessor
+
+from tunelab.evaluate.decoding import NewNGramGuard, OutputRepetitionPenalty
+from tunelab.evaluate.generation import encode_prompts, generate
+from tunelab.evaluate.modes import inference
+from tunelab.models.tiny import byte_tokenizer
+from tunelab.serve.adapters import AdapterSet
+from tunelab.serve.batch import RunningBatch, Stats, continuous_ok
+from tunelab.serve.engine import Job, Scheduler, Wordlike
+from tunelab.serve.rowguards import GuardOptions, RowGuards
+
+PROMPTS = ["reverse: abc", "hi", "reverse: served", "hello there, friend", "x", "abcabc"]
+OPTIONS = [  # decoding option sets; greedy text of random models is otherwise "aaaa"
+    {"no_repeat_ngram_size": 1},
+    {"no_repeat_ngram_size": 2, "repetition_penalty": 1.3},
+    {"repetition_guard": 2, "output_repetition_penalty": 1.5, "min_new_tokens": 6},
+    {"stop_at_newline": True, "repetition_guard": 3},
+]
+
+
+@pytest.fixture(scope="module")
+def served() -> AdapterSet:
+    return AdapterSet("random:llama")
+
+
+def offline_scores(options: GuardOptions, prompt: list[int], output: list[int], scores, tok):
+    """What the offline processors make of one row's scores (the row decoded alone)."""
+    ids = torch.tensor([prompt + output])
+    if options.repetition_penalty != 1.0:
+        scores = RepetitionPenaltyLogitsProcessor(options.repetition_penalty)(ids, scores)
+    if options.no_repeat_ngram_size:
+        scores = NoRepeatNGramLogitsProcessor(options.no_repeat_ngram_size)(ids, scores)
+    if options.repetition_guard:
+        guard = NewNGramGuard(options.repetition_guard, [prompt])
+        guard.steps = len(output)
+        scores = guard(ids, scores)
+    if options.output_repetition_penalty != 1.0:
+        penalty = OutputRepetitionPenalty(options.output_repetition_penalty, [prompt], tok)
+        penalty.steps = len(output)
+        scores = penalty(ids, scores)
+    return scores
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_row_guards_compute_what_the_offline_processors_compute(seed):
+    """Random rows over a 12-token vocabulary (so n-grams repeat), joining at random steps."""
+    pick = random.Random(seed)
+    tok = byte_tokenizer()
+    vocab = 12
+    options = GuardOptions(
+        repetition_penalty=pick.choice([1.0, 1.4]), no_repeat_ngram_size=pick.choice([0, 1, 2, 3]),
+        repetition_guard=pick.choice([0, 2, 3]), output_repetition_penalty=pick.choice([1.0, 1.7]),
+    )  # fmt: skip
+    guards = RowGuards(options, vocab, [0], Wordlike(tok))
+    prompts, outputs = [], []
+    for _ in range(14):
+        if len(prompts) < 5 and pick.random() < 0.4:  # a row joins
+            prompts.append([pick.randrange(vocab) for _ in range(pick.randrange(1, 7))])
+            outputs.append([])
+            guards.add(prompts[-1:])
+        if prompts and pick.random() < 0.2:  # a row leaves
+            gone = pick.randrange(len(prompts))
+            keep = [i for i in range(len(prompts)) if i != gone]
+            prompts, outputs = [prompts[i] for i in keep], [outputs[i] for i in keep]
+            guards.keep(keep)
+        if not prompts:
+            continue
+        scores = torch.randn(len(prompts), vocab)
+        got = guards.apply(scores.clone())
+        for row, (prompt, output) in enumerate(zip(prompts, outputs, strict=True)):
+            want = offline_scores(options, prompt, output, scores[row : row + 1].clone(), tok)
+            assert torch.equal(got[row : row + 1], want), (options, prompt, output)
+        tokens = [pick.randrange(vocab) for _ in prompts]
+        guards.observe(tokens)
+        for output, token in zip(outputs, tokens, strict=True):
+            output.append(token)
+
+
+def decode_staggered(served: AdapterSet, prompts: list[str], options: dict, lengths: list[int]):
+    """Each prompt's text from one running batch that rows join at different steps."""
+    ids = encode_prompts(served.tokenizer, prompts)
+    jobs = [Job("base", row, n, emit=lambda event: None, decoding=dict(options))
+            for row, n in zip(ids, lengths, strict=True)]  # fmt: skip
+    stats = Stats()
+    batch = RunningBatch(served.base, served.tokenizer, options, Wordlike(served.tokenizer), stats)
+    with inference(served.base):
+        batch.join(jobs[:2])
+        batch.step()
+        batch.step()
+        batch.join(jobs[2:5])
+        batch.step()
+        batch.join(jobs[5:])
+        while len(batch):
+            batch.step()
+    return jobs, stats
+
+
+@pytest.mark.parametrize("options", OPTIONS)
+def test_rows_joining_a_running_batch_decode_what_they_decode_alone(served, options):
+    lengths = [8, 3, 8, 5, 8, 7]
+    jobs, stats = decode_staggered(served, PROMPTS, options, lengths)
+    generated = 0  # tokens chosen: the kept ones, plus the EOS of rows that ended on one
+    for job, prompt, length in zip(jobs, PROMPTS, lengths, strict=True):
+        alone = generate(served.base, served.tokenizer, [prompt], max_new_tokens=length,
+                         batch_size=1, **options)  # fmt: skip
+        assert job.finish_reason in ("stop", "length")
+        raw = served.tokenizer.decode(job.tokens, skip_special_tokens=True).lstrip()
+        generated += len(job.tokens) + (job.finish_reason == "stop" and "\n" not in raw)
+        text = raw.strip()
+        if options.get("stop_at_newline"):
+            text = text.split("\n", 1)[0].strip()
+        assert text == alone[0], (prompt, options)
+    # no forward decodes a finished row: each row was in exactly (its tokens - 1) steps
+    assert stats.step_rows == generated - len(jobs)  # each row's first token: its prefill
+    assert stats.prefills == 3 and stats.prefill_rows == len(PROMPTS)
+
+
+def test_continuous_path_only_where_it_matches_generate(served):
+    assert continuous_ok(served.base, {"no_repeat_ngram_size": 3, "stop_at_newline": True})
+    assert not continuous_ok(served.base, {"do_sample": True, "temperature": 0.7})
+    assert not continuous_ok(served.base, {"typical_p": 0.5})  # an option it does not apply
+    sliding = AdapterSet("random:mistral")  # sliding-window cache layers
+    assert not continuous_ok(sliding.base, {})
+
+
+def test_scheduler_fills_one_batch_and_rows_leave_when_done(served):
+    """Six requests arriving within the window start as one batch of six; rows leave at their
+    own max_tokens, so the decoding forwards hold 6, then fewer rows."""
+    scheduler = Scheduler(served, max_batch=8, window=0.5)
+    finished, all_done = [], threading.Event()
+    lengths = [2, 3, 4, 5, 6, 7]
+    ids = encode_prompts(served.tokenizer, PROMPTS)
+
+    def emit(event: dict) -> None:  # called on the worker thread: must not block
+        if "done" in event:
+            finished.append(event)
+            if len(finished) == len(lengths):
+                all_done.set()
+
+    options = {"no_repeat_ngram_size": 1, "min_new_tokens": 7}  # no EOS: every row runs out
+    jobs = [Job("base", row, n, emit=emit, decoding=dict(options))
+            for row, n in zip(ids, lengths, strict=True)]  # fmt: skip
+    try:
+        for job in jobs:
+            scheduler.submit(job)
+        assert all_done.wait(30)
+    finally:
+        scheduler.close()
+    stats = scheduler.stats.summary()
+    assert (stats["prefills"], stats["prefill_rows"], stats["finished"]) == (1, 6, 6)
+    assert [len(job.tokens) for job in jobs] == lengths
+    assert stats["steps"] == max(lengths) - 1
+    assert stats["step_rows"] == sum(n - 1 for n in lengths)
+    assert list(scheduler.history) == [("base", ["length"] * 6)]

@@ -1,0 +1,196 @@
+"""Continuous batching: requests join a running batch between decoding steps and leave it as
+soon as they are done.
+
+A `RunningBatch` decodes greedily for one model (one adapter view) with one set of decoding
+options. It owns a transformers `DynamicCache` whose rows are left-padded to one length and an
+attention mask (B, L) that marks each row's real positions. Each row keeps its own position
+ids (its count of real tokens, as `generate` derives them from the mask), so a row's numbers do
+not depend on how much padding sits in front of it.
+
+- `join(jobs)`: one forward over the new prompts (left-padded among themselves, a fresh cache)
+  gives their first tokens; their cache and mask are then padded on the left to the running
+  batch's length (or the batch's to theirs) and concatenated on the batch dimension.
+- `step()`: one forward of every row's last token against the cache: one new token per row.
+- Rows whose job finished (EOS, stop string, newline stop, their own `max_tokens`, client gone)
+  are dropped from the cache at once, and columns that are padding in every remaining row are
+  cut, so no forward is spent on finished rows.
+
+The logits go through `RowGuards` (the repetition guards, per row) and `argmax`, as `generate`
+does greedily, so a row's tokens are those of the same prompt decoded alone. Sampling, PEFT's
+prompt-learning models (their virtual tokens or prefix), caches other than plain
+`DynamicLayer`s (sliding windows) and generation configs with processors of their own are not
+handled here: `continuous_ok` says so and the engine decodes those through `generate`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
+
+from tunelab.evaluate.generation import left_pad, stop_token_ids
+from tunelab.methods.prompt_cache import is_prompt_learning
+from tunelab.serve.rowguards import GuardOptions, RowGuards
+
+HANDLED = {  # decoding options a running batch applies itself
+    "do_sample", "repetition_penalty", "no_repeat_ngram_size", "repetition_guard",
+    "output_repetition_penalty", "min_new_tokens", "stop_at_newline",
+}  # fmt: skip
+OFF = {  # generation-config fields that would add processors generate applies and we do not
+    "repetition_penalty": (None, 1.0), "no_repeat_ngram_size": (None, 0),
+    "encoder_repetition_penalty": (None, 1.0), "bad_words_ids": (None,),
+    "sequence_bias": (None,), "suppress_tokens": (None,), "begin_suppress_tokens": (None,),
+    "forced_bos_token_id": (None,), "forced_eos_token_id": (None,), "min_length": (None, 0),
+    "min_new_tokens": (None, 0), "guidance_scale": (None, 1.0), "do_sample": (None, False),
+}  # fmt: skip
+
+
+@dataclass
+class Stats:
+    """What the engine did, for the benchmark and tests: forwards and rows per forward."""
+
+    steps: int = 0  # decoding forwards (one new token per row)
+    step_rows: int = 0  # rows summed over those forwards
+    prefills: int = 0  # prompt forwards (rows joining)
+    prefill_rows: int = 0
+    classic: int = 0  # batches decoded by `generate` (sampling, prompt learning, ...)
+    classic_rows: int = 0
+    finished: int = 0  # jobs done
+
+    def summary(self) -> dict:
+        forwards = self.steps + self.prefills
+        return {
+            **self.__dict__,
+            "mean_rows_per_step": self.step_rows / self.steps if self.steps else 0.0,
+            "forwards_per_request": forwards / self.finished if self.finished else 0.0,
+        }
+
+
+def continuous_ok(model, decoding: dict) -> bool:
+    """True when a `RunningBatch` decodes `model` with `decoding` exactly as `generate` does."""
+    if decoding.get("do_sample") or set(decoding) - HANDLED or is_prompt_learning(model):
+        return False
+    config = getattr(model, "generation_config", None)
+    if config is not None and any(getattr(config, name, None) not in allowed
+                                  for name, allowed in OFF.items()):  # fmt: skip
+        return False
+    cache = DynamicCache(config=model.config)
+    return all(type(layer) is DynamicLayer for layer in cache.layers)
+
+
+class RunningBatch:
+    """Greedy decoding of a changing set of jobs on one model with one set of options."""
+
+    def __init__(self, model, tokenizer, decoding: dict, wordlike, stats: Stats) -> None:
+        self.model, self.tokenizer, self.stats = model, tokenizer, stats
+        self.stop_ids = stop_token_ids(model, tokenizer)
+        self.pad_id = (
+            tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
+        )
+        self.newline = bool(decoding.get("stop_at_newline"))
+        options = GuardOptions(
+            **{k: v for k, v in decoding.items() if k in GuardOptions.__annotations__}
+        )
+        vocab = model.get_output_embeddings().weight.shape[0]
+        self.guards = RowGuards(options, vocab, self.stop_ids, wordlike)
+        self.jobs: list = []  # engine Jobs, in row order
+        self.cache: DynamicCache | None = None
+        self.mask = torch.zeros(0, 0, dtype=torch.long)  # (B, L): 1 where a cache slot is real
+        self.last = torch.zeros(0, dtype=torch.long)  # (B,): each row's token not yet cached
+        self.device = next(model.parameters()).device
+        self.seen: list = []  # every job that was in the batch (for the engine's history)
+
+    def __len__(self) -> int:
+        return len(self.jobs)
+
+    def _forward(self, input_ids, mask, positions, cache) -> torch.Tensor:
+        """(B, V) float32 logits of the last position."""
+        out = self.model(
+            input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device),
+            position_ids=positions.to(self.device), cache=cache, use_cache=True, logits_to_keep=1,
+        )  # fmt: skip
+        return out.logits[:, -1, :].to(dtype=torch.float32)
+
+    def join(self, jobs: list) -> None:
+        """Prefill `jobs`' prompts in one forward, take their first tokens, add their rows."""
+        prompts = [job.prompt_ids for job in jobs]
+        batch = left_pad(prompts, self.pad_id)
+        mask = batch["attention_mask"]
+        positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+        cache = DynamicCache(config=self.model.config)
+        logits = self._forward(batch["input_ids"], mask, positions, cache)
+        self.stats.prefills += 1
+        self.stats.prefill_rows += len(jobs)
+        start = len(self.jobs)
+        self.guards.add(prompts)
+        self.jobs.extend(jobs)
+        self.seen.extend(jobs)
+        self._merge(cache, mask)
+        self._take(logits, start)
+
+    def step(self) -> None:
+        """One new token for every row."""
+        self.mask = torch.cat([self.mask, torch.ones(len(self.jobs), 1, dtype=torch.long)], dim=1)
+        positions = self.mask.sum(dim=1, keepdim=True) - 1  # (B, 1): the row's own position
+        logits = self._forward(self.last[:, None], self.mask, positions, self.cache)
+        self.stats.steps += 1
+        self.stats.step_rows += len(self.jobs)
+        self._take(logits, 0)
+
+    def _take(self, logits: torch.Tensor, start: int) -> None:
+        """Rows start.. take their greedy next token; finished rows leave the batch."""
+        scores = self.guards.apply(logits, start) if self.guards.options.active else logits
+        tokens = scores.argmax(dim=-1).cpu()  # (B - start,)
+        self.last = torch.cat([self.last[:start], tokens])
+        chosen = tokens.tolist()
+        self.guards.observe(chosen, start)
+        for job, token in zip(self.jobs[start:], chosen, strict=True):
+            if job.finish_reason is None:
+                job.advance(token, self.tokenizer, self.stop_ids, newline=self.newline)
+        keep = [i for i, job in enumerate(self.jobs) if job.finish_reason is None]
+        if len(keep) < len(self.jobs):
+            self.stats.finished += len(self.jobs) - len(keep)
+            self._keep(keep)
+
+    def _merge(self, cache: DynamicCache, mask: torch.Tensor) -> None:
+        """Append the rows of `cache` (their mask `mask`), left-padding whichever is shorter."""
+        if self.cache is None or not len(self.mask):
+            self.cache, self.mask = cache, mask
+            return
+        length = max(self.mask.shape[1], mask.shape[1])
+        for mine, theirs in zip(self.cache.layers, cache.layers, strict=True):
+            mine.keys = torch.cat([_pad_left(mine.keys, length), _pad_left(theirs.keys, length)])
+            mine.values = torch.cat(
+                [_pad_left(mine.values, length), _pad_left(theirs.values, length)]
+            )
+        self.mask = torch.cat([_pad_left(self.mask, length, dim=1), _pad_left(mask, length, dim=1)])
+
+    def _keep(self, indices: list[int]) -> None:
+        """Keep the rows at `indices`; cut leading columns that are padding in all of them."""
+        self.jobs = [self.jobs[i] for i in indices]
+        self.guards.keep(indices)
+        self.last = self.last[indices]
+        self.mask = self.mask[indices]
+        if not indices:
+            self.cache = None
+            self.mask = torch.zeros(0, 0, dtype=torch.long)
+            return
+        used = self.mask.any(dim=0)
+        cut = int(used.to(torch.long).argmax()) if not bool(used[0]) else 0
+        self.mask = self.mask[:, cut:]
+        index = torch.tensor(indices, device=self.device)
+        for layer in self.cache.layers:
+            layer.keys = layer.keys.index_select(0, index)[:, :, cut:]
+            layer.values = layer.values.index_select(0, index)[:, :, cut:]
+
+
+def _pad_left(tensor: torch.Tensor, length: int, dim: int = 2) -> torch.Tensor:
+    """`tensor` with zeros in front along `dim` up to `length` (K/V: dim 2; masks: dim 1)."""
+    missing = length - tensor.shape[dim]
+    if missing == 0:
+        return tensor
+    pad = [0, 0] * (tensor.dim() - 1 - dim) + [missing, 0]
+    return F.pad(tensor, pad)
