@@ -183,8 +183,30 @@ def variant_sentences(results: dict[str, Any]) -> list[str]:
 
 
 def _plain(value: Any) -> str:
-    """A value as YAML would write it inline (false, 0.002, [q_proj, v_proj])."""
-    return yaml.safe_dump(value, default_flow_style=True, width=1_000).removesuffix("...\n").strip()
+    """A value as YAML would write it inline (false, 0.002, [q_proj, v_proj]); a list of
+    named sections (data.tasks) as its names, with the flags that set a task's role."""
+    if (
+        isinstance(value, list)
+        and value
+        and all(isinstance(v, dict) and "name" in v for v in value)
+    ):
+        flags = ("held_out", "replay")
+        return (
+            "["
+            + ", ".join(
+                v["name"] + "".join(f" ({flag})" for flag in flags if v.get(flag)) for v in value
+            )
+            + "]"
+        )
+    text = yaml.dump(value, Dumper=_NoAliases, default_flow_style=True, width=1_000)
+    return text.removesuffix("...\n").strip()
+
+
+class _NoAliases(yaml.SafeDumper):
+    """Writes a value repeated in the config (a YAML anchor) in full each time."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
 
 
 def pareto_sentences(results: dict[str, Any]) -> list[str]:

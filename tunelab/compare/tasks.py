@@ -97,12 +97,13 @@ def task_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         return [], []
     headers = ["task", "metric", "base", *(row["variant"] for row in with_tasks)]
     rows = []
-    for task, metric in _task_metrics(with_tasks):
+    pairs = _task_metrics(with_tasks)
+    for task, metric in pairs:
         befores = [row["tasks"].get(task, {}).get("before", {}).get(metric) for row in with_tasks]
         cells = [_after_cell(row, task, metric) for row in with_tasks]
         rows.append([task, metric, _base_cell(befores, _interval(with_tasks[0], task, metric)),
                      *cells])  # fmt: skip
-        if metric == _first_interval_metric(with_tasks, task):
+        if metric == _last_metric(pairs, task) and _has_generation(with_tasks, task):
             rows += [_text_row(with_tasks, task, name) for name in TEXT_ROWS]
     for probe in _probes(with_tasks):
         scores = [(row.get("forgetting_probes") or {}).get(probe, {}) for row in with_tasks]
@@ -170,12 +171,12 @@ def _interval(row: dict[str, Any], task: str, metric: str, side: str = "before")
     return f" [{_format(found['low'])}, {_format(found['high'])}]"
 
 
-def _first_interval_metric(rows: list[dict[str, Any]], task: str) -> str | None:
-    for row in rows:
-        report = (row.get("task_generation") or {}).get(task)
-        if report:
-            return next((m for m in report.get("after", {}) if m in SACREBLEU_METRICS), None)
-    return None
+def _last_metric(pairs: list[tuple[str, str]], task: str) -> str:
+    return [metric for name, metric in pairs if name == task][-1]
+
+
+def _has_generation(rows: list[dict[str, Any]], task: str) -> bool:
+    return any((row.get("task_generation") or {}).get(task) for row in rows)
 
 
 def _text_row(rows: list[dict[str, Any]], task: str, name: str) -> list[str]:
