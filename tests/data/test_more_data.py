@@ -107,7 +107,8 @@ def test_text_training_on_several_files_reports_each_source(tmp_path):
         "model": {"name": "random:llama"},
         "data": {"max_length": 32, "chunk_text": True, "max_eval_examples": 3,
                  "tasks": [{"name": "news", "train": news, "format": "text"},
-                           {"name": "stories", "train": str(stories), "format": "text"}],
+                           {"name": "stories", "train": str(stories), "format": "text",
+                            "eval_fraction": 0.0}],
                  "mixture": {"cap": None}},
         "method": {"name": "lora"},
         "train": {"max_steps": 2, "batch_size": 4, "progress": False},
@@ -116,7 +117,8 @@ def test_text_training_on_several_files_reports_each_source(tmp_path):
     }  # fmt: skip
     summary = train(config).summary
     assert set(summary["tasks"]) == {"news", "stories"}
-    for task in summary["tasks"].values():
-        assert task["after"]["loss"] > 0 and task["before"]["loss"] > 0
+    news = summary["tasks"]["news"]
+    assert news["after"]["loss"] > 0 and news["before"]["loss"] > 0
+    assert summary["tasks"]["stories"]["after"] == {}  # no eval rows: trained, not scored
     news_mix = next(row for row in summary["mixture"] if row["task"] == "news")
     assert news_mix["tokens"] > news_mix["train_rows"] * 32  # pieces, not truncated rows
