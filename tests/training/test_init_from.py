@@ -153,3 +153,16 @@ def test_a_run_may_not_replace_its_own_starting_point(chain, tmp_path):
     result = CliRunner().invoke(app, ["train", str(path), "--overwrite"])
     assert result.exit_code == 2 and "its own starting point" in result.stderr
     assert content_hash(first) == before
+
+
+def test_eval_and_generate_work_on_a_chained_run(chain, tmp_path):
+    _, second = chain
+    run = tmp_path / "stage2"
+    shutil.copytree(second, run)
+    result = CliRunner().invoke(app, ["eval", str(run), "--metrics", "loss"])
+    assert result.exit_code == 0, result.output
+    scores = json.loads((run / "eval.json").read_text())
+    saved = json.loads((run / "summary.json").read_text())["after"]["loss"]
+    assert scores["loss"] == pytest.approx(saved, abs=1e-4)  # the chain, rebuilt, scores alike
+    result = CliRunner().invoke(app, ["generate", str(run), "-p", "abc", "--max-new-tokens", "3"])
+    assert result.exit_code == 0, result.output
