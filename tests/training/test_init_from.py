@@ -166,3 +166,14 @@ def test_eval_and_generate_work_on_a_chained_run(chain, tmp_path):
     assert scores["loss"] == pytest.approx(saved, abs=1e-4)  # the chain, rebuilt, scores alike
     result = CliRunner().invoke(app, ["generate", str(run), "-p", "abc", "--max-new-tokens", "3"])
     assert result.exit_code == 0, result.output
+
+
+def test_a_third_stage_starts_from_the_whole_chain(chain, tmp_path):
+    _, second = chain
+    third = train(config(tmp_path / "stage3", "lora", init_from=str(second))).run_dir
+    before = json.loads((third / "before.json").read_text())["loss"]
+    assert before == pytest.approx(
+        json.loads((second / "summary.json").read_text())["after"]["loss"], abs=1e-5
+    )
+    summary = json.loads((third / "summary.json").read_text())
+    assert len(summary["init_from"]["chain"]) == 2  # stage 2, then stage 1
