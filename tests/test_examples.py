@@ -52,7 +52,15 @@ def test_every_method_has_an_example():
 @pytest.mark.parametrize("path", run_examples(), ids=lambda p: p.relative_to(ROOT).as_posix())
 def test_example_trains(path, tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)  # examples name ../shared/data relative to the repository root
-    cfg = load_config(path, shrink(path, tmp_path))
+    overrides = shrink(path, tmp_path)
+    start = (yaml.safe_load(path.read_text())["model"] or {}).get("init_from")
+    if start:  # a second stage: train (shrunk) the example whose run it starts from, first
+        [first] = [
+            p for p in run_examples() if yaml.safe_load(p.read_text())["output_dir"] == start
+        ]
+        train(load_config(first, shrink(first, tmp_path)))
+        overrides.append(f"model.init_from={tmp_path / first.stem}")
+    cfg = load_config(path, overrides)
     result = train(cfg)
     assert result.summary["steps"] == 2
     assert (result.run_dir / "adapter").is_dir()

@@ -24,7 +24,7 @@ from pydantic import (
 
 from tunelab.errors import ConfigError
 from tunelab.search.space import SearchSettings  # schema only: no cycle back here
-from tunelab.task_config import MixtureConfig, TaskConfig, check_tasks
+from tunelab.task_config import MixtureConfig, RowFilter, TaskConfig, check_tasks
 
 
 class Section(BaseModel):
@@ -66,6 +66,32 @@ class ModelConfig(Section):
     extend_vocab: ExtendVocabConfig | None = Field(
         None, description="add new tokens learnt from the target language (opt-in)"
     )
+    init_from: str | None = Field(
+        None,
+        description="a finished run directory: start from its weights (its method merged into "
+        "its base); `name` may be left out and is then taken from it, else it must match",
+    )
+    init_from_hash: str | None = Field(
+        None,
+        description="filled in by train: sha256 of init_from's adapter/; loading refuses a "
+        "init_from run whose weights changed since",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _base_of_init_from(cls, data: Any) -> Any:
+        """`name` (and `seed`) left out beside `init_from`: the base of that run."""
+        if isinstance(data, dict) and data.get("init_from") and "name" not in data:
+            from tunelab.models.chain import base_of  # reads RUN/config.yaml only
+
+            data = {**data, **base_of(str(data["init_from"]), keep=data)}
+        return data
+
+    @model_validator(mode="after")
+    def _hash_needs_run(self) -> ModelConfig:
+        if self.init_from_hash and not self.init_from:
+            raise ValueError("init_from_hash without init_from")
+        return self
 
 
 class DataConfig(Section):
@@ -91,6 +117,16 @@ class DataConfig(Section):
     max_eval_examples: int | None = Field(None, gt=0)
     packing: bool = Field(True, description="pack examples into rows with per-example attention")
     builtin_size: int = Field(2000, gt=0, description="rows generated for builtin:NAME data")
+    filter: RowFilter | None = Field(
+        None,
+        description="keep only rows whose numeric field is in range, e.g. {field: score, "
+        "min: 0.8} (train and eval files; per task: tasks[].filter)",
+    )
+    chunk_text: bool = Field(
+        False,
+        description="plain text (no prompt) longer than max_length: cut into consecutive "
+        "max_length-token pieces, every token learned once, instead of truncating",
+    )
     # Multi-task runs (tunelab.task_config): the tasks replace train/eval/format above.
     tasks: list[TaskConfig] | None = Field(None, description="multi-task: one entry per task")
     mixture: MixtureConfig = Field(default_factory=MixtureConfig, description="multi-task mixing")
@@ -99,7 +135,7 @@ class DataConfig(Section):
     def _check_tasks(self) -> DataConfig:
         changed = {name for name, info in type(self).model_fields.items()
                    if info.default is not None and getattr(self, name) != info.default}  # fmt: skip
-        changed |= {"eval"} if self.eval is not None else set()
+        changed |= {key for key in ("eval", "filter") if getattr(self, key) is not None}
         check_tasks(self.tasks, self.mixture, changed)
         return self
 

@@ -15,6 +15,7 @@ RUN/checkpoints/     only while a run is in progress (for --resume)
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from dataclasses import dataclass
@@ -137,7 +138,8 @@ def check_safetensors(path: Path) -> None:
 
 
 def load_run(run_dir: str | Path, *, device: str | None = None):
-    """(model, tokenizer): the base model with the run's trained weights applied, in eval mode."""
+    """(model, tokenizer): the base model with the run's trained weights applied, in eval mode.
+    A run with `model.init_from` is rebuilt from its chain (`tunelab.models.chain`)."""
     from tunelab.methods import get_method
     from tunelab.models import load_model_and_tokenizer
     from tunelab.training.vocab import extension_on, load_vocab
@@ -152,3 +154,15 @@ def load_run(run_dir: str | Path, *, device: str | None = None):
         model.to(device)
     model.eval()
     return model, tokenizer
+
+
+def content_hash(run_dir: str | Path) -> str:
+    """sha256 over the adapter's files (names and bytes): changes whenever the weights do."""
+    digest = hashlib.sha256()
+    adapter = RunFiles(Path(run_dir)).adapter
+    for path in sorted(p for p in adapter.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(adapter).as_posix().encode() + b"\0")
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return "sha256:" + digest.hexdigest()

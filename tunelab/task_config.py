@@ -67,6 +67,27 @@ def template_fields(template: str) -> list[str]:
     return names
 
 
+class RowFilter(_Section):
+    """Keep a row only if its numeric `field` lies in [min, max], e.g. an alignment score."""
+
+    field: str = Field(description="the column to test (a number, or text holding one)")
+    min: float | None = Field(None, description="keep rows whose value is at least this")
+    max: float | None = Field(None, description="keep rows whose value is at most this")
+
+    @model_validator(mode="after")
+    def _bounded(self) -> RowFilter:
+        if self.min is None and self.max is None:
+            raise ValueError(f"filter on {self.field!r}: give min, max or both")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"filter on {self.field!r}: min {self.min} > max {self.max}")
+        return self
+
+    def describe(self) -> str:
+        low = "" if self.min is None else f"{self.min:g} <= "
+        high = "" if self.max is None else f" <= {self.max:g}"
+        return f"{low}{self.field}{high}"
+
+
 class UserTemplate(_Section):
     prompt: str = Field(description="the model input, with {field}s")
     response: str | None = Field(None, description="what is learned; default: {answer field}")
@@ -103,6 +124,9 @@ class TaskConfig(_Section):
     held_out: bool = Field(False, description="evaluated zero-shot only, never trained")
     replay: bool = Field(False, description="gets mixture.replay_share of the mixture")
     max_rows: int | None = Field(None, gt=0, description="seeded cap on the rows read")
+    filter: RowFilter | None = Field(
+        None, description="keep only rows whose numeric field is in range (train and eval)"
+    )
 
     @field_validator("metrics")
     @classmethod
@@ -179,7 +203,8 @@ def check_tasks(tasks: list[TaskConfig] | None, mixture: MixtureConfig, changed:
     single-task source keys changed beside `tasks` (they would be silently ignored)."""
     if tasks is None:
         return
-    clash = sorted(changed & {"train", "eval", "format", "prompt_field", "response_field"})
+    clash = sorted(changed & {"train", "eval", "format", "prompt_field", "response_field",
+                              "filter"})  # fmt: skip
     if clash:
         raise ValueError(f"data.{clash[0]} has no effect with data.tasks: set it per task")
     names = [task.name for task in tasks]

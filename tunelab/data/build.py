@@ -15,6 +15,7 @@ from typing import Any
 
 from tunelab.config import DataConfig
 from tunelab.data.builtin import builtin_pairs, is_builtin
+from tunelab.data.filters import filter_rows
 from tunelab.data.formats import rows_to_examples
 from tunelab.data.readers import TEXT_KEY, read_rows
 from tunelab.data.templates import check_template, render_prompt
@@ -61,7 +62,7 @@ def load_examples(
     if is_builtin(spec):
         return builtin_examples(spec, tokenizer, cfg, seed=seed, exclude=exclude)
     path = Path(spec).expanduser()
-    rows = read_rows(path)
+    rows = filter_rows(read_rows(path), cfg.filter, str(path))
     if path.suffix.lower() == ".txt":  # a .txt file is plain text whatever the format says
         cfg = cfg.model_copy(update={"format": "text", "text_field": TEXT_KEY})
     return rows_to_examples(rows, tokenizer, cfg)

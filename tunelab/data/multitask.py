@@ -23,6 +23,7 @@ from typing import Any
 from tunelab.config import DataConfig
 from tunelab.data.build import cap, split
 from tunelab.data.builtin import builtin_pairs, is_builtin
+from tunelab.data.filters import filter_rows
 from tunelab.data.formats import rows_to_examples
 from tunelab.data.mixture import draw_rows, mixture_counts
 from tunelab.data.readers import TEXT_KEY, Row, read_rows
@@ -135,8 +136,10 @@ def _capped(prepared: PreparedTask, cfg: DataConfig) -> PreparedTask:
 def task_rows(task: TaskConfig, cfg: DataConfig) -> tuple[list[Row], list[Row]]:
     """(train rows, eval rows): the eval source, or a seeded `eval_fraction` of the train rows."""
     rows = read_source(task.train, cfg, seed=cfg.seed) if task.train else []
+    rows = filter_rows(rows, task.filter, f"task {task.name!r}") if rows else rows
     if task.eval is not None:
         eval_rows = read_source(task.eval, cfg, seed=cfg.seed + 1)
+        eval_rows = filter_rows(eval_rows, task.filter, f"task {task.name!r} eval")
         if is_builtin(task.eval) and rows:
             seen = {str(row.get("prompt")) for row, _ in rows}
             eval_rows = [(row, where) for row, where in eval_rows if row["prompt"] not in seen]

@@ -10,6 +10,9 @@ two. The rendered prompt already holds the chat template's special tokens, so no
 added, except a BOS for tokenizers that normally prepend one (Llama-style) when the prompt
 lacks it. EOS is learned so generation stops. Position 0 never carries a label: in a packed
 row it would be predicted from the previous example's last token.
+
+`data.chunk_text` (continued pretraining on long documents): a prompt-less text longer than
+max_length becomes several rows instead of losing its tail to truncation.
 """
 
 from __future__ import annotations
@@ -34,6 +37,9 @@ def tokenize_examples(examples: list[Example], tokenizer: Any, cfg: DataConfig) 
     for example, prompt, response in zip(examples, prompts, responses, strict=True):
         if bos is not None and (not prompt or prompt[0] != bos):
             prompt = [bos, *prompt]
+        if cfg.chunk_text and not example.prompt:  # plain text: pieces instead of truncation
+            items += text_chunks(prompt, response + eos, cfg.max_length, example.source)
+            continue
         prompt, response = _fit(prompt, response + eos, example, cfg)
         input_ids = prompt + response
         # Position 0 never counts, so: all but one token, or the response minus a leading one.
@@ -48,6 +54,23 @@ def tokenize_examples(examples: list[Example], tokenizer: Any, cfg: DataConfig) 
     if dropped:
         log.info("dropped %d of %d examples with no tokens to learn from", dropped, len(examples))
     return items
+
+
+def text_chunks(head: list[int], tokens: list[int], limit: int, source: str) -> list[Tokenized]:
+    """Plain text of any length as rows of at most `limit` tokens, each token of it learned
+    exactly once (bar the first, as always): the first row is `head` (the BOS, if any) and the
+    text's start; every later row opens with the last token of the row before as context."""
+    if len(head) + len(tokens) <= limit:
+        ids = [*head, *tokens]
+        return [Tokenized(ids, [IGNORE, *ids[1:]], source)] if len(ids) > 1 else []
+    rows, end = [], limit - len(head)
+    first = [*head, *tokens[:end]]
+    rows.append(Tokenized(first, [IGNORE, *first[1:]], f"{source} (piece 1)"))
+    while end < len(tokens):
+        piece = tokens[end - 1 : end - 1 + limit]
+        rows.append(Tokenized(piece, [IGNORE, *piece[1:]], f"{source} (piece {len(rows) + 1})"))
+        end += limit - 1
+    return rows
 
 
 def _encode(texts: list[str], tokenizer: Any) -> list[list[int]]:

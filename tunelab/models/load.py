@@ -96,6 +96,10 @@ def load_model_and_tokenizer(cfg: ModelConfig) -> tuple[PreTrainedModel, PreTrai
     leaves it, so random:<arch> behaves alike); the tokenizer always has a pad token."""
     dtype = getattr(torch, cfg.dtype)
     name = cfg.name
+    if cfg.init_from:  # an earlier run's merged model (it checks that run is unchanged)
+        from tunelab.models.chain import load_chained  # it loads runs, which load models
+
+        return load_chained(cfg)
     if name.startswith("random:"):
         model, tokenizer = random_model(name.removeprefix("random:"), cfg.seed, dtype)
         if attn_implementation(model) != cfg.attn_implementation:

@@ -173,7 +173,8 @@ class AdapterSet:
 
 
 def describe(model: ModelConfig) -> str:
-    return f"{model.name} ({model.dtype}, seed {model.seed}, {model.attn_implementation})"
+    start = f", from run {model.init_from}" if model.init_from else ""
+    return f"{model.name} ({model.dtype}, seed {model.seed}, {model.attn_implementation}{start})"
 
 
 def shared_view(base: nn.Module) -> nn.Module:

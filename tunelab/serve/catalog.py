@@ -9,14 +9,13 @@ places get their path relative to the root instead (`demo/runs/lora`).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shlex
 from pathlib import Path
 
 from tunelab.config import load_config
 from tunelab.errors import TunelabError
-from tunelab.run import RunFiles
+from tunelab.run import RunFiles, content_hash  # noqa: F401 (moved to run.py; re-exported)
 
 VLLM_METHODS = {"lora"}  # what vLLM's multi-LoRA serving loads as is (PEFT LoRA, no bias)
 
@@ -53,16 +52,6 @@ def within(path: Path, roots: list[Path]) -> bool:
 def reports(roots: list[Path]) -> list[Path]:
     """Every comparison or search report.html under the roots."""
     return [path for root in roots for path in sorted(root.rglob("report.html"))]
-
-
-def content_hash(run_dir: Path) -> str:
-    """sha256 over the adapter's files (names and bytes): changes whenever the weights do."""
-    digest = hashlib.sha256()
-    adapter = RunFiles(run_dir).adapter
-    for path in sorted(p for p in adapter.rglob("*") if p.is_file()):
-        digest.update(path.relative_to(adapter).as_posix().encode() + b"\0")
-        digest.update(path.read_bytes())
-    return "sha256:" + digest.hexdigest()
 
 
 def run_card(run_dir: Path) -> dict:

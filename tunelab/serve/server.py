@@ -2,7 +2,9 @@
 
 `load_runs` decides what is served before the model loads: every finished run under the --runs
 folders plus the explicit NAME=RUN pairs. The base is --model (or the first run's base); a
-discovered run of another base is skipped with a one-line reason, an explicit one is an error.
+discovered run of another base is skipped with a one-line reason, an explicit one is an error;
+so is a run that starts from another run (`model.init_from`): its base is that run's merged
+model, which an adapter view of the plain base would not reproduce.
 `BackgroundServer` runs the same app on a free local port in a thread (tests, benchmarks).
 """
 
@@ -40,10 +42,16 @@ def plan_runs(roots: list[Path], explicit: dict[str, str], model: str | None) ->
             )
         found[name] = Path(path)
     configs = {name: read_run_config(path).model for name, path in found.items()}
-    base = _base(model, configs, explicit)
+    chained = {name: chained_reason(configs[name]) for name in found if configs[name].init_from}
+    for name in chained.keys() & explicit.keys():
+        raise TunelabError(f"--adapter {name}={found[name]}: {chained[name]}")
+    plain = {name: config for name, config in configs.items() if name not in chained}
+    base = _base(model, plain, explicit)
     plan = Plan(base, {})
     for name, path in found.items():
-        if configs[name] == base:
+        if name in chained:
+            plan.skipped.append(f"{name} ({path}): {chained[name]}")
+        elif configs[name] == base:
             plan.runs[name] = path
         elif name in explicit:
             raise TunelabError(
@@ -55,6 +63,15 @@ def plan_runs(roots: list[Path], explicit: dict[str, str], model: str | None) ->
                 f"{name} ({path}): trained on {describe(configs[name])}, not on the served base"
             )
     return plan
+
+
+def chained_reason(config: ModelConfig) -> str:
+    """Why a run with `model.init_from` is not served as an adapter: its base is another run's
+    merged model, not the served base, so applying it to the served base would be wrong."""
+    return (
+        f"starts from run {config.init_from} (model.init_from), not from a plain base; "
+        "serve its merged model instead: tunelab merge RUN OUT, then tunelab serve --model OUT"
+    )
 
 
 def _base(model: str | None, configs: dict[str, ModelConfig], explicit: dict) -> ModelConfig:

@@ -33,6 +33,7 @@ from tunelab.io import append_jsonl, atomic_write_json
 from tunelab.methods import MethodContext, get_method
 from tunelab.methods.base import Method, count_parameters
 from tunelab.models import load_model_and_tokenizer
+from tunelab.models.chain import provenance, resolve_init_from
 from tunelab.models.tokenizer_report import train_data_figures
 from tunelab.run import RunFiles, save_adapter, write_run_config
 from tunelab.training.budget import Seen
@@ -122,6 +123,7 @@ def train(
     files = RunFiles(Path(cfg.output_dir))
     check_settings(cfg)
     check_corpus(cfg)
+    resolve_init_from(cfg)  # model.init_from: checked and pinned (path, hash) before any work
     if resume:
         check_resume(files, cfg)
     if resume and files.summary.exists():  # finished (a kill may have left checkpoints)
@@ -220,6 +222,7 @@ def train(
         with timer.phase("eval_after"):
             after_extras = evaluate_extras(model, tokenizer, plan.extras, cfg, files, tag="after")
         summary.update(extras_summary(before_extras, after_extras, plan.extras))
+        summary["init_from"] = provenance(cfg.model)  # None: started from the plain base
         with timer.phase("report"):
             summary["generation"] = generation_summary(cfg, files)  # None: nothing generated
             summary["tokenizer"] = train_data_figures(

@@ -94,6 +94,9 @@ def evaluate_extras(model, tokenizer, extras: Extras, cfg: RunConfig, files, *, 
 
     tasks, samples = {}, []
     for task in extras.tasks:
+        if not task.examples:  # a trained task without eval rows (eval_fraction 0): no scores
+            tasks[task.name] = {}
+            continue
         scores, generated = evaluate_with_predictions(
             model, tokenizer, task.examples, task.metrics, loss_batches=task.batches,
             max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size,
