@@ -38,7 +38,6 @@ ROOT = HERE.parent
 if str(ROOT) not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, str(ROOT))
 
-from tunelab.config import load_config  # noqa: E402
 from tunelab.data import build_datasets  # noqa: E402
 from tunelab.evaluate.decoding import first_line_answer, resolve_options  # noqa: E402
 from tunelab.evaluate.generation import (  # noqa: E402
@@ -49,6 +48,7 @@ from tunelab.evaluate.generation import (  # noqa: E402
 )
 from tunelab.evaluate.modes import inference  # noqa: E402
 from tunelab.models import load_model_and_tokenizer  # noqa: E402
+from tunelab.run_config import load_config  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

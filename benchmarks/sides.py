@@ -32,10 +32,11 @@ import torch
 import torch.nn.functional as F
 from workcount import count_work, flops, matmul_params, virtual_tokens
 
-from tunelab.config import DataConfig, ModelConfig, RunConfig
+from tunelab.config import DataConfig, ModelConfig
 from tunelab.data import Tokenized, build_datasets, tokenize_examples
 from tunelab.data.batching import pack_rows, padded_batch
 from tunelab.data.types import IGNORE
+from tunelab.run_config import RunConfig
 from tunelab.training.memory import PeakMemory
 
 EVAL_BATCH = 8

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tunelab.config import dump_config, load_config
 from tunelab.errors import ConfigError
+from tunelab.run_config import dump_config, load_config
 
 
 def test_defaults_validate():

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from tunelab import train
-from tunelab.config import RunConfig, load_config
+from tunelab.run_config import RunConfig, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_KEYS = set(RunConfig.model_fields)

@@ -13,11 +13,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tunelab.config import DataConfig, load_config
+from tunelab.config import DataConfig
 from tunelab.data.formats import rows_to_examples
 from tunelab.data.readers import READERS, read_rows
 from tunelab.data.templates import render_prompt
 from tunelab.errors import TunelabError
+from tunelab.run_config import load_config
 
 FAST = settings(max_examples=40, deadline=None, database=None,  # nothing written to the repo
                 suppress_health_check=[HealthCheck.too_slow])  # fmt: skip

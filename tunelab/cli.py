@@ -332,7 +332,7 @@ def search(
     report.html and one run directory per trial into the output directory."""
     import optuna
 
-    from tunelab.config import load_config
+    from tunelab.run_config import load_config
     from tunelab.search import run_search
     from tunelab.search.progress import RichSearchReporter, result_table
 

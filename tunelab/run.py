@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tunelab.config import RunConfig, dump_config, load_config
 from tunelab.errors import TunelabError
 from tunelab.io import atomic_dir, atomic_write_text
+from tunelab.run_config import RunConfig, dump_config, load_config
 
 
 @dataclass(frozen=True)

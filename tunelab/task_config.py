@@ -22,6 +22,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from tunelab.evaluate.metrics import METRICS
+
 TaskKind = Literal["translation", "classification", "qa", "instruction"]
 
 # The fields each kind's templates are written with; the first of `answer` is what is learned.
@@ -131,8 +133,6 @@ class TaskConfig(_Section):
     @field_validator("metrics")
     @classmethod
     def _known_metrics(cls, value: list[str] | None) -> list[str] | None:
-        from tunelab.evaluate.metrics import METRICS
-
         unknown = [m for m in value or [] if m not in METRICS]
         if unknown:
             raise ValueError(f"unknown metric {unknown[0]!r}; known: {', '.join(sorted(METRICS))}")

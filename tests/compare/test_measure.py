@@ -12,11 +12,11 @@ from rich.console import Console
 from tunelab.compare.measure import forced_length, measure_run, ms_per_token
 from tunelab.compare.progress import CompareProgress
 from tunelab.compare.worker import QueueReporter
-from tunelab.config import load_config
 from tunelab.data.types import IGNORE
 from tunelab.evaluate import generate
 from tunelab.evaluate.probe import PROBE_TEXT, WINDOW, probe_batches, probe_perplexity
 from tunelab.models.tiny import random_model
+from tunelab.run_config import load_config
 from tunelab.training.loop import StopTraining, train
 
 from .conftest import tiny_base

@@ -11,9 +11,10 @@ from typer.testing import CliRunner
 
 from tunelab import train
 from tunelab.cli import app
-from tunelab.config import DataConfig, load_config
+from tunelab.config import DataConfig
 from tunelab.data import Example, build_datasets, tokenize_examples
 from tunelab.errors import ConfigError, DataError
+from tunelab.run_config import load_config
 from tunelab.task_config import RowFilter
 
 IGNORE = -100

@@ -8,9 +8,10 @@ import re
 
 import pytest
 
-from tunelab.config import DataConfig, load_config
+from tunelab.config import DataConfig
 from tunelab.data.multitask import build_multitask
 from tunelab.errors import DataError
+from tunelab.run_config import load_config
 
 ID = re.compile(r"row(\d+)")
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 
-from tunelab.config import load_config
 from tunelab.data.template_bank import (
     BANKS,
     eval_templates,
@@ -14,6 +13,7 @@ from tunelab.data.template_bank import (
     task_templates,
 )
 from tunelab.errors import ConfigError
+from tunelab.run_config import load_config
 from tunelab.task_config import DERIVED_FIELDS, KIND_FIELDS, TaskConfig, template_fields
 
 TRANSLATION = dict(name="t", train="x.jsonl", kind="translation", source_language="English",

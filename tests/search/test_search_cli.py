@@ -10,7 +10,7 @@ import yaml
 from typer.testing import CliRunner
 
 from tunelab.cli import app
-from tunelab.config import load_config
+from tunelab.run_config import load_config
 from tunelab.search.apply import check_space
 
 from .conftest import tiny_config

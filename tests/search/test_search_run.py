@@ -13,8 +13,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tunelab.config import load_config
 from tunelab.errors import TunelabError
+from tunelab.run_config import load_config
 from tunelab.search import run_search
 from tunelab.search import study as study_module
 from tunelab.search.objective import owner

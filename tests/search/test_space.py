@@ -6,8 +6,8 @@ import optuna
 import pytest
 import yaml
 
-from tunelab.config import dump_config, load_config
 from tunelab.errors import ConfigError
+from tunelab.run_config import dump_config, load_config
 from tunelab.search.apply import check_space, suggest, trial_config
 from tunelab.search.space import SearchSettings
 

@@ -62,9 +62,9 @@ def test_summary_holds_intervals_paired_test_and_text_statistics(tmp_path):
 
 
 def test_summary_holds_tokenizer_figures_of_the_train_data(tmp_path):
-    from tunelab.config import load_config
     from tunelab.data import build_datasets
     from tunelab.models.tiny import byte_tokenizer
+    from tunelab.run_config import load_config
 
     result = train(config(tmp_path))
     figures = result.summary["tokenizer"]

@@ -30,9 +30,9 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from tunelab.cli import app
-from tunelab.config import RunConfig
 from tunelab.errors import ConfigError
 from tunelab.models.tiny import random_model
+from tunelab.run_config import RunConfig
 from tunelab.training.distributed import WAIT, check_distributed
 from tunelab.training.loop import make_accelerator
 

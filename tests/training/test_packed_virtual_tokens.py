@@ -9,10 +9,10 @@ import pytest
 import torch
 from peft import PromptEncoderConfig, PromptTuningConfig, TaskType, get_peft_model
 
-from tunelab.config import load_config
 from tunelab.data.batching import packed_batch, padded_batch
 from tunelab.methods import get_method
 from tunelab.models.tiny import random_model
+from tunelab.run_config import load_config
 from tunelab.training.fastpath import fast_paths
 from tunelab.training.loss import token_loss_sum
 from tunelab.training.plan import plan_data

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from tunelab import train
-from tunelab.config import DataConfig, EvalConfig, ModelConfig, RunConfig, TrainConfig
+from tunelab.config import DataConfig, EvalConfig, ModelConfig, TrainConfig
 from tunelab.errors import ConfigError
+from tunelab.run_config import RunConfig
 from tunelab.training.preflight import check_settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -97,8 +98,8 @@ def test_every_setting_is_read_by_the_library(section):
 def test_resume_checks_the_config_only_when_there_is_a_run_to_continue(tmp_path):
     """A folder with an old config.yaml but no summary or checkpoint (e.g. compare cleared it)
     has nothing to mix; with a checkpoint, a changed setting is refused."""
-    from tunelab.config import dump_config, load_config
     from tunelab.run import RunFiles
+    from tunelab.run_config import dump_config, load_config
     from tunelab.training.preflight import check_resume
 
     files = RunFiles(tmp_path / "run")

@@ -19,12 +19,12 @@ from typer.testing import CliRunner
 
 from tunelab import train
 from tunelab.cli import app
-from tunelab.config import load_config
 from tunelab.export.merge import merge_run
 from tunelab.export.run import export_run
 from tunelab.models.new_rows import add_rows
 from tunelab.models.tiny import random_model
 from tunelab.run import load_run
+from tunelab.run_config import load_config
 from tunelab.serve.adapters import AdapterSet
 from tunelab.training import loop
 from tunelab.training import vocab as vocab_module

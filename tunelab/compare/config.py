@@ -50,8 +50,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator
 
 from tunelab.compare.tasks import split_quality
-from tunelab.config import RunConfig, load_config
 from tunelab.errors import ConfigError
+from tunelab.methods import METHODS
+from tunelab.run_config import RunConfig, load_config
 
 TIME_ONLY_STEP_CAP = 1_000_000  # with only a time budget, steps are capped by time, not count
 FORBIDDEN_BASE_KEYS = {
@@ -119,8 +120,6 @@ class CompareConfig(BaseModel):
     @field_validator("methods")
     @classmethod
     def _known_methods(cls, value: list[str] | str | None) -> list[str] | str | None:
-        from tunelab.methods import METHODS
-
         if value is None or value == "all":
             return value
         if not value:
@@ -133,8 +132,6 @@ class CompareConfig(BaseModel):
     @field_validator("overrides")
     @classmethod
     def _known_override_methods(cls, value: dict[str, dict[str, Any]]) -> dict:
-        from tunelab.methods import METHODS
-
         for name, keys in value.items():
             if name not in METHODS:
                 raise ValueError(f"unknown method {name!r}; known: {', '.join(METHODS)}")
@@ -148,8 +145,6 @@ class CompareConfig(BaseModel):
 
     def method_names(self) -> list[str]:
         """The methods compared as such (each a variant named after its method)."""
-        from tunelab.methods import METHODS
-
         if self.methods is None:
             return [] if self.variants else list(METHODS)
         return list(METHODS) if self.methods == "all" else list(self.methods)

@@ -17,11 +17,11 @@ import time
 from contextlib import contextmanager
 from typing import Any
 
-from tunelab.config import RunConfig
 from tunelab.data.templates import render_prompt
 from tunelab.errors import MergeNotSupported
 from tunelab.evaluate import generate
 from tunelab.evaluate.probe import probe_perplexity
+from tunelab.run_config import RunConfig
 
 TIMING_PROMPTS = ("Write one sentence about the sea.", "Describe a quiet morning in a town.")
 ROUNDS = 3

@@ -33,9 +33,9 @@ from tunelab.compare.samples import side_by_side
 from tunelab.compare.seeds import RunKey, aggregate_rows, seed_section, seeded_runs
 from tunelab.compare.tasks import paired_between_variants, split_quality
 from tunelab.compare.worker import BASE, Job, is_finished, run_job
-from tunelab.config import RunConfig
 from tunelab.evaluate.metrics import METRICS
 from tunelab.io import atomic_write_json, atomic_write_text
+from tunelab.run_config import RunConfig
 
 POLL_SECONDS = 0.2
 

@@ -32,7 +32,7 @@ from itertools import combinations
 from typing import Any
 
 from tunelab.compare.config import CompareConfig
-from tunelab.config import RunConfig, load_config
+from tunelab.run_config import RunConfig, load_config
 
 CONFIDENCE = 0.95
 TEXT_STATS = ("seq-rep-4", "distinct-2", "length_ratio")  # from summary.json's generation.after

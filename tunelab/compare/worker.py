@@ -29,9 +29,9 @@ from transformers.utils.logging import disable_progress_bar
 
 from tunelab.compare.measure import measure_base, measure_run
 from tunelab.compare.samples import SHARED_SAMPLES
-from tunelab.config import RunConfig, load_config
 from tunelab.io import atomic_write_json, atomic_write_text
 from tunelab.run import RunFiles
+from tunelab.run_config import RunConfig, load_config
 from tunelab.training.checkpoint import latest_checkpoint
 from tunelab.training.loop import StopTraining, train
 

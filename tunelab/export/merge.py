@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tunelab.config import RunConfig
 from tunelab.errors import MergeNotSupported, TunelabError
 from tunelab.io import atomic_dir
 from tunelab.methods import get_method
 from tunelab.run import load_run, read_run_config
+from tunelab.run_config import RunConfig
 
 
 def merge_run(run_dir: str | Path, output: str | Path) -> Path:

@@ -14,8 +14,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from tunelab.config import RunConfig
 from tunelab.data.templates import render_prompt
+from tunelab.run_config import RunConfig
 
 USER, SYSTEM = "\x00TUNELAB_USER\x00", "\x00TUNELAB_SYSTEM\x00"
 

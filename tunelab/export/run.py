@@ -13,7 +13,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from tunelab.config import RunConfig
 from tunelab.errors import TunelabError
 from tunelab.export.gguf_file import DTYPES, check_gguf_output, write_gguf
 from tunelab.export.layout import LAYOUTS, layout_of
@@ -22,6 +21,7 @@ from tunelab.export.ollama import modelfile_text
 from tunelab.export.vocab import pre_tokenizer_name
 from tunelab.io import atomic_write_text
 from tunelab.run import read_run_config
+from tunelab.run_config import RunConfig
 
 FORMATS = ("gguf", "hf")
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from rich.table import Table
 
+from tunelab.config import ModelConfig
 from tunelab.methods import METHODS, MethodContext
 from tunelab.methods.base import count_parameters
 
@@ -24,7 +25,6 @@ def _calibration(model) -> MethodContext:
 
 def parameter_counts(model_name: str) -> dict[str, tuple[int, int]]:
     """method name -> (trainable, total) parameters on `model_name`."""
-    from tunelab.config import ModelConfig
     from tunelab.models import load_model_and_tokenizer
 
     counts = {}

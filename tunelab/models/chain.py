@@ -15,21 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.compat import attn_implementation
-from tunelab.config import ModelConfig, RunConfig, load_config
+from tunelab.config import ModelConfig
 from tunelab.errors import ConfigError, ModelError, TunelabError
 from tunelab.run import RunFiles, content_hash, read_run_config
+from tunelab.run_config import RunConfig, load_config
 
 KEY = "model.init_from"
-
-
-def base_of(run: str, keep: dict[str, Any]) -> dict[str, Any]:
-    """`name` (and `seed`, unless `keep` has it) of RUN's base, for a config that left them
-    out; ValueError (pydantic names the section) when RUN holds no run config."""
-    config = Path(run).expanduser() / "config.yaml"
-    if not config.is_file():
-        raise ValueError(f"init_from: {run}: not a run directory (no config.yaml)")
-    model = load_config(config).model
-    return {"name": model.name} | ({} if "seed" in keep else {"seed": model.seed})
 
 
 def resolve_init_from(cfg: RunConfig) -> None:

@@ -14,8 +14,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from tunelab.config import RunConfig, load_config
 from tunelab.errors import ConfigError
+from tunelab.run_config import RunConfig, load_config
 from tunelab.search.space import Param, SearchSettings
 
 

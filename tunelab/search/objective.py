@@ -20,8 +20,8 @@ from typing import Any
 
 import optuna
 
-from tunelab.config import RunConfig
 from tunelab.errors import TunelabError
+from tunelab.run_config import RunConfig
 from tunelab.search.apply import settings_of, suggest, trial_config
 from tunelab.search.space import SUMMARY_FIELDS, Objective
 

@@ -20,8 +20,8 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from tunelab.config import RunConfig, dump_config, load_config
 from tunelab.io import atomic_write_text
+from tunelab.run_config import RunConfig, dump_config, load_config
 from tunelab.search.apply import trial_config
 from tunelab.search.progress import objective_names
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import optuna
 
-from tunelab.config import RunConfig, load_config
 from tunelab.errors import TunelabError
+from tunelab.run_config import RunConfig, load_config
 from tunelab.search.apply import check_space, settings_of
 from tunelab.search.outputs import SearchResult, write_outputs
 from tunelab.search.progress import SearchReporter, SilentSearchReporter

@@ -23,8 +23,8 @@ import optuna
 from optuna.trial import TrialState
 
 from tunelab.compat import fail_trial
-from tunelab.config import RunConfig, load_config
 from tunelab.errors import ConfigError, TunelabError
+from tunelab.run_config import RunConfig, load_config
 from tunelab.search.apply import settings_of
 from tunelab.search.objective import TrialRunner
 from tunelab.search.space import SearchSettings

@@ -13,9 +13,9 @@ import json
 import shlex
 from pathlib import Path
 
-from tunelab.config import load_config
 from tunelab.errors import TunelabError
 from tunelab.run import RunFiles, content_hash  # noqa: F401 (moved to run.py; re-exported)
+from tunelab.run_config import load_config
 
 VLLM_METHODS = {"lora"}  # what vLLM's multi-LoRA serving loads as is (PEFT LoRA, no bias)
 

@@ -7,13 +7,14 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from tunelab.config import EvalConfig, RunConfig
+from tunelab.config import EvalConfig
 from tunelab.data import build_datasets, make_batches, tokenize_examples
 from tunelab.errors import ConfigError
 from tunelab.evaluate import evaluate_with_predictions
 from tunelab.evaluate.generation_report import generation_report
 from tunelab.io import atomic_write_json
 from tunelab.run import load_run, read_run_config
+from tunelab.run_config import RunConfig
 
 
 def evaluate_saved_run(

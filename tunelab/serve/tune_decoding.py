@@ -19,7 +19,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from tunelab.config import EvalConfig, RunConfig
+from tunelab.config import EvalConfig
 from tunelab.data import build_datasets
 from tunelab.errors import TunelabError
 from tunelab.evaluate import evaluate_with_predictions
@@ -28,6 +28,7 @@ from tunelab.evaluate.significance import SACREBLEU_METRICS
 from tunelab.evaluate.text_stats import REPETITION_WARNING, text_statistics
 from tunelab.io import atomic_write_json
 from tunelab.run import RunFiles, load_run, read_run_config, write_run_config
+from tunelab.run_config import RunConfig
 
 PLAIN: dict[str, Any] = {  # what a grid entry starts from: greedy, no guards, newline stop auto
     "repetition_guard": 0, "output_repetition_penalty": 1.0, "stop_at_newline": "auto",

@@ -7,10 +7,10 @@ import math
 
 import torch
 
-from tunelab.config import RunConfig
 from tunelab.errors import TunelabError
 from tunelab.methods import get_method
 from tunelab.run import RunFiles
+from tunelab.run_config import RunConfig
 from tunelab.training.checkpoint import checkpoints
 
 

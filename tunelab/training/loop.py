@@ -26,7 +26,6 @@ import torch
 from accelerate import Accelerator
 from torch import nn
 
-from tunelab.config import RunConfig, load_config
 from tunelab.data.mixture import format_report
 from tunelab.data.types import IGNORE
 from tunelab.io import append_jsonl, atomic_write_json
@@ -36,6 +35,7 @@ from tunelab.models import load_model_and_tokenizer
 from tunelab.models.chain import provenance, resolve_init_from
 from tunelab.models.tokenizer_report import train_data_figures
 from tunelab.run import RunFiles, save_adapter, write_run_config
+from tunelab.run_config import RunConfig, load_config
 from tunelab.training.budget import Seen
 from tunelab.training.checkpoint import resume_latest, save_checkpoint
 from tunelab.training.distributed import (

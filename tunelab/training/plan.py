@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from tunelab.config import RunConfig
 from tunelab.data import build_datasets, make_batches, tokenize_examples
 from tunelab.errors import DataError
 from tunelab.models import arch_of
+from tunelab.run_config import RunConfig
 from tunelab.training.budget import Limits, Seen, take_window
 from tunelab.training.packed import packs_virtual_tokens
 from tunelab.training.tasks import Extras, plan_extras, plan_tasks

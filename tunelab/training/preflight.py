@@ -11,9 +11,9 @@ import importlib.util
 
 import torch
 
-from tunelab.config import RunConfig, load_config
 from tunelab.errors import ConfigError
 from tunelab.run import RunFiles
+from tunelab.run_config import RunConfig, load_config
 
 TRACKER_MODULES = {"tensorboard": "tensorboard", "mlflow": "mlflow"}
 

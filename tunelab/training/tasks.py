@@ -17,7 +17,6 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from tunelab.config import RunConfig
 from tunelab.data.batching import make_batches
 from tunelab.data.mixture import format_report, mixture_report
 from tunelab.data.multitask import build_multitask
@@ -29,6 +28,7 @@ from tunelab.evaluate.forgetting import (
     forgetting_summary,
 )
 from tunelab.io import atomic_write_text
+from tunelab.run_config import RunConfig
 
 log = logging.getLogger(__name__)
 

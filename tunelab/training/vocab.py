@@ -19,11 +19,11 @@ from typing import Any
 
 from safetensors.torch import load_file, save_file
 
-from tunelab.config import RunConfig
 from tunelab.errors import ConfigError, TunelabError
 from tunelab.io import atomic_dir
 from tunelab.models.new_rows import RowTrainer, add_rows, load_rows, rows_state
 from tunelab.models.vocab import Extension, extend_tokenizer, tokens_per_text
+from tunelab.run_config import RunConfig
 
 log = logging.getLogger(__name__)
 ROWS_FILE = "new_rows.safetensors"
