@@ -17,6 +17,7 @@ import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from typer.testing import CliRunner
 
+from tests.models.test_vocab import XHOSA as XHOSA_TEXT
 from tunelab import train
 from tunelab.cli import app
 from tunelab.export.merge import merge_run
@@ -30,16 +31,7 @@ from tunelab.training import loop
 from tunelab.training import vocab as vocab_module
 from tunelab.training.vocab import VocabRun
 
-XHOSA = [
-    "Abantwana bafunda iincwadi esikolweni kwaye bayakuthanda ukufunda.",
-    "Ndiyabulela kakhulu ngoncedo lwakho namhlanje.",
-    "Abantu abaninzi bathi ukuba imvula iza kuna ngomso.",
-    "Sifuna ukuba abantwana bafunde kwaye badlale kunye.",
-    "Umongameli uthethile kunye nabantu basezilalini ngomso.",
-    "Iincwadi ezintsha zifika esikolweni kwaye abantwana bayavuya kakhulu.",
-    "Utitshala uthi abantwana mabafunde kakhulu ukuze baphumelele.",
-    "Abantu bahlala kunye ezilalini kwaye basebenza kakhulu.",
-]
+XHOSA = XHOSA_TEXT[:8]  # isiXhosa written for the tests (tests/models/test_vocab.py)
 PROBE = ["Abantwana bafunda kunye kakhulu.", "ukuba kwaye hello"]
 NEW_TOKENS = 24
 
