@@ -26,7 +26,7 @@ def side_by_side(rows: list[dict[str, Any]], output: Path, count: int = SIDE_BY_
     `count` samples of the first finished variant that has any; `task`: that task's samples
     of multi-task runs (samples-after-tasks.jsonl) instead of the main eval's."""
     after = {
-        row["variant"]: _samples(Path(row["run_dir"]), "after", task)
+        row["variant"]: run_samples(Path(row["run_dir"]), "after", task)
         for row in rows
         if row["status"] == "finished"
     }
@@ -34,7 +34,7 @@ def side_by_side(rows: list[dict[str, Any]], output: Path, count: int = SIDE_BY_
     if task is None:
         base = base_samples(rows, output)
     else:
-        base = next((s for r in rows if (s := _samples(Path(r["run_dir"]), "before", task))), [])
+        base = next((s for r in rows if (s := run_samples(Path(r["run_dir"]), "before", task))), [])
     return [
         {
             "prompt": sample["prompt"],
@@ -46,7 +46,9 @@ def side_by_side(rows: list[dict[str, Any]], output: Path, count: int = SIDE_BY_
     ]
 
 
-def _samples(run_dir: Path, tag: str, task: str | None) -> list[dict[str, Any]]:
+def run_samples(run_dir: Path, tag: str, task: str | None = None) -> list[dict[str, Any]]:
+    """A run's generations of its `tag` ("before" | "after") evaluation: the main eval's, or
+    with `task` that task's of a multi-task run."""
     if task is None:
         return read_jsonl(run_dir / f"samples-{tag}.jsonl")
     return [s for s in read_jsonl(run_dir / f"samples-{tag}-tasks.jsonl") if s["task"] == task]

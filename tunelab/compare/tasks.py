@@ -14,9 +14,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from tunelab.compare.samples import run_samples
 from tunelab.evaluate.generation_report import compare_samples, generation_report
 from tunelab.evaluate.significance import SACREBLEU_METRICS
-from tunelab.io import read_jsonl
 
 TASK_SEPARATOR = "/"
 ROLE_TAGS = {"train": "", "replay": " (replay)", "held_out": " (zero-shot)"}
@@ -48,13 +48,12 @@ def row_blocks(summary: dict[str, Any], run_dir: Path) -> dict[str, Any]:
 
 def task_generation(run_dir: Path, tasks: dict[str, Any]) -> dict[str, dict]:
     """{task: generation_report(before, after)} for the tasks scored with chrF/BLEU."""
-    sides = {tag: read_jsonl(run_dir / f"samples-{tag}-tasks.jsonl") for tag in ("before", "after")}
     reports = {}
     for name, block in tasks.items():
         metrics = [m for m in block.get("after", {}) if m in SACREBLEU_METRICS]
-        after = [s for s in sides["after"] if s["task"] == name]
-        if metrics and after:
-            before = [s for s in sides["before"] if s["task"] == name] or None
+        after = run_samples(run_dir, "after", name) if metrics else []
+        if after:
+            before = run_samples(run_dir, "before", name) or None
             reports[name] = generation_report(before, after, metrics)
     return reports
 
@@ -68,13 +67,7 @@ def paired_between_variants(rows: list[dict[str, Any]], quality: str) -> list[di
     done = [row for row in rows if row["status"] == "finished"]
     if task is None or metric not in SACREBLEU_METRICS or len(done) < 2:
         return []
-    samples = {
-        row["variant"]: [
-            s for s in read_jsonl(Path(row["run_dir"]) / "samples-after-tasks.jsonl")
-            if s["task"] == task
-        ]
-        for row in done
-    }  # fmt: skip
+    samples = {row["variant"]: run_samples(Path(row["run_dir"]), "after", task) for row in done}
     first, *others = done
     pairs = []
     for row in others:
