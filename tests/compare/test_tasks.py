@@ -108,10 +108,15 @@ def test_a_comparison_of_task_variants_reports_every_task(tmp_path):
     results = compare(load_compare_config(raw), progress=False)
     rows = {row["variant"]: row for row in results["methods"]}
     assert all(row["status"] == "finished" for row in rows.values())
+    befores = []
     for row in rows.values():  # the quality is the task's own chrF, before and after
         summary = yaml.safe_load((Path(row["run_dir"]) / "summary.json").read_text())
         assert row["quality"] == summary["tasks"]["rev"]["after"]["chrf"]
         assert row["quality_before"] == summary["tasks"]["rev"]["before"]["chrf"]
+        befores.append({name: task["before"] for name, task in summary["tasks"].items()})
+    # the base model scored each task once (+ the probes), for both variants
+    assert len(list((tmp_path / "out" / "before-tasks").glob("*.json"))) == 3
+    assert befores[0] == befores[1]
     headers, table = task_table(results)
     cells = {(r[0], r[1]): r[2:] for r in table}
     assert cells[("json", "loss")][1].endswith("(zero-shot)")  # held out in rev-only

@@ -5,6 +5,7 @@ results.json, results.md and report.html in OUTPUT/.
 OUTPUT/base.json              the untouched base model: probe perplexity, inference cost
 OUTPUT/before.json            the base model's scores on the eval data (shared by every run)
 OUTPUT/samples-before.jsonl   ... and its generations, for the side-by-side outputs
+OUTPUT/before-tasks/          ... and its per-task scores, each task scored once for all variants
 OUTPUT/runs/<variant>/        an ordinary run directory (+ measurements.json, or error.log)
 OUTPUT/runs/<variant>/seed-<s>/   ... one per seed with `seeds:` (results: compare.seeds)
 OUTPUT/results.json           every row, the best variant per criterion, the Pareto fronts

@@ -39,6 +39,7 @@ BASE = "base"  # the job that measures the untouched model
 MEASUREMENTS = "measurements.json"  # in each run directory, beside summary.json
 ERROR_LOG = "error.log"  # in a failed method's run directory: the traceback
 SHARED_BEFORE = "before.json"  # in the comparison's folder: the base model's scores, shared
+SHARED_TASKS = "before-tasks"  # ... and its per-task scores (training/shared_eval.py)
 
 
 @dataclass(frozen=True)
@@ -142,7 +143,8 @@ def train_and_measure(job: Job, events) -> None:
     files = RunFiles(Path(cfg.output_dir))
     resume = prepare_run(files, cfg, Path(job.output_dir))
     reporter = QueueReporter(events, job.name, job.budget_seconds)
-    result = train(cfg, resume=resume, reporter=reporter, on_step=reporter.check_budget)
+    result = train(cfg, resume=resume, reporter=reporter, on_step=reporter.check_budget,
+                   shared_before=Path(job.output_dir) / SHARED_TASKS)  # fmt: skip
     shared = Path(job.output_dir) / SHARED_BEFORE
     if not shared.exists() and files.before.exists():
         if files.samples("before").exists():  # the base model's outputs, for the report

@@ -61,6 +61,7 @@ from tunelab.training.preflight import (
 )
 from tunelab.training.progress import BarReporter, Reporter, SilentReporter
 from tunelab.training.schedules import build_scheduler
+from tunelab.training.shared_eval import SharedScores
 from tunelab.training.tasks import evaluate_extras, extras_summary
 from tunelab.training.trackers import report_run
 from tunelab.training.vocab import VocabRun, check_corpus
@@ -116,9 +117,12 @@ def train(
     reporter: Reporter | None = None,
     on_step=None,
     on_eval=None,
+    shared_before: Path | None = None,
 ) -> TrainResult:
     """Fine-tune as `config` says; write the run directory; return its summary. A finished
-    run in `output_dir` is returned as is with `resume`, replaced only with `overwrite`."""
+    run in `output_dir` is returned as is with `resume`, replaced only with `overwrite`.
+    `shared_before`: a folder of the base model's per-task scores shared between runs
+    (training/shared_eval.py; compare's variants use it)."""
     cfg = load_config(config, overrides)
     files = RunFiles(Path(cfg.output_dir))
     check_settings(cfg)
@@ -165,7 +169,10 @@ def train(
         atomic_write_json(files.before, before)
     before_extras = files.read_before_extras()  # per-task metrics and forgetting probes
     if before_extras is None and cfg.eval.before and main:
-        before_extras = evaluate_extras(model, tokenizer, plan.extras, cfg, files, tag="before")
+        shared = SharedScores(shared_before) if shared_before else None
+        before_extras = evaluate_extras(
+            model, tokenizer, plan.extras, cfg, files, tag="before", shared=shared
+        )
         atomic_write_json(files.before_extras, before_extras)
     timer.stop("eval_before")
 

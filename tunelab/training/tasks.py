@@ -29,6 +29,7 @@ from tunelab.evaluate.forgetting import (
 )
 from tunelab.io import atomic_write_text
 from tunelab.run_config import RunConfig
+from tunelab.training.shared_eval import SharedScores, probes_key, task_key
 
 log = logging.getLogger(__name__)
 
@@ -87,27 +88,54 @@ def plan_extras(cfg: RunConfig, tokenizer: Any, extras: Extras | None) -> Extras
     return extras
 
 
-def evaluate_extras(model, tokenizer, extras: Extras, cfg: RunConfig, files, *, tag: str) -> dict:
+def evaluate_extras(
+    model, tokenizer, extras: Extras, cfg: RunConfig, files, *, tag: str,
+    shared: SharedScores | None = None,
+) -> dict:  # fmt: skip
     """Every task's metrics and the forgetting perplexities of `model`; writes the tasks'
-    generations to samples-<tag>-tasks.jsonl for people to read."""
-    from tunelab.evaluate import evaluate_with_predictions
-
+    generations to samples-<tag>-tasks.jsonl for people to read. With `shared` (the base
+    model's scores of earlier runs, see training/shared_eval.py), a task or probe set scored
+    before under the same key is read back instead of evaluated again."""
     tasks, samples = {}, []
     for task in extras.tasks:
         if not task.examples:  # a trained task without eval rows (eval_fraction 0): no scores
             tasks[task.name] = {}
             continue
-        scores, generated = evaluate_with_predictions(
-            model, tokenizer, task.examples, task.metrics, loss_batches=task.batches,
-            max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size,
-            max_examples=cfg.eval.max_examples, decoding=cfg.eval.decoding(),
-        )  # fmt: skip
-        tasks[task.name] = scores
-        samples += [{"task": task.name, **sample} for sample in generated]
+        key = task_key(cfg, task.metrics, task.examples, task.batches) if shared else ""
+        entry = shared.get(key) if shared else None
+        if entry is None:
+            entry = _evaluate_task(model, tokenizer, task, cfg)
+            if shared:
+                shared.put(key, entry)
+        tasks[task.name] = entry["scores"]
+        samples += [{"task": task.name, **sample} for sample in entry["samples"]]
     if samples:
         lines = "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples)
         atomic_write_text(files.samples(f"{tag}-tasks"), lines)
-    return {"tasks": tasks, "forgetting": forgetting_perplexities(model, extras.forgetting)}
+    return {"tasks": tasks, "forgetting": _probe_scores(model, extras, cfg, shared)}
+
+
+def _evaluate_task(model, tokenizer, task: TaskEval, cfg: RunConfig) -> dict[str, Any]:
+    from tunelab.evaluate import evaluate_with_predictions
+
+    scores, generated = evaluate_with_predictions(
+        model, tokenizer, task.examples, task.metrics, loss_batches=task.batches,
+        max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size,
+        max_examples=cfg.eval.max_examples, decoding=cfg.eval.decoding(),
+    )  # fmt: skip
+    return {"name": task.name, "scores": scores, "samples": generated}
+
+
+def _probe_scores(model, extras: Extras, cfg: RunConfig, shared: SharedScores | None) -> dict:
+    if not extras.forgetting:
+        return {}
+    key = probes_key(cfg, extras.forgetting) if shared else ""
+    entry = shared.get(key) if shared else None
+    if entry is None:
+        entry = {"name": "forgetting", "scores": forgetting_perplexities(model, extras.forgetting)}
+        if shared:
+            shared.put(key, entry)
+    return entry["scores"]
 
 
 def extras_summary(before: dict | None, after: dict, extras: Extras) -> dict[str, Any]:
