@@ -8,6 +8,7 @@ from typing import Any
 
 from tunelab.evaluate import evaluate_with_predictions
 from tunelab.io import atomic_write_text, read_jsonl
+from tunelab.training.tasks import pooled_split_scores
 
 
 def evaluate_run(model, tokenizer, plan, cfg, files, *, tag: str) -> dict[str, Any]:
@@ -31,6 +32,15 @@ def evaluate_run(model, tokenizer, plan, cfg, files, *, tag: str) -> dict[str, A
         lines = "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples)
         atomic_write_text(files.samples(tag), lines)
     return scores
+
+
+def split_scores(model, tokenizer, plan, cfg, files, extras_result, *, tag: str) -> dict:
+    """The eval split's scores: pooled from the tasks' own scores where a multi-task run's
+    split asks only for loss (training/tasks.py), else evaluated."""
+    pooled = pooled_split_scores(extras_result or {"tasks": {}}, plan.extras, cfg.eval.metrics)
+    if pooled is not None and plan.eval_examples:
+        return pooled
+    return evaluate_run(model, tokenizer, plan, cfg, files, tag=tag)
 
 
 def generation_summary(cfg, files) -> dict[str, Any] | None:

@@ -47,7 +47,7 @@ from tunelab.training.distributed import (
     trainable_flags,
 )
 from tunelab.training.divergence import all_ranks, check_finite
-from tunelab.training.evaluation import evaluate_run, generation_summary
+from tunelab.training.evaluation import generation_summary, split_scores
 from tunelab.training.fastpath import fast_paths
 from tunelab.training.loss import token_loss_sum
 from tunelab.training.memory import PeakMemory
@@ -162,11 +162,6 @@ def train(
     model.to(accelerator.device)
 
     timer.start("eval_before")
-    before = files.read_before()
-    if before is None and cfg.eval.before and main:
-        reporter.message(f"evaluating the base model on {len(plan.eval_examples)} examples")
-        before = evaluate_run(model, tokenizer, plan, cfg, files, tag="before")
-        atomic_write_json(files.before, before)
     before_extras = files.read_before_extras()  # per-task metrics and forgetting probes
     if before_extras is None and cfg.eval.before and main:
         shared = SharedScores(shared_before) if shared_before else None
@@ -174,6 +169,11 @@ def train(
             model, tokenizer, plan.extras, cfg, files, tag="before", shared=shared
         )
         atomic_write_json(files.before_extras, before_extras)
+    before = files.read_before()
+    if before is None and cfg.eval.before and main:
+        reporter.message(f"evaluating the base model on {len(plan.eval_examples)} examples")
+        before = split_scores(model, tokenizer, plan, cfg, files, before_extras, tag="before")
+        atomic_write_json(files.before, before)
     timer.stop("eval_before")
 
     timer.start("method_setup")
@@ -222,12 +222,11 @@ def train(
         with timer.phase("checkpoints"):
             save_adapter(method, model, cfg, files, extra=vocab.save_rows)
         with timer.phase("eval_after"):
-            after = evaluate_run(model, tokenizer, plan, cfg, files, tag="after")
+            after_extras = evaluate_extras(model, tokenizer, plan.extras, cfg, files, tag="after")
+            after = split_scores(model, tokenizer, plan, cfg, files, after_extras, tag="after")
         summary = _summary(
             cfg, method, trainable, total, stats, before or {}, after, plan, files, accelerator
         )
-        with timer.phase("eval_after"):
-            after_extras = evaluate_extras(model, tokenizer, plan.extras, cfg, files, tag="after")
         summary.update(extras_summary(before_extras, after_extras, plan.extras))
         summary["init_from"] = provenance(cfg.model)  # None: started from the plain base
         with timer.phase("report"):

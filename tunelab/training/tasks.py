@@ -21,7 +21,8 @@ from tunelab.data.batching import make_batches
 from tunelab.data.mixture import format_report, mixture_report
 from tunelab.data.multitask import build_multitask
 from tunelab.data.tokenize import tokenize_examples
-from tunelab.data.types import Datasets, Example
+from tunelab.data.types import IGNORE, Datasets, Example
+from tunelab.evaluate.metrics import perplexity_from_loss
 from tunelab.evaluate.forgetting import (
     forgetting_batches,
     forgetting_perplexities,
@@ -126,6 +127,11 @@ def _evaluate_task(model, tokenizer, task: TaskEval, cfg: RunConfig) -> dict[str
     return {"name": task.name, "scores": scores, "samples": generated}
 
 
+def labelled_tokens(batch: dict) -> int:
+    """Tokens whose loss is counted (as `mean_token_loss` counts them: token t+1 at t)."""
+    return int((batch["labels"][:, 1:] != IGNORE).sum())
+
+
 def _probe_scores(model, extras: Extras, cfg: RunConfig, shared: SharedScores | None) -> dict:
     if not extras.forgetting:
         return {}
@@ -136,6 +142,23 @@ def _probe_scores(model, extras: Extras, cfg: RunConfig, shared: SharedScores | 
         if shared:
             shared.put(key, entry)
     return entry["scores"]
+
+
+def pooled_split_scores(result: dict, extras: Extras, metrics: list[str]) -> dict | None:
+    """The eval split's loss and perplexity pooled from the trained tasks' own losses (the
+    split is their eval rows, so scoring it again would compute the same losses twice):
+    sum of loss x labelled tokens over the tasks / all their labelled tokens. None where the
+    split asks for more than loss and perplexity, or a trained task has no loss of its own."""
+    trained = [task for task in extras.tasks if task.role != "held_out" and task.examples]
+    if not trained or not set(metrics) <= {"loss", "perplexity"}:
+        return None
+    if any("loss" not in result["tasks"].get(task.name, {}) for task in trained):
+        return None
+    counts = [sum(labelled_tokens(batch) for batch in task.batches) for task in trained]
+    losses = [result["tasks"][task.name]["loss"] for task in trained]
+    loss = sum(value * count for value, count in zip(losses, counts)) / sum(counts)
+    pooled = {"loss": loss, "perplexity": perplexity_from_loss(loss)}
+    return {name: pooled[name] for name in metrics}
 
 
 def extras_summary(before: dict | None, after: dict, extras: Extras) -> dict[str, Any]:
