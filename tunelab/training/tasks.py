@@ -22,12 +22,12 @@ from tunelab.data.mixture import format_report, mixture_report
 from tunelab.data.multitask import build_multitask
 from tunelab.data.tokenize import tokenize_examples
 from tunelab.data.types import IGNORE, Datasets, Example
-from tunelab.evaluate.metrics import perplexity_from_loss
 from tunelab.evaluate.forgetting import (
     forgetting_batches,
     forgetting_perplexities,
     forgetting_summary,
 )
+from tunelab.evaluate.metrics import perplexity_from_loss
 from tunelab.io import atomic_write_text
 from tunelab.run_config import RunConfig
 from tunelab.training.shared_eval import SharedScores, probes_key, task_key
@@ -156,7 +156,7 @@ def pooled_split_scores(result: dict, extras: Extras, metrics: list[str]) -> dic
         return None
     counts = [sum(labelled_tokens(batch) for batch in task.batches) for task in trained]
     losses = [result["tasks"][task.name]["loss"] for task in trained]
-    loss = sum(value * count for value, count in zip(losses, counts)) / sum(counts)
+    loss = sum(value * count for value, count in zip(losses, counts, strict=True)) / sum(counts)
     pooled = {"loss": loss, "perplexity": perplexity_from_loss(loss)}
     return {name: pooled[name] for name in metrics}
 
