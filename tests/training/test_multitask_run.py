@@ -92,3 +92,28 @@ def test_single_task_run_measures_forgetting(tmp_path):
     assert "tasks" not in summary and "mixture" not in summary
     assert set(summary["forgetting"]) == {"english_perplexity", "instruction_perplexity"}
     assert summary["forgetting"]["english_perplexity"]["before"] > 1.0
+
+
+def test_the_eval_split_loss_is_pooled_from_the_tasks_losses(tmp_path, monkeypatch):
+    """The split is the trained tasks' eval rows: its loss is their token-weighted mean, taken
+    from the per-task scores rather than computed a second time; a split that also asks for
+    a generation metric is scored on its own."""
+    from tunelab.training import evaluation
+
+    calls: list[str] = []
+    real = evaluation.evaluate_run
+    monkeypatch.setattr(evaluation, "evaluate_run", lambda *a, **k: calls.append(k["tag"])
+                        or real(*a, **k))  # fmt: skip
+    cfg = multitask_config(tmp_path)
+    summary = json.loads((train(cfg).run_dir / "summary.json").read_text())
+    assert calls == []  # pooled before and after
+    fresh = evaluate_saved_run(tmp_path / "run", metrics=["loss", "perplexity"])
+    assert summary["after"]["loss"] == pytest.approx(fresh["loss"], rel=1e-5)
+    assert summary["after"]["perplexity"] == pytest.approx(fresh["perplexity"], rel=1e-5)
+    trained = [t for t in summary["tasks"].values() if t["role"] != "held_out"]
+    low, high = sorted(t["before"]["loss"] for t in trained)[:: len(trained) - 1]
+    assert low < summary["before"]["loss"] < high  # a weighted mean of the tasks' losses
+    cfg.update(output_dir=str(tmp_path / "gen"), eval={"metrics": ["loss", "chrf"],
+                                                       "max_new_tokens": 2})  # fmt: skip
+    train(cfg)
+    assert calls == ["before", "after"]

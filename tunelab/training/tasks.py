@@ -157,8 +157,7 @@ def pooled_split_scores(result: dict, extras: Extras, metrics: list[str]) -> dic
     counts = [sum(labelled_tokens(batch) for batch in task.batches) for task in trained]
     losses = [result["tasks"][task.name]["loss"] for task in trained]
     loss = sum(value * count for value, count in zip(losses, counts, strict=True)) / sum(counts)
-    pooled = {"loss": loss, "perplexity": perplexity_from_loss(loss)}
-    return {name: pooled[name] for name in metrics}
+    return {"loss": loss, "perplexity": perplexity_from_loss(loss)}  # as evaluate() gives them
 
 
 def extras_summary(before: dict | None, after: dict, extras: Extras) -> dict[str, Any]:
