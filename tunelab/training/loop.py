@@ -49,6 +49,8 @@ from tunelab.training.distributed import (
 from tunelab.training.divergence import all_ranks, check_finite
 from tunelab.training.evaluation import evaluate_run, generation_summary
 from tunelab.training.fastpath import fast_paths
+from tunelab.training.fsdp import enable as enable_fsdp
+from tunelab.training.fsdp import gather_checkpoint, is_sharded, plain_copy, unshard_into
 from tunelab.training.loss import token_loss_sum
 from tunelab.training.memory import PeakMemory
 from tunelab.training.phases import PhaseTimer
@@ -92,8 +94,9 @@ def make_accelerator(cfg: RunConfig) -> Accelerator:
     mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
-    check_launch()  # FSDP, DeepSpeed, ...: one line, not accelerate's traceback
+    check_launch(cfg)  # FSDP 1, DeepSpeed, ...: one line, not accelerate's traceback
     accelerator = Accelerator(cpu=use_cpu, mixed_precision=mixed, kwargs_handlers=process_group())
+    enable_fsdp(accelerator)  # on CPU too, where accelerate alone would fall back to DDP
     check_distributed(accelerator)
     return accelerator
 
@@ -193,6 +196,7 @@ def train(
         betas=cfg.train.betas,
     )
     scheduler = build_scheduler(optimizer, cfg.train, plan.total_steps)
+    plain = plain_copy(model, accelerator)  # FSDP: the main process's whole model, to save
     model, optimizer = accelerator.prepare(model, optimizer)
 
     start_step = 0
@@ -208,7 +212,7 @@ def train(
         stats = run_steps(state, plan, cfg, files, reporter, Callbacks(on_step, on_eval))
     timer.move("train_steps", "checkpoints", stats["checkpoint_seconds"])
     timer.move("train_steps", "eval_periodic", stats["eval_seconds"])
-    model = accelerator.unwrap_model(model)
+    model = unshard_into(plain, model, accelerator)  # FSDP: gathered by every process
     vocab.detach()
     summary: dict[str, Any] = {}
     if main:
@@ -350,28 +354,23 @@ def run_steps(
                       "examples_seen": seen.examples}  # fmt: skip
             append_jsonl(files.metrics, record)
             log_loss, log_tokens = 0.0, 0
-        if (
-            main
-            and cfg.train.eval_every
-            and done % cfg.train.eval_every == 0
-            and done < total_steps
-        ):
+        sharded = is_sharded(model)  # FSDP: every process takes part in eval and checkpoints
+        if (main or sharded) and _due(cfg.train.eval_every, done, total_steps):
             eval_started = time.perf_counter()
             eval_loss = _eval_loss(model, plan, device)
             eval_seconds += time.perf_counter() - eval_started
-            append_jsonl(files.metrics, {"step": done, "eval_loss": eval_loss})
             model.train()
-            if on_eval is not None:  # e.g. a search's pruner; its exceptions end the run
+            if main:
+                append_jsonl(files.metrics, {"step": done, "eval_loss": eval_loss})
+            if main and on_eval is not None:  # e.g. a search's pruner; exceptions end the run
                 on_eval(done, eval_loss)
-        if (
-            main
-            and cfg.train.save_every
-            and done % cfg.train.save_every == 0
-            and done < total_steps
-        ):
+        if (main or sharded) and _due(cfg.train.save_every, done, total_steps):
             save_started = time.perf_counter()
-            save_checkpoint(files.checkpoints, done, accelerator.unwrap_model(model), optimizer,
-                            scheduler, {"seen_tokens": seen_tokens})  # fmt: skip
+            gathered = gather_checkpoint(model, optimizer)  # None unless sharded
+            if main:
+                save_checkpoint(files.checkpoints, done, accelerator.unwrap_model(model),
+                                optimizer, scheduler, {"seen_tokens": seen_tokens},
+                                gathered=gathered)  # fmt: skip
             checkpoint_seconds += time.perf_counter() - save_started
         if on_step is not None:
             try:
@@ -385,6 +384,11 @@ def run_steps(
             "final_loss": last_loss, "examples_seen": seen.examples,
             "tokens_seen": seen.tokens, "peak_memory_mb": memory.peak_mb(),
             "eval_seconds": eval_seconds, "checkpoint_seconds": checkpoint_seconds}  # fmt: skip
+
+
+def _due(every: int | None, done: int, total: int) -> bool:
+    """Whether a periodic evaluation or checkpoint falls after step `done` (not the last)."""
+    return bool(every) and done % every == 0 and done < total
 
 
 @torch.inference_mode()
