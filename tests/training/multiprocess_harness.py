@@ -10,7 +10,7 @@ directory. After each job that finished, every process writes
 `OUT_DIR/<name>.rank<R>.safetensors`: every parameter of the model and every buffer named
 `importance_indices` (the sparse-update masks), as that process holds them when the loop ends
 (under FSDP, where each process holds only shards, `<name>.rank<R>.shards.json` instead: the
-elements of its shards; the run directory holds the whole model).
+elements of its shards and of the whole parameters; the run directory holds the whole model).
 """
 
 from __future__ import annotations
@@ -38,8 +38,9 @@ def run_jobs(jobs: list[dict], out: Path) -> None:
         stats = original(state, *args, **kwargs)
         held["rank"] = state.accelerator.process_index
         if is_sharded(state.model):  # FSDP: each process holds shards; the run dir has all
-            local = sum(p.to_local().numel() for p in state.model.parameters())
-            held["shards"] = {"elements": local, "world": state.accelerator.num_processes}
+            params = list(state.model.parameters())  # DTensors: numel() is the whole size
+            held["shards"] = {"local": sum(p.to_local().numel() for p in params),
+                              "whole": sum(p.numel() for p in params)}  # fmt: skip
             return stats
         model = state.accelerator.unwrap_model(state.model)
         tensors = {n: p.detach().clone() for n, p in model.named_parameters()}

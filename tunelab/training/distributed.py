@@ -77,7 +77,8 @@ def check_distributed(accelerator: Accelerator) -> None:
 def step_scale(local_labelled: int, accelerator: Accelerator) -> tuple[int, float]:
     """(labelled tokens of the step over all processes, the factor a process multiplies its
     summed token loss by). Data parallelism averages the processes' gradients, so each
-    contributes `world / total`: the average is then the gradient of the step's mean loss."""
+    contributes `world / total`: the average is then the gradient of the step's mean loss.
+    FSDP2's reduce-scatter averages the same way (tests/training/test_fsdp.py)."""
     total = max(int(all_ranks(float(local_labelled), accelerator)), 1)
     return total, accelerator.num_processes / total
 

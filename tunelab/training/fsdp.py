@@ -41,8 +41,8 @@ SHARDABLE = {  # method -> why it shards (each tested against one process)
     "adapter": "bottleneck modules beside frozen weights",
 }
 REFUSED = {  # method -> why FSDP cannot run it here
-    "ulmfit": "its trainable set changes during training; FSDP fixes it when it shards",
-    "importance": "its masks index whole weights, FSDP gives each process a shard",
+    "ulmfit": "its trainable set changes during training; not tested under FSDP",
+    "importance": "its masks index whole weights; under FSDP a process holds a shard",
     "prompt": "not tested under FSDP",
     "prefix": "not tested under FSDP",
     "ptuning": "not tested under FSDP",
@@ -99,7 +99,10 @@ def plain_copy(model: nn.Module, accelerator: Accelerator) -> nn.Module | None:
     of one more model, on the CPU."""
     if accelerator.distributed_type != DistributedType.FSDP or not accelerator.is_main_process:
         return None
-    return copy.deepcopy(model).to("cpu")
+    device = next(model.parameters()).device
+    plain = copy.deepcopy(model.to("cpu"))  # not a second copy on the GPU
+    model.to(device)
+    return plain
 
 
 def unshard_into(
@@ -119,16 +122,16 @@ def unshard_into(
 
 def gather_checkpoint(model: nn.Module, optimizer) -> tuple[dict, dict] | None:
     """(full trainable tensors, full optimizer state by parameter name) of a sharded model,
-    on every process (each takes part in the gathering); None for a model that is not
-    sharded (its own tensors and optimizer are whole)."""
+    on the CPU of the main process, which writes them (every process must call this: each
+    takes part in the gathering; the others get the tensors and an empty state). None for a
+    model that is not sharded (its own tensors and optimizer are whole)."""
     if not is_sharded(model):
         return None
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
     tensors = {name: _full(p) for name, p in model.named_parameters() if p.requires_grad}
-    options = StateDictOptions(full_state_dict=True)
-    state = get_optimizer_state_dict(model, _inner(optimizer), options=options)
-    return tensors, _to_cpu(state)
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)  # rank 0 only
+    return tensors, get_optimizer_state_dict(model, _inner(optimizer), options=options)
 
 
 def restore(model: nn.Module, optimizer, tensors: dict, state: dict[str, Any]) -> None:
@@ -154,16 +157,6 @@ def _full(param: torch.Tensor) -> torch.Tensor:
 
     value = param.detach()
     return (value.full_tensor() if isinstance(value, DTensor) else value).cpu()
-
-
-def _to_cpu(value):
-    if isinstance(value, torch.Tensor):
-        return value.detach().cpu()
-    if isinstance(value, dict):
-        return {k: _to_cpu(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_to_cpu(v) for v in value]
-    return value
 
 
 def _inner(optimizer):

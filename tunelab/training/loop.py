@@ -47,7 +47,7 @@ from tunelab.training.distributed import (
     trainable_flags,
 )
 from tunelab.training.divergence import all_ranks, check_finite
-from tunelab.training.evaluation import evaluate_run, generation_summary
+from tunelab.training.evaluation import evaluate_run, generation_summary, periodic_eval_loss
 from tunelab.training.fastpath import fast_paths
 from tunelab.training.fsdp import enable as enable_fsdp
 from tunelab.training.fsdp import gather_checkpoint, is_sharded, plain_copy, unshard_into
@@ -357,7 +357,7 @@ def run_steps(
         sharded = is_sharded(model)  # FSDP: every process takes part in eval and checkpoints
         if (main or sharded) and _due(cfg.train.eval_every, done, total_steps):
             eval_started = time.perf_counter()
-            eval_loss = _eval_loss(model, plan, device)
+            eval_loss = periodic_eval_loss(model, plan, device)
             eval_seconds += time.perf_counter() - eval_started
             model.train()
             if main:
@@ -370,7 +370,7 @@ def run_steps(
             if main:
                 save_checkpoint(files.checkpoints, done, accelerator.unwrap_model(model),
                                 optimizer, scheduler, {"seen_tokens": seen_tokens},
-                                gathered=gathered)  # fmt: skip
+                                gathered)  # fmt: skip
             checkpoint_seconds += time.perf_counter() - save_started
         if on_step is not None:
             try:
@@ -389,16 +389,6 @@ def run_steps(
 def _due(every: int | None, done: int, total: int) -> bool:
     """Whether a periodic evaluation or checkpoint falls after step `done` (not the last)."""
     return bool(every) and done % every == 0 and done < total
-
-
-@torch.inference_mode()
-def _eval_loss(model, plan: Plan, device) -> float:
-    model.eval()
-    total, count = 0.0, 0
-    for batch in plan.eval_batches:
-        loss_sum, n = token_loss_sum(model, {k: v.to(device) for k, v in batch.items()})
-        total, count = total + float(loss_sum), count + n
-    return total / max(count, 1)
 
 
 def _summary(cfg, method, trainable, total, stats, before, after, plan, files, accelerator) -> dict:
