@@ -70,9 +70,10 @@ def launch(spec: Path, root: Path) -> subprocess.CompletedProcess:
 def runs(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("fsdp")
     jobs = [{"name": f"{m}-w2", "config": config(m, 2, root, f"{m}-w2")} for m in SHARDABLE]
-    resumed = config("lora", 2, root, "lora-resumed", save_every=2)  # stopped after step 2
-    jobs += [{"name": "lora-resumed", "config": resumed, "stop_after": 2},
-             {"name": "lora-resumed", "config": resumed, "resume": True}]  # fmt: skip
+    for method in ("lora", "full"):  # stopped after the step-2 checkpoint, then resumed
+        resumed = config(method, 2, root, f"{method}-resumed", save_every=2)
+        jobs += [{"name": f"{method}-resumed", "config": resumed, "stop_after": 2},
+                 {"name": f"{method}-resumed", "config": resumed, "resume": True}]  # fmt: skip
     spec = root / "spec.json"
     spec.write_text(json.dumps(jobs))
     done = launch(spec, root)
@@ -140,10 +141,11 @@ def test_the_saved_run_loads_and_gives_one_process_logits(runs, method):
     assert torch.allclose(two, one, atol=1e-4, rtol=0)
 
 
-def test_a_sharded_run_resumes_from_its_checkpoint(runs):
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_a_sharded_run_resumes_from_its_checkpoint(runs, method):
     for key in ("loss", "eval_loss"):
-        assert losses(runs / "lora-resumed", key) == losses(runs / "lora-w2", key)
-    a, b = saved(runs / "lora-resumed"), saved(runs / "lora-w2")
+        assert losses(runs / f"{method}-resumed", key) == losses(runs / f"{method}-w2", key)
+    a, b = saved(runs / f"{method}-resumed"), saved(runs / f"{method}-w2")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 

@@ -113,6 +113,7 @@ def unshard_into(
     `prepared` itself unwrapped when it is not sharded."""
     if accelerator.distributed_type != DistributedType.FSDP:
         return accelerator.unwrap_model(prepared)
+    reshard(prepared)
     full = accelerator.get_state_dict(prepared)  # full tensors, on the CPU
     if plain is None:
         return None
@@ -120,18 +121,34 @@ def unshard_into(
     return plain.to(accelerator.device)
 
 
+def reshard(model: nn.Module) -> None:
+    """Register every unit's shards again. A forward without backward (a periodic evaluation)
+    leaves the root unit's parameters gathered (FSDP2 keeps them for the backward it expects),
+    and the state-dict functions, like the optimizer, know the shards only."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
+
+
 def gather_checkpoint(model: nn.Module, optimizer) -> tuple[dict, dict] | None:
     """(full trainable tensors, full optimizer state by parameter name) of a sharded model,
-    on the CPU of the main process, which writes them (every process must call this: each
-    takes part in the gathering; the others get the tensors and an empty state). None for a
-    model that is not sharded (its own tensors and optimizer are whole)."""
+    on the CPU (every process must call this: each takes part in the gathering; the main
+    process writes them). None for a model that is not sharded (its own tensors and optimizer
+    are whole)."""
     if not is_sharded(model):
         return None
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
+    reshard(model)
     tensors = {name: _full(p) for name, p in model.named_parameters() if p.requires_grad}
-    options = StateDictOptions(full_state_dict=True, cpu_offload=True)  # rank 0 only
-    return tensors, get_optimizer_state_dict(model, _inner(optimizer), options=options)
+    # every process gets the whole state (torch 2.13's `cpu_offload=True`, rank 0 only, fails
+    # on the other ranks with a KeyError in `_get_optim_state_dict`)
+    state = get_optimizer_state_dict(
+        model, _inner(optimizer), options=StateDictOptions(full_state_dict=True)
+    )
+    return tensors, _to_cpu(state)
 
 
 def restore(model: nn.Module, optimizer, tensors: dict, state: dict[str, Any]) -> None:
@@ -157,6 +174,16 @@ def _full(param: torch.Tensor) -> torch.Tensor:
 
     value = param.detach()
     return (value.full_tensor() if isinstance(value, DTensor) else value).cpu()
+
+
+def _to_cpu(value):
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {key: _to_cpu(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_to_cpu(item) for item in value]
+    return value
 
 
 def _inner(optimizer):
