@@ -135,20 +135,17 @@ def reshard(model: nn.Module) -> None:
 def gather_checkpoint(model: nn.Module, optimizer) -> tuple[dict, dict] | None:
     """(full trainable tensors, full optimizer state by parameter name) of a sharded model,
     on the CPU (every process must call this: each takes part in the gathering; the main
-    process writes them). None for a model that is not sharded (its own tensors and optimizer
-    are whole)."""
+    process, rank 0, writes them, and only it receives the optimizer state). None for a model
+    that is not sharded (its own tensors and optimizer are whole)."""
     if not is_sharded(model):
         return None
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
     reshard(model)
     tensors = {name: _full(p) for name, p in model.named_parameters() if p.requires_grad}
-    # every process gets the whole state (torch 2.13's `cpu_offload=True`, rank 0 only, fails
-    # on the other ranks with a KeyError in `_get_optim_state_dict`)
-    state = get_optimizer_state_dict(
-        model, _inner(optimizer), options=StateDictOptions(full_state_dict=True)
-    )
-    return tensors, _to_cpu(state)
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)  # whole on rank 0 only
+    state = get_optimizer_state_dict(model, _inner(optimizer), options=options)
+    return tensors, state
 
 
 def restore(model: nn.Module, optimizer, tensors: dict, state: dict[str, Any]) -> None:
@@ -174,16 +171,6 @@ def _full(param: torch.Tensor) -> torch.Tensor:
 
     value = param.detach()
     return (value.full_tensor() if isinstance(value, DTensor) else value).cpu()
-
-
-def _to_cpu(value):
-    if isinstance(value, torch.Tensor):
-        return value.detach().cpu()
-    if isinstance(value, dict):
-        return {key: _to_cpu(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_to_cpu(item) for item in value]
-    return value
 
 
 def _inner(optimizer):
