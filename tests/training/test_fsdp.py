@@ -33,6 +33,7 @@ from typer.testing import CliRunner
 
 from tunelab.cli import app
 from tunelab.errors import ConfigError
+from tunelab.methods import METHODS
 from tunelab.models.tiny import random_model
 from tunelab.run import load_run
 from tunelab.training.fsdp import SHARDABLE, check_fsdp
@@ -43,14 +44,23 @@ sys.path.insert(0, str(HERE))
 from multiprocess_harness import run_jobs  # noqa: E402
 
 STEPS = 4
+SMALL = {  # as in test_multiprocess.py
+    "prompt": {"num_virtual_tokens": 4},
+    "ptuning": {"num_virtual_tokens": 4},
+    "ulmfit": {"unfreeze_every": 1},  # groups unfreeze at steps 0, 1, 2, after the sharding
+    "importance": {"fraction": 0.05, "calibration_steps": 2},
+}
 
 
 def config(method: str, world: int, root: Path, name: str, **train) -> dict:
     return {
         "model": {"name": "random:llama"},
         "data": {"train": "builtin:reverse", "eval": "builtin:reverse", "builtin_size": 32,
-                 "max_eval_examples": 2},
-        "method": {"name": method},
+                 "max_eval_examples": 2,
+                 # prompt learning packs in one process only (training.plan): both sides
+                 # unpacked, so one process and two see the same batches
+                 "packing": method not in ("prompt", "ptuning")},
+        "method": {"name": method, **SMALL.get(method, {})},
         "train": {"max_steps": STEPS, "batch_size": 2, "grad_accum": 2 // world, "lr": 1e-2,
                   "progress": False, "log_every": 1, "num_threads": 1, "eval_every": 2,
                   **train},
@@ -173,10 +183,11 @@ def test_fsdp_version_1_is_refused_before_any_work(tmp_path, monkeypatch):
     assert "--fsdp_version 2" in refused(tmp_path, monkeypatch, "lora", "1")
 
 
-@pytest.mark.parametrize("method", ["ulmfit", "importance", "prompt"])
-def test_methods_fsdp_cannot_shard_are_refused_before_any_work(tmp_path, monkeypatch, method):
-    line = refused(tmp_path, monkeypatch, method, "2")
-    assert line.startswith(f"error: method.name: {method} cannot train under FSDP (")
+def test_every_method_is_tested_under_fsdp_and_one_that_is_not_is_refused(tmp_path, monkeypatch):
+    assert set(SHARDABLE) == set(METHODS)  # each trained by the tests above
+    monkeypatch.delitem(SHARDABLE, "importance")  # as a method added later, before its test
+    line = refused(tmp_path, monkeypatch, "importance", "2")
+    assert line == "error: method.name: importance is not tested under FSDP"
 
 
 def test_settings_not_tested_under_fsdp_are_refused(monkeypatch):
