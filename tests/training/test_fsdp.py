@@ -1,17 +1,17 @@
 """FSDP2 through accelerate (`accelerate launch --config_file examples/accelerate/fsdp2.yaml`:
-two CPU processes on gloo, each decoder layer its own unit): every method tunelab shards
-(`training.fsdp.SHARDABLE`) trains to what one process with the same global batch
+two CPU processes on gloo, each decoder layer its own unit): every method (all eleven are in
+`training.fsdp.SHARDABLE`) trains to what one process with the same global batch
 (`grad_accum` 2) trains, each process holds half of every parameter, the main process alone
 writes the whole trained model, the saved run loads with `load_run` and gives one process's
-logits, and a two-process run resumes from its checkpoint as if never stopped. What FSDP
-cannot run is refused in one line before any work.
+logits, and a two-process run resumes from its checkpoint as if never stopped. What is not
+tested under FSDP is refused in one line before any work.
 
 Tolerance: FSDP2 reduce-scatters flat padded buffers of gradients where one process adds its
 two micro-batches' gradients in place, so the sums may round differently (one unit in the last
 place of float32); with Adam's division by the gradient's own scale such a difference in a
 near-zero entry can grow to a small share of a step. Bounds: the loss curves within 1e-5
 relative (measured: 1.2e-7 at most), weights within 0.1 % of their largest magnitude
-(measured: 0.02 %), logits within 1e-4.
+(measured: 0.018 % at most), importance's indices equal, logits within 1e-4.
 
 One launch trains every run (tests/training/multiprocess_harness.py); the one-process reference
 runs in this process.
@@ -125,8 +125,10 @@ def test_two_sharded_processes_train_as_one_process(runs, method):
     assert step == other_step == 2 and abs(eval_loss - other) <= 1e-5 * eval_loss
     a, b = saved(one), saved(two)
     assert a.keys() == b.keys() and a
-    scale = max(float(t.abs().max()) for t in a.values())
-    apart = max(float((a[k] - b[k]).abs().max()) for k in a)
+    weights = [k for k in a if a[k].is_floating_point()]
+    assert all(torch.equal(a[k], b[k]) for k in a if k not in weights)  # importance's indices
+    scale = max(float(a[k].abs().max()) for k in weights)
+    apart = max(float((a[k] - b[k]).abs().max()) for k in weights)
     assert apart <= 1e-3 * scale, f"{apart} apart"
     summary = json.loads((two / "summary.json").read_text())
     reference = json.loads((one / "summary.json").read_text())
