@@ -32,10 +32,11 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from tunelab.cli import app
-from tunelab.errors import ConfigError
+from tunelab.errors import ConfigError, TunelabError
 from tunelab.methods import METHODS
 from tunelab.models.tiny import random_model
 from tunelab.run import load_run
+from tunelab.training.checkpoint import load_checkpoint, save_checkpoint
 from tunelab.training.fsdp import SHARDABLE, check_fsdp
 
 HERE = Path(__file__).resolve().parent
@@ -208,3 +209,17 @@ def test_settings_not_tested_under_fsdp_are_refused(monkeypatch):
         check_fsdp(settings(extend_vocab={"new_tokens": 8}))
     with pytest.raises(ConfigError, match=r"^train\.gradient_checkpointing: not supported"):
         check_fsdp(settings(checkpointing=True))
+
+
+def test_a_sharded_checkpoint_resumes_only_under_fsdp(tmp_path):
+    """Its optimizer state is keyed by parameter name (one process's by position): resuming it
+    without FSDP is one line naming the checkpoint, not a traceback."""
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    whole = {"weight": model.weight.detach(), "bias": model.bias.detach()}
+    path = save_checkpoint(tmp_path, 2, model, optimizer, scheduler, {}, (whole, {"state": {}}))
+    with pytest.raises(TunelabError, match=f"^{path}: written by a run with FSDP; resume it"):
+        load_checkpoint(path, model, optimizer, scheduler)
+    plain = save_checkpoint(tmp_path, 3, model, optimizer, scheduler, {})
+    assert load_checkpoint(plain, model, optimizer, scheduler)["step"] == 3

@@ -100,6 +100,7 @@ def save_checkpoint(
             "scheduler": scheduler.state_dict(),
             "rng": _rng_state(),
             "extra": extra,
+            "sharded": gathered is not None,  # FSDP's state is keyed by name, not position
         }
         torch.save(state, tmp / STATE)
         files = {name: {"sha256": _digest(tmp / name), "bytes": (tmp / name).stat().st_size}
@@ -149,6 +150,9 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer, scheduler) -> dict[
     """Verify, then restore trained tensors, optimizer, schedule and RNG; return the state."""
     verify_checkpoint(path)
     state = torch.load(path / STATE, weights_only=True)
+    if state.get("sharded", False) != is_sharded(model):
+        how = "with FSDP" if state.get("sharded") else "without FSDP"
+        raise TunelabError(f"{path}: written by a run {how}; resume it launched the same way")
     if is_sharded(model):  # FSDP: whole tensors and state by name, each process keeps a shard
         restore(model, optimizer, load_file(str(path / TENSORS)), state["optimizer"])
     else:
