@@ -8,7 +8,8 @@ tunelab's training fast paths lean on things those libraries do not promise to k
 - `logits_to_keep` and a head that the model calls once on its final hidden states (the loss
   bypasses the head and projects only labelled positions itself);
 - Optuna's storage object, to fail a trial whose worker process died;
-- the gradient hooks of torch's DistributedDataParallel, removed before a model is re-wrapped.
+- the gradient hooks of torch's DistributedDataParallel, removed before a model is re-wrapped;
+- accelerate's state, set to its FSDP mode on CPU, where accelerate would not choose it.
 
 `fast_paths_enabled()` checks, at first use in a process, that the installed transformers and
 PEFT lie in the ranges the fast paths were tested on (`TESTED`, also declared in
@@ -275,3 +276,26 @@ def drop_ddp_hooks(wrapped: nn.Module) -> None:
     parameters, before the model is wrapped anew (training/distributed.py). torch has no
     public call for this; its own tests re-wrap a model the same way."""
     wrapped._remove_autograd_hooks()
+
+
+# ---------------------------------------------------------------- accelerate's FSDP on CPU
+
+
+def use_fsdp_on_cpu(accelerator) -> None:
+    """Put a CPU launch with FSDP (accelerate 1.x) on accelerate's FSDP path. accelerate's
+    `AcceleratorState` chooses `DistributedType.FSDP` only inside its branch for GPU-like
+    devices; on CPU it drops the plugin and the model would be DDP-wrapped instead. torch's
+    FSDP2 (`fully_shard`) runs on CPU over gloo, and so does the rest of accelerate's FSDP2
+    code (prepare, `get_state_dict`, gradient clipping): set the fields that branch sets,
+    with the plugin built from the launch's environment as accelerate builds it, and the
+    shared process state's mode, as accelerate's state does at the end of its setup (a later
+    `AcceleratorState()` copies that mode back over its own)."""
+    from accelerate.state import PartialState
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    plugin = FullyShardedDataParallelPlugin()  # reads FSDP_* as accelerate's own does
+    if accelerator.mixed_precision != "no":  # as accelerate's state does for a GPU launch
+        plugin.set_mixed_precision(accelerator.mixed_precision)
+    accelerator.state.distributed_type = DistributedType.FSDP
+    accelerator.state.fsdp_plugin = plugin
+    PartialState._shared_state["distributed_type"] = DistributedType.FSDP

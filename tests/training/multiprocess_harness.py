@@ -8,7 +8,9 @@ raises out of the loop after that optimizer step, on every process (as a kill th
 it: the checkpoints stay, no adapter, no summary); a job with `resume` resumes its output
 directory. After each job that finished, every process writes
 `OUT_DIR/<name>.rank<R>.safetensors`: every parameter of the model and every buffer named
-`importance_indices` (the sparse-update masks), as that process holds them when the loop ends.
+`importance_indices` (the sparse-update masks), as that process holds them when the loop ends
+(under FSDP, where each process holds only shards, `<name>.rank<R>.shards.json` instead: the
+elements of its shards and of the whole parameters; the run directory holds the whole model).
 """
 
 from __future__ import annotations
@@ -27,17 +29,24 @@ def run_jobs(jobs: list[dict], out: Path) -> None:
     from safetensors.torch import save_file
 
     import tunelab.training.loop as loop
+    from tunelab.training.fsdp import is_sharded
     from tunelab.training.progress import SilentReporter
 
     held = {}  # what this process holds when its step loop returns
 
     def run_steps(state, *args, **kwargs):
         stats = original(state, *args, **kwargs)
+        held["rank"] = state.accelerator.process_index
+        if is_sharded(state.model):  # FSDP: each process holds shards; the run dir has all
+            params = list(state.model.parameters())  # DTensors: numel() is the whole size
+            held["shards"] = {"local": sum(p.to_local().numel() for p in params),
+                              "whole": sum(p.numel() for p in params)}  # fmt: skip
+            return stats
         model = state.accelerator.unwrap_model(state.model)
         tensors = {n: p.detach().clone() for n, p in model.named_parameters()}
         tensors |= {n: b.clone() for n, b in model.named_buffers()
                     if n.endswith("importance_indices")}  # fmt: skip
-        held["tensors"], held["rank"] = tensors, state.accelerator.process_index
+        held["tensors"] = tensors
         return stats
 
     original, loop.run_steps = loop.run_steps, run_steps
@@ -57,8 +66,11 @@ def run_jobs(jobs: list[dict], out: Path) -> None:
                 if dist.is_initialized():
                     dist.barrier()  # the main process has written its checkpoint
                 continue
-            path = Path(out) / f"{job['name']}.rank{held['rank']}.safetensors"
-            save_file(held["tensors"], str(path))
+            stem = Path(out) / f"{job['name']}.rank{held['rank']}"
+            if "tensors" in held:
+                save_file(held["tensors"], f"{stem}.safetensors")
+            if "shards" in held:
+                Path(f"{stem}.shards.json").write_text(json.dumps(held["shards"]))
     finally:
         loop.run_steps = original
 

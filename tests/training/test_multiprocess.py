@@ -186,17 +186,17 @@ def test_a_two_process_run_resumes_from_its_checkpoint(runs, method):
 
 
 def test_untested_launch_modes_are_refused_before_any_work(tmp_path, monkeypatch):
-    """What `accelerate launch --use_fsdp` tells its processes: one line, exit 2, nothing
-    written (accelerate itself would fail later, with a traceback, on a machine without GPU)."""
+    """What `accelerate launch --use_deepspeed` tells its processes: one line, exit 2, nothing
+    written (FSDP: tests/training/test_fsdp.py)."""
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(config("full", 1, tmp_path, "run")))
-    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
     result = CliRunner().invoke(app, ["train", str(path)])
     assert result.exit_code == 2
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "FSDP is not supported" in lines[0]
+    assert len(lines) == 1 and "DeepSpeed is not supported" in lines[0]
     assert not (tmp_path / "run").exists()
-    for kind in (DistributedType.FSDP, DistributedType.DEEPSPEED, DistributedType.XLA):
+    for kind in (DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM, DistributedType.XLA):
         with pytest.raises(ConfigError, match=f"{kind.value} is not supported"):
             check_distributed(SimpleNamespace(distributed_type=kind))
 

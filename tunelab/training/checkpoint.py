@@ -31,6 +31,7 @@ from torch import nn
 from tunelab.errors import TunelabError
 from tunelab.io import atomic_dir, atomic_write_json
 from tunelab.methods.base import load_trained_tensors, trainable_state
+from tunelab.training.fsdp import is_sharded, restore
 
 TENSORS = "trainable.safetensors"
 STATE = "state.pt"
@@ -75,21 +76,31 @@ def _digest(path: Path) -> str:
 
 
 def save_checkpoint(
-    directory: Path, step: int, model: nn.Module, optimizer, scheduler, extra: dict[str, Any]
+    directory: Path,
+    step: int,
+    model: nn.Module,
+    optimizer,
+    scheduler,
+    extra: dict[str, Any],
+    gathered: tuple[dict, dict] | None = None,
 ) -> Path:
-    """Write `directory/step-N` atomically; keep the newest `KEEP` checkpoints."""
+    """Write `directory/step-N` atomically; keep the newest `KEEP` checkpoints. `gathered`:
+    the trainable tensors and optimizer state of a sharded (FSDP) model, whole, as
+    `tunelab.training.fsdp.gather_checkpoint` collected them; else the model's own are saved."""
+    trained, optimizer_state = gathered or (trainable_state(model), optimizer.state_dict())
     target = directory / f"step-{step:07d}"
     for stale in directory.glob(".step-*"):  # left by a writer killed mid-checkpoint
         shutil.rmtree(stale, ignore_errors=True)
     with atomic_dir(target) as tmp:
-        tensors = {k: v.contiguous().clone() for k, v in trainable_state(model).items()}
+        tensors = {k: v.contiguous().clone() for k, v in trained.items()}
         save_file(tensors, str(tmp / TENSORS))
         state = {
             "step": step,
-            "optimizer": optimizer.state_dict(),
+            "optimizer": optimizer_state,
             "scheduler": scheduler.state_dict(),
             "rng": _rng_state(),
             "extra": extra,
+            "sharded": gathered is not None,  # FSDP's state is keyed by name, not position
         }
         torch.save(state, tmp / STATE)
         files = {name: {"sha256": _digest(tmp / name), "bytes": (tmp / name).stat().st_size}
@@ -139,8 +150,14 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer, scheduler) -> dict[
     """Verify, then restore trained tensors, optimizer, schedule and RNG; return the state."""
     verify_checkpoint(path)
     state = torch.load(path / STATE, weights_only=True)
-    load_trained_tensors(model, load_file(str(path / TENSORS)))
-    optimizer.load_state_dict(state["optimizer"])
+    if state.get("sharded", False) != is_sharded(model):
+        how = "with FSDP" if state.get("sharded") else "without FSDP"
+        raise TunelabError(f"{path}: written by a run {how}; resume it launched the same way")
+    if is_sharded(model):  # FSDP: whole tensors and state by name, each process keeps a shard
+        restore(model, optimizer, load_file(str(path / TENSORS)), state["optimizer"])
+    else:
+        load_trained_tensors(model, load_file(str(path / TENSORS)))
+        optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     _set_rng_state(state["rng"])
     return state

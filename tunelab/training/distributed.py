@@ -13,8 +13,9 @@ processes on gloo or GPUs on NCCL): what keeps N processes equal to one.
 - Only the main process evaluates and writes; the others wait for it at their next collective
   call. torch gives up waiting after 30 minutes (gloo; NCCL 10), less than a CPU evaluation
   with generation can take, so the process group waits `WAIT` instead (`process_group`).
-- Every other launch (FSDP, DeepSpeed, Megatron-LM, TPUs) is refused with one line before any
-  work: none is tested (`check_launch`, `check_distributed`).
+- FSDP2 (`--use_fsdp --fsdp_version 2`) runs for the methods `tunelab.training.fsdp` lists;
+  every other launch (FSDP version 1, DeepSpeed, Megatron-LM, TPUs) is refused with one line
+  before any work: none is tested (`check_launch`, `check_distributed`).
 """
 
 from __future__ import annotations
@@ -29,17 +30,22 @@ from torch.nn.parallel import DistributedDataParallel
 from tunelab.compat import drop_ddp_hooks
 from tunelab.errors import ConfigError
 from tunelab.training.divergence import all_ranks
+from tunelab.training.fsdp import check_fsdp
 
 WAIT = timedelta(hours=12)  # how long a process waits for the others (e.g. the main's eval)
-TESTED = (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU)
-UNTESTED_LAUNCHES = {  # what `accelerate launch --use_fsdp` (...) tells the processes it starts
-    "ACCELERATE_USE_FSDP": "FSDP",
+TESTED = (
+    DistributedType.NO,
+    DistributedType.MULTI_CPU,
+    DistributedType.MULTI_GPU,
+    DistributedType.FSDP,  # version 2 only (`tunelab.training.fsdp.check_fsdp`)
+)
+UNTESTED_LAUNCHES = {  # what `accelerate launch --use_deepspeed` (...) tells its processes
     "ACCELERATE_USE_DEEPSPEED": "DeepSpeed",
     "ACCELERATE_USE_MEGATRON_LM": "Megatron-LM",
 }
 SUPPORTED = (
-    "tested: one process, or data parallel with `accelerate launch --multi_gpu --num_processes "
-    "N` on CPUs or GPUs; see the README's Reliability section"
+    "tested: one process, data parallel with `accelerate launch --multi_gpu --num_processes N`, "
+    "or `--use_fsdp --fsdp_version 2`; see the README's Reliability section"
 )
 
 
@@ -48,9 +54,10 @@ def process_group() -> list[InitProcessGroupKwargs]:
     return [InitProcessGroupKwargs(timeout=WAIT)]
 
 
-def check_launch() -> None:
+def check_launch(cfg) -> None:
     """One line, before accelerate starts, for a launch whose training is not tested here
-    (accelerate's own FSDP start fails on a machine without a GPU, with a traceback)."""
+    (DeepSpeed, Megatron-LM; FSDP other than version 2, or with a method it cannot shard)."""
+    check_fsdp(cfg)
     for variable, name in UNTESTED_LAUNCHES.items():
         if parse_flag_from_env(variable):
             raise ConfigError(
@@ -70,7 +77,8 @@ def check_distributed(accelerator: Accelerator) -> None:
 def step_scale(local_labelled: int, accelerator: Accelerator) -> tuple[int, float]:
     """(labelled tokens of the step over all processes, the factor a process multiplies its
     summed token loss by). Data parallelism averages the processes' gradients, so each
-    contributes `world / total`: the average is then the gradient of the step's mean loss."""
+    contributes `world / total`: the average is then the gradient of the step's mean loss.
+    FSDP2's reduce-scatter averages the same way (tests/training/test_fsdp.py)."""
     total = max(int(all_ranks(float(local_labelled), accelerator)), 1)
     return total, accelerator.num_processes / total
 

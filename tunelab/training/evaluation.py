@@ -6,8 +6,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from tunelab.evaluate import evaluate_with_predictions
 from tunelab.io import atomic_write_text, read_jsonl
+from tunelab.training.loss import token_loss_sum
 from tunelab.training.tasks import pooled_split_scores
 
 
@@ -60,3 +63,14 @@ def generation_summary(cfg, files) -> dict[str, Any] | None:
         resamples=cfg.eval.bootstrap_resamples,
         seed=cfg.eval.bootstrap_seed,
     )
+
+
+@torch.inference_mode()
+def periodic_eval_loss(model, plan, device) -> float:
+    """The mean token loss on the eval batches, during training (`train.eval_every`)."""
+    model.eval()
+    total, count = 0.0, 0
+    for batch in plan.eval_batches:
+        loss_sum, n = token_loss_sum(model, {k: v.to(device) for k, v in batch.items()})
+        total, count = total + float(loss_sum), count + n
+    return total / max(count, 1)

@@ -47,8 +47,10 @@ from tunelab.training.distributed import (
     trainable_flags,
 )
 from tunelab.training.divergence import all_ranks, check_finite
-from tunelab.training.evaluation import generation_summary, split_scores
+from tunelab.training.evaluation import generation_summary, periodic_eval_loss, split_scores
 from tunelab.training.fastpath import fast_paths
+from tunelab.training.fsdp import enable as enable_fsdp
+from tunelab.training.fsdp import gather_checkpoint, is_sharded, plain_copy, unshard_into
 from tunelab.training.loss import token_loss_sum
 from tunelab.training.memory import PeakMemory
 from tunelab.training.phases import PhaseTimer
@@ -93,8 +95,9 @@ def make_accelerator(cfg: RunConfig) -> Accelerator:
     mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
-    check_launch()  # FSDP, DeepSpeed, ...: one line, not accelerate's traceback
+    check_launch(cfg)  # FSDP 1, DeepSpeed, ...: one line, not accelerate's traceback
     accelerator = Accelerator(cpu=use_cpu, mixed_precision=mixed, kwargs_handlers=process_group())
+    enable_fsdp(accelerator)  # on CPU too, where accelerate alone would fall back to DDP
     check_distributed(accelerator)
     return accelerator
 
@@ -200,6 +203,7 @@ def train(
         betas=cfg.train.betas,
     )
     scheduler = build_scheduler(optimizer, cfg.train, plan.total_steps)
+    plain = plain_copy(model, accelerator)  # FSDP: the main process's whole model, to save
     model, optimizer = accelerator.prepare(model, optimizer)
 
     start_step = 0
@@ -215,7 +219,7 @@ def train(
         stats = run_steps(state, plan, cfg, files, reporter, Callbacks(on_step, on_eval))
     timer.move("train_steps", "checkpoints", stats["checkpoint_seconds"])
     timer.move("train_steps", "eval_periodic", stats["eval_seconds"])
-    model = accelerator.unwrap_model(model)
+    model = unshard_into(plain, model, accelerator)  # FSDP: gathered by every process
     vocab.detach()
     summary: dict[str, Any] = {}
     if main:
@@ -356,28 +360,23 @@ def run_steps(
                       "examples_seen": seen.examples}  # fmt: skip
             append_jsonl(files.metrics, record)
             log_loss, log_tokens = 0.0, 0
-        if (
-            main
-            and cfg.train.eval_every
-            and done % cfg.train.eval_every == 0
-            and done < total_steps
-        ):
+        sharded = is_sharded(model)  # FSDP: every process takes part in eval and checkpoints
+        if (main or sharded) and _due(cfg.train.eval_every, done, total_steps):
             eval_started = time.perf_counter()
-            eval_loss = _eval_loss(model, plan, device)
+            eval_loss = periodic_eval_loss(model, plan, device)
             eval_seconds += time.perf_counter() - eval_started
-            append_jsonl(files.metrics, {"step": done, "eval_loss": eval_loss})
             model.train()
-            if on_eval is not None:  # e.g. a search's pruner; its exceptions end the run
+            if main:
+                append_jsonl(files.metrics, {"step": done, "eval_loss": eval_loss})
+            if main and on_eval is not None:  # e.g. a search's pruner; exceptions end the run
                 on_eval(done, eval_loss)
-        if (
-            main
-            and cfg.train.save_every
-            and done % cfg.train.save_every == 0
-            and done < total_steps
-        ):
+        if (main or sharded) and _due(cfg.train.save_every, done, total_steps):
             save_started = time.perf_counter()
-            save_checkpoint(files.checkpoints, done, accelerator.unwrap_model(model), optimizer,
-                            scheduler, {"seen_tokens": seen_tokens})  # fmt: skip
+            gathered = gather_checkpoint(model, optimizer)  # None unless sharded
+            if main:
+                save_checkpoint(files.checkpoints, done, accelerator.unwrap_model(model),
+                                optimizer, scheduler, {"seen_tokens": seen_tokens},
+                                gathered)  # fmt: skip
             checkpoint_seconds += time.perf_counter() - save_started
         if on_step is not None:
             try:
@@ -393,14 +392,9 @@ def run_steps(
             "eval_seconds": eval_seconds, "checkpoint_seconds": checkpoint_seconds}  # fmt: skip
 
 
-@torch.inference_mode()
-def _eval_loss(model, plan: Plan, device) -> float:
-    model.eval()
-    total, count = 0.0, 0
-    for batch in plan.eval_batches:
-        loss_sum, n = token_loss_sum(model, {k: v.to(device) for k, v in batch.items()})
-        total, count = total + float(loss_sum), count + n
-    return total / max(count, 1)
+def _due(every: int | None, done: int, total: int) -> bool:
+    """Whether a periodic evaluation or checkpoint falls after step `done` (not the last)."""
+    return bool(every) and done % every == 0 and done < total
 
 
 def _summary(cfg, method, trainable, total, stats, before, after, plan, files, accelerator) -> dict:
