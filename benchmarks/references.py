@@ -53,7 +53,7 @@ def reference_model(name: str, seed: int):
 def with_method(model, args: argparse.Namespace, tokenizer):
     """The model with the benchmark's method applied, as on the tunelab side."""
     from tunelab.methods import MethodContext, get_method
-    from tunelab.training.loop import seed_everything
+    from tunelab.training.distributed import seed_everything
 
     method = get_method(args.method)
     seed_everything(args.seed)  # the same adapter initialisation as the tunelab side

@@ -198,7 +198,7 @@ TUNELAB_VARIANTS = ("default", "no-shared-prefix")
 def run_tunelab(args: argparse.Namespace, variant: str) -> Trained:
     from tunelab.methods import MethodContext, get_method
     from tunelab.models import arch_of, load_model_and_tokenizer
-    from tunelab.training.loop import make_accelerator, seed_everything
+    from tunelab.training.distributed import make_accelerator, seed_everything
     from tunelab.training.packed import packs_virtual_tokens
     from tunelab.training.plan import Plan
 

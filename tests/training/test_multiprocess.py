@@ -33,8 +33,7 @@ from tunelab.cli import app
 from tunelab.errors import ConfigError
 from tunelab.models.tiny import random_model
 from tunelab.run_config import RunConfig
-from tunelab.training.distributed import WAIT, check_distributed
-from tunelab.training.loop import make_accelerator
+from tunelab.training.distributed import WAIT, check_distributed, make_accelerator
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))

@@ -20,8 +20,12 @@ processes on gloo or GPUs on NCCL): what keeps N processes equal to one.
 
 from __future__ import annotations
 
+import random
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
+import numpy as np
+import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType, InitProcessGroupKwargs, parse_flag_from_env
 from torch import nn
@@ -31,6 +35,10 @@ from tunelab.compat import drop_ddp_hooks
 from tunelab.errors import ConfigError
 from tunelab.training.divergence import all_ranks
 from tunelab.training.fsdp import check_fsdp
+from tunelab.training.fsdp import enable as enable_fsdp
+
+if TYPE_CHECKING:
+    from tunelab.run_config import RunConfig
 
 WAIT = timedelta(hours=12)  # how long a process waits for the others (e.g. the main's eval)
 TESTED = (
@@ -104,3 +112,27 @@ def rewrap(model: nn.Module, flags: tuple[bool, ...], accelerator: Accelerator) 
     if handler is not None:
         handler.register_comm_hook(wrapped)
     return wrapped
+
+
+def seed_everything(seed: int) -> None:
+    """Python's, NumPy's and torch's generators, seeded alike in every process."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def make_accelerator(cfg: RunConfig) -> Accelerator:
+    """The run's Accelerator: device, precision and threads from `cfg.train`; launches tunelab
+    has not tested refused first (one line)."""
+    use_cpu = cfg.train.device == "cpu" or not torch.cuda.is_available()
+    precision = cfg.train.precision
+    if precision == "auto":
+        precision = "bf16" if not use_cpu and torch.cuda.is_bf16_supported() else "fp32"
+    mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
+    if cfg.train.num_threads:
+        torch.set_num_threads(cfg.train.num_threads)
+    check_launch(cfg)  # FSDP 1, DeepSpeed, ...: one line, not accelerate's traceback
+    accelerator = Accelerator(cpu=use_cpu, mixed_precision=mixed, kwargs_handlers=process_group())
+    enable_fsdp(accelerator)  # on CPU too, where accelerate alone would fall back to DDP
+    check_distributed(accelerator)
+    return accelerator

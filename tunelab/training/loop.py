@@ -13,7 +13,6 @@ train(config) -> TrainResult:
 
 from __future__ import annotations
 
-import random
 import shutil
 import time
 from collections.abc import Callable
@@ -21,13 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from accelerate import Accelerator
 from torch import nn
 
 from tunelab.data.mixture import format_report
-from tunelab.data.types import IGNORE
 from tunelab.io import append_jsonl, atomic_write_json
 from tunelab.methods import MethodContext, get_method
 from tunelab.methods.base import Method, count_parameters
@@ -39,19 +36,17 @@ from tunelab.run_config import RunConfig, load_config
 from tunelab.training.budget import Seen
 from tunelab.training.checkpoint import resume_latest, save_checkpoint
 from tunelab.training.distributed import (
-    check_distributed,
-    check_launch,
-    process_group,
+    make_accelerator,
     rewrap,
+    seed_everything,
     step_scale,
     trainable_flags,
 )
 from tunelab.training.divergence import all_ranks, check_finite
 from tunelab.training.evaluation import generation_summary, periodic_eval_loss, split_scores
 from tunelab.training.fastpath import fast_paths
-from tunelab.training.fsdp import enable as enable_fsdp
 from tunelab.training.fsdp import gather_checkpoint, is_sharded, plain_copy, unshard_into
-from tunelab.training.loss import token_loss_sum
+from tunelab.training.loss import labelled_tokens, token_loss_sum
 from tunelab.training.memory import PeakMemory
 from tunelab.training.phases import PhaseTimer
 from tunelab.training.plan import Plan, plan_data
@@ -79,31 +74,6 @@ class StopTraining(Exception):
     """Raised by a caller's `on_step` hook to end training early (e.g. a wall-time budget):
     the loop stops after that step, then saves and evaluates as usual. Any other exception
     from the hook aborts the run (tests use one to simulate a kill)."""
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def make_accelerator(cfg: RunConfig) -> Accelerator:
-    use_cpu = cfg.train.device == "cpu" or not torch.cuda.is_available()
-    precision = cfg.train.precision
-    if precision == "auto":
-        precision = "bf16" if not use_cpu and torch.cuda.is_bf16_supported() else "fp32"
-    mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
-    if cfg.train.num_threads:
-        torch.set_num_threads(cfg.train.num_threads)
-    check_launch(cfg)  # FSDP 1, DeepSpeed, ...: one line, not accelerate's traceback
-    accelerator = Accelerator(cpu=use_cpu, mixed_precision=mixed, kwargs_handlers=process_group())
-    enable_fsdp(accelerator)  # on CPU too, where accelerate alone would fall back to DDP
-    check_distributed(accelerator)
-    return accelerator
-
-
-def labelled_tokens(batch: dict[str, torch.Tensor]) -> int:
-    return int((batch["labels"][:, 1:] != IGNORE).sum())
 
 
 def real_tokens(batch: dict[str, torch.Tensor]) -> int:

@@ -207,3 +207,8 @@ def _virtual_tokens(model: nn.Module) -> int:
     if not getattr(config, "is_prompt_learning", False) or config.peft_type == "PREFIX_TUNING":
         return 0
     return config.num_virtual_tokens
+
+
+def labelled_tokens(batch: dict[str, torch.Tensor]) -> int:
+    """Tokens whose loss is counted (token t+1 predicted at t), as `token_loss_sum` counts."""
+    return int((batch["labels"][:, 1:] != IGNORE).sum())

@@ -21,7 +21,7 @@ from tunelab.data.batching import make_batches
 from tunelab.data.mixture import format_report, mixture_report
 from tunelab.data.multitask import build_multitask
 from tunelab.data.tokenize import tokenize_examples
-from tunelab.data.types import IGNORE, Datasets, Example
+from tunelab.data.types import Datasets, Example
 from tunelab.evaluate.forgetting import (
     forgetting_batches,
     forgetting_perplexities,
@@ -30,6 +30,7 @@ from tunelab.evaluate.forgetting import (
 from tunelab.evaluate.metrics import perplexity_from_loss
 from tunelab.io import atomic_write_text
 from tunelab.run_config import RunConfig
+from tunelab.training.loss import labelled_tokens
 from tunelab.training.shared_eval import SharedScores, probes_key, task_key
 
 log = logging.getLogger(__name__)
@@ -125,11 +126,6 @@ def _evaluate_task(model, tokenizer, task: TaskEval, cfg: RunConfig) -> dict[str
         max_examples=cfg.eval.max_examples, decoding=cfg.eval.decoding(),
     )  # fmt: skip
     return {"name": task.name, "scores": scores, "samples": generated}
-
-
-def labelled_tokens(batch: dict) -> int:
-    """Tokens whose loss is counted (as `mean_token_loss` counts them: token t+1 at t)."""
-    return int((batch["labels"][:, 1:] != IGNORE).sum())
 
 
 def _probe_scores(model, extras: Extras, cfg: RunConfig, shared: SharedScores | None) -> dict:
