@@ -33,6 +33,7 @@ from transformers.cache_utils import DynamicLayer
 
 from tunelab.evaluate.generation import left_pad, stop_token_ids
 from tunelab.methods.prompt_cache import is_prompt_learning
+from tunelab.serve.mixed import Mixer, RowDelta
 from tunelab.serve.rowguards import GuardOptions, RowGuards
 
 HANDLED = {  # decoding options a running batch applies itself
@@ -71,7 +72,13 @@ class Stats:
 
 def continuous_ok(model, decoding: dict) -> bool:
     """True when a `RunningBatch` decodes `model` with `decoding` exactly as `generate` does."""
-    if decoding.get("do_sample") or set(decoding) - HANDLED or is_prompt_learning(model):
+    return decoding_ok(model, decoding) and not is_prompt_learning(model)
+
+
+def decoding_ok(model, decoding: dict) -> bool:
+    """True when greedy decoding with `decoding` on `model`'s generation config and cache is
+    what a `RunningBatch` applies (prompt learning aside: only a mixed batch takes that)."""
+    if decoding.get("do_sample") or set(decoding) - HANDLED:
         return False
     config = getattr(model, "generation_config", None)
     if config is not None and any(getattr(config, name, None) not in allowed
@@ -84,8 +91,10 @@ def continuous_ok(model, decoding: dict) -> bool:
 class RunningBatch:
     """Greedy decoding of a changing set of jobs on one model with one set of options."""
 
-    def __init__(self, model, tokenizer, decoding: dict, wordlike, stats: Stats) -> None:
-        self.model, self.tokenizer, self.stats = model, tokenizer, stats
+    def __init__(
+        self, model, tokenizer, decoding: dict, wordlike, stats: Stats, mixer: Mixer | None = None
+    ) -> None:
+        self.model, self.tokenizer, self.stats, self.mixer = model, tokenizer, stats, mixer
         self.stop_ids = stop_token_ids(model, tokenizer)
         self.pad_id = (
             tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
@@ -97,6 +106,7 @@ class RunningBatch:
         vocab = model.get_output_embeddings().weight.shape[0]
         self.guards = RowGuards(options, vocab, self.stop_ids, wordlike)
         self.jobs: list = []  # engine Jobs, in row order
+        self.deltas: list[RowDelta | None] = []  # each row's run, with a mixer (None: the base)
         self.cache: DynamicCache | None = None
         self.mask = torch.zeros(0, 0, dtype=torch.long)  # (B, L): 1 where a cache slot is real
         self.last = torch.zeros(0, dtype=torch.long)  # (B,): each row's token not yet cached
@@ -106,36 +116,65 @@ class RunningBatch:
     def __len__(self) -> int:
         return len(self.jobs)
 
-    def _forward(self, input_ids, mask, positions, cache) -> torch.Tensor:
-        """(B, V) float32 logits of the last position."""
+    def _forward(self, inputs, mask, positions, cache, deltas) -> torch.Tensor:
+        """(B, V) float32 logits of the last position; `inputs` are ids (B, T) or embeddings
+        (B, T, H); `deltas` the rows' runs (mixed batches)."""
+        if self.mixer is not None:
+            self.mixer.use(deltas)
+        name = "inputs_embeds" if inputs.dim() == 3 else "input_ids"
         out = self.model(
-            input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device),
+            **{name: inputs.to(self.device)}, attention_mask=mask.to(self.device),
             position_ids=positions.to(self.device), cache=cache, use_cache=True, logits_to_keep=1,
         )  # fmt: skip
         return out.logits[:, -1, :].to(dtype=torch.float32)
 
-    def join(self, jobs: list) -> None:
-        """Prefill `jobs`' prompts in one forward, take their first tokens, add their rows."""
+    def join(self, jobs: list, deltas: list[RowDelta | None] | None = None) -> None:
+        """Prefill `jobs`' prompts in one forward, take their first tokens, add their rows
+        (`deltas`: their runs, in a mixed batch)."""
+        deltas = deltas or [None] * len(jobs)
         prompts = [job.prompt_ids for job in jobs]
-        batch = left_pad(prompts, self.pad_id)
-        mask = batch["attention_mask"]
+        inputs, mask = self._prefill_inputs(prompts, deltas)
         positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
         cache = DynamicCache(config=self.model.config)
-        logits = self._forward(batch["input_ids"], mask, positions, cache)
+        logits = self._forward(inputs, mask, positions, cache, deltas)
         self.stats.prefills += 1
         self.stats.prefill_rows += len(jobs)
         start = len(self.jobs)
-        self.guards.add(prompts)
+        # generate() decodes a prompt-tuning row from embeddings: its processors see no prompt
+        embedded = [delta is not None and delta.virtual is not None for delta in deltas]
+        self.guards.add(prompts, [[] if e else p for p, e in zip(prompts, embedded, strict=True)])
         self.jobs.extend(jobs)
+        self.deltas.extend(deltas)
         self.seen.extend(jobs)
         self._merge(cache, mask)
         self._take(logits, start)
+
+    def _prefill_inputs(self, prompts: list[list[int]], deltas: list) -> tuple:
+        """(ids or embeddings, mask), left-padded; a prompt-tuning row's virtual tokens go
+        right before its prompt (behind the padding, as `prompt_cache` puts them)."""
+        if all(delta is None or delta.virtual is None for delta in deltas):
+            batch = left_pad(prompts, self.pad_id)
+            return batch["input_ids"], batch["attention_mask"]
+        embed = self.model.get_input_embeddings()
+        rows = []
+        for prompt, delta in zip(prompts, deltas, strict=True):
+            row = embed(torch.tensor(prompt, device=self.device))
+            if delta is not None and delta.virtual is not None:
+                row = torch.cat([delta.virtual.to(row.dtype), row])
+            rows.append(row)
+        length = max(len(row) for row in rows)
+        pad = embed(torch.tensor([self.pad_id], device=self.device))
+        mask = torch.zeros(len(rows), length, dtype=torch.long)
+        for index, row in enumerate(rows):
+            mask[index, length - len(row) :] = 1
+        padded = [torch.cat([pad.expand(length - len(row), -1), row]) for row in rows]
+        return torch.stack(padded), mask
 
     def step(self) -> None:
         """One new token for every row."""
         self.mask = torch.cat([self.mask, torch.ones(len(self.jobs), 1, dtype=torch.long)], dim=1)
         positions = self.mask.sum(dim=1, keepdim=True) - 1  # (B, 1): the row's own position
-        logits = self._forward(self.last[:, None], self.mask, positions, self.cache)
+        logits = self._forward(self.last[:, None], self.mask, positions, self.cache, self.deltas)
         self.stats.steps += 1
         self.stats.step_rows += len(self.jobs)
         self._take(logits, 0)
@@ -171,6 +210,7 @@ class RunningBatch:
     def _keep(self, indices: list[int]) -> None:
         """Keep the rows at `indices`; cut leading columns that are padding in all of them."""
         self.jobs = [self.jobs[i] for i in indices]
+        self.deltas = [self.deltas[i] for i in indices]
         self.guards.keep(indices)
         self.last = self.last[indices]
         self.mask = self.mask[indices]

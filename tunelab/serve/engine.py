@@ -45,9 +45,11 @@ from tunelab.evaluate.generation import generate_batch, guard_options, left_pad,
 from tunelab.evaluate.modes import inference, model_device
 from tunelab.methods.prompt_cache import is_prompt_learning
 from tunelab.serve.adapters import BASE, AdapterSet
-from tunelab.serve.batch import RunningBatch, Stats, continuous_ok
+from tunelab.serve.batch import RunningBatch, Stats, continuous_ok, decoding_ok
+from tunelab.serve.mixed import Mixer, RowDelta, row_delta
 
 log = logging.getLogger(__name__)
+NO_DELTA = RowDelta()  # the base's rows in a mixed batch
 TRAILING = re.compile(r"[\s\ufffd]+$")
 
 
@@ -73,6 +75,7 @@ class Job:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     cancelled: threading.Event = field(default_factory=threading.Event)
+    delta: RowDelta | None = None  # its run as a mixed batch applies it (set by the worker)
     tokens: list[int] = field(default_factory=list)
     sent: str = ""
     finish_reason: str | None = None
@@ -153,7 +156,9 @@ class Scheduler:
         self.pending: deque[Job] = deque()
         self.running: list[Job] = []
         self.batches: dict[tuple, RunningBatch] = {}  # (job key, id(model)) -> running batch
-        self.continuous: dict[tuple, tuple] = {}  # slot -> (model ref, decoded by RunningBatch)
+        self.continuous: dict[tuple, tuple] = {}  # (key, id(model)) -> (model ref, kind, delta)
+        self.mixer: Mixer | None = None  # the view of the base that mixed batches run on
+        self.stop_ids: list[int] = []
         self.turn = 0  # round robin over running batches, one step each
         self.stats = Stats()
         self.wordlike = Wordlike(adapters.tokenizer)
@@ -218,15 +223,16 @@ class Scheduler:
         if self.batches or self.closed or not self.window:
             return
         deadline = self.pending[0].arrived + self.window
-        key = self.pending[0].key()
         while not self.closed and time.monotonic() < deadline:
-            if sum(job.key() == key for job in self.pending) >= self.max_batch:
+            slots = [self._slot(job, self._model(job)) for job in self.pending
+                     if self._model(job) is not None]  # fmt: skip
+            if slots and slots.count(slots[0]) >= self.max_batch:
                 return
             self.condition.wait(deadline - time.monotonic())
 
     def _admit(self) -> tuple[dict[tuple, list[Job]], list[list[Job]]]:
         """Take waiting jobs, oldest first: ({batch slot: jobs joining it}, [classic batches]).
-        A job joins its key's running batch (or starts one) while that has room; jobs that
+        A job joins its slot's running batch (or starts one) while that has room; jobs that
         `generate` must decode form batches of one key, as before."""
         joining: dict[tuple, list[Job]] = {}
         classic: dict[tuple, list[Job]] = {}
@@ -239,14 +245,8 @@ class Scheduler:
                 self.pending.remove(job)
                 job.emit({"error": f"the model {job.adapter!r} was unloaded", "status": 404})
                 continue
-            slot = (job.key(), id(model))
-            known = self.continuous.get(slot)
-            if known is None or known[0]() is not model:  # (an id can be reused after unload)
-                known = self.continuous[slot] = (
-                    weakref.ref(model),
-                    continuous_ok(model, job.decoding),
-                )
-            if known[1]:
+            slot = self._slot(job, model)
+            if slot[0] != "classic":
                 running = len(self.batches[slot]) if slot in self.batches else 0
                 group = joining.setdefault(slot, [])
             else:
@@ -256,6 +256,46 @@ class Scheduler:
                 self.pending.remove(job)
         return {slot: jobs for slot, jobs in joining.items() if jobs}, list(classic.values())
 
+    def _slot(self, job: Job, model) -> tuple:
+        """Where `job` decodes: ("mixed", decoding) — the one batch every run with a row delta
+        shares (base included) —, ("own", key, model) — a running batch of its own run — or
+        ("classic", key, model) — a `generate` batch."""
+        own = (job.key(), id(model))
+        known = self.continuous.get(own)
+        if known is None or known[0]() is not model:  # (an id can be reused after unload)
+            delta = self._delta(model) if decoding_ok(model, job.decoding) else None
+            if delta is not None:
+                kind = "mixed"
+            elif continuous_ok(model, job.decoding):
+                kind = "own"
+            else:
+                kind = "classic"
+            known = self.continuous[own] = (weakref.ref(model), kind, delta)
+        job.delta = None if known[2] is NO_DELTA else known[2]
+        if known[1] == "mixed":
+            return "mixed", tuple(sorted(job.decoding.items()))
+        return known[1], *own
+
+    def _delta(self, model):
+        """The run's `RowDelta` (NO_DELTA for the base), or None when it cannot join a mixed
+        batch."""
+        mixer = self._mixer()
+        if model is self.adapters.base:
+            return NO_DELTA
+        served = next((s for s in self.adapters.runs.values() if s.model is model), None)
+        if served is None or stop_token_ids(model, self.adapters.tokenizer) != self.stop_ids:
+            return None
+        delta = row_delta(model, served.method, self.adapters.base)
+        return delta if delta is not None and mixer.accept(delta) else None
+
+    def _mixer(self) -> Mixer:
+        """The mixed view of the current base (a new one if the base was replaced)."""
+        if self.mixer is None or self.mixer.base is not self.adapters.base:
+            self.mixer = Mixer(self.adapters.base)
+            self.continuous.clear()
+            self.stop_ids = stop_token_ids(self.adapters.base, self.adapters.tokenizer)
+        return self.mixer
+
     def _model(self, job: Job):
         if job.adapter == BASE:
             return self.adapters.base
@@ -264,14 +304,14 @@ class Scheduler:
 
     def _join(self, slot: tuple, jobs: list[Job]) -> None:
         batch = self.batches.get(slot)
+        mixer = self.mixer if slot[0] == "mixed" else None
         if batch is None:
-            model = self._model(jobs[0])
+            model = mixer.model if mixer else self._model(jobs[0])
             batch = RunningBatch(model, self.adapters.tokenizer, jobs[0].decoding, self.wordlike,
-                                 self.stats)  # fmt: skip
-            batch.adapter = jobs[0].adapter
+                                 self.stats, mixer)  # fmt: skip
             self.batches[slot] = batch
         with inference(batch.model):
-            batch.join(jobs)
+            batch.join(jobs, [job.delta for job in jobs] if mixer else None)
         self._end_if_empty(slot)
 
     def _step(self) -> None:
@@ -290,7 +330,8 @@ class Scheduler:
         batch = self.batches[slot]
         if not len(batch):
             del self.batches[slot]
-            self.history.append((batch.adapter, [job.finish_reason for job in batch.seen]))
+            adapters = "+".join(sorted({job.adapter for job in batch.seen}))
+            self.history.append((adapters, [job.finish_reason for job in batch.seen]))
 
     def _classic(self, jobs: list[Job]) -> None:
         """A batch `generate` decodes whole (sampling, prompt-learning models, ...)."""

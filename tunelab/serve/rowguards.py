@@ -70,19 +70,21 @@ class RowGuards:
         self.seen = torch.zeros(0, vocab, dtype=torch.bool)  # repetition_penalty's tokens
         self.used = torch.zeros(0, vocab, dtype=torch.bool)  # output penalty's tokens
 
-    def add(self, prompts: list[list[int]]) -> None:
-        """Rows for `prompts`, appended after the current ones."""
+    def add(self, prompts: list[list[int]], contexts: list[list[int]] | None = None) -> None:
+        """Rows for `prompts`, appended after the current ones. `contexts`: the tokens
+        transformers' own processors see before the output (default: the prompt; none when
+        `generate` decodes from embeddings, as for prompt tuning)."""
         n, guard = self.options.no_repeat_ngram_size, self.options.repetition_guard
         seen = torch.zeros(len(prompts), self.vocab, dtype=torch.bool)
-        for index, prompt in enumerate(prompts):
-            row = _Row(set(prompt), list(prompt))
+        for index, (prompt, context) in enumerate(zip(prompts, contexts or prompts, strict=True)):
+            row = _Row(set(prompt), list(context))
             if n:
-                for start in range(len(prompt) - n + 1):
-                    gram = prompt[start : start + n]
+                for start in range(len(context) - n + 1):
+                    gram = context[start : start + n]
                     row.seen[tuple(gram[:-1])].add(gram[-1])
             if guard:
                 row.allowed = {tuple(prompt[s : s + guard]) for s in range(len(prompt) - guard + 1)}
-            seen[index, prompt] = True
+            seen[index, context] = True
             self.rows.append(row)
         self.seen = torch.cat([self.seen, seen])
         self.used = torch.cat([self.used, torch.zeros(len(prompts), self.vocab, dtype=torch.bool)])
