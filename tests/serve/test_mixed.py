@@ -18,7 +18,8 @@ from tunelab.serve.mixed import Mixer, row_delta
 
 JOINING = ["lora_a", "lora_r2", "ia3", "bitfit", "prompt", "ptuning"]
 APART = ["dora", "prefix", "adapter", "full", "ulmfit", "importance"]
-PROMPTS = ["reverse: abc", "hi", "reverse: served", "hello there, friend", "x", "abcabc", "ok"]
+PROMPTS = ["reverse: abc", "hi", "reverse: served", "hello there, friend", "x", "abcabc", "ok",
+           "reverse: tunelab"]  # fmt: skip
 OPTIONS = [  # greedy text of random models is otherwise "aaaa"
     {"no_repeat_ngram_size": 1},
     {"no_repeat_ngram_size": 2, "repetition_penalty": 1.3, "repetition_guard": 2,
@@ -49,12 +50,14 @@ def test_which_runs_join_a_mixed_batch(served):
     assert row_delta(served.runs["prompt"].model, "prompt", served.base).virtual is not None
 
 
-@pytest.mark.parametrize("options", OPTIONS)
+@pytest.mark.parametrize("options", [*OPTIONS, "alternating"])
 def test_mixed_rows_decode_what_each_run_decodes_alone(served, options):
-    """Seven rows of seven runs join one batch in three groups and leave at their own
-    max_tokens; every row's text is its run's lone greedy text."""
-    names = [BASE, *JOINING]
-    lengths = [8, 3, 8, 5, 8, 7, 6]
+    """Eight rows of seven runs (the first LoRA's two apart, so gathered by index) join one
+    batch in three groups and leave at their own max_tokens; every row's text is its run's
+    lone greedy text (also with rows of different decoding options in the batch)."""
+    names = [BASE, *JOINING, "lora_a"]
+    per_row = [OPTIONS[i % 2] if options == "alternating" else options for i in range(8)]
+    lengths = [8, 8, 3, 5, 8, 7, 6, 8]
     mixer = Mixer(served.base)
     deltas = []
     for name in names:
@@ -63,11 +66,11 @@ def test_mixed_rows_decode_what_each_run_decodes_alone(served, options):
         assert delta is None or mixer.accept(delta)
         deltas.append(delta)
     ids = encode_prompts(served.tokenizer, PROMPTS)
-    jobs = [Job(name, row, n, emit=lambda event: None, decoding=dict(options))
-            for name, row, n in zip(names, ids, lengths, strict=True)]  # fmt: skip
+    rows = zip(names, ids, lengths, per_row, strict=True)
+    jobs = [Job(name, row, n, emit=lambda event: None, decoding=dict(settings))
+            for name, row, n, settings in rows]  # fmt: skip
     stats = Stats()
-    batch = RunningBatch(mixer.model, served.tokenizer, options, Wordlike(served.tokenizer),
-                         stats, mixer)  # fmt: skip
+    batch = RunningBatch(mixer.model, served.tokenizer, Wordlike(served.tokenizer), stats, mixer)
     with inference(mixer.model):
         batch.join(jobs[:3], deltas[:3])
         batch.step()
@@ -80,17 +83,17 @@ def test_mixed_rows_decode_what_each_run_decodes_alone(served, options):
     assert stats.steps < sum(lengths) // 2  # rows shared forwards
     for job, name, prompt, length in zip(jobs, names, PROMPTS, lengths, strict=True):
         alone = generate(model_of(served, name), served.tokenizer, [prompt],
-                         max_new_tokens=length, batch_size=1, **options)  # fmt: skip
+                         max_new_tokens=length, batch_size=1, **job.decoding)  # fmt: skip
         assert job.finish_reason in ("stop", "length")
         text = served.tokenizer.decode(job.tokens, skip_special_tokens=True).strip()
-        assert text == alone[0], (name, prompt, options)
+        assert text == alone[0], (name, prompt, job.decoding)
 
 
 def test_scheduler_puts_joining_runs_in_one_batch_and_others_in_their_own(served):
     names = [BASE, *JOINING, "dora"]
     options = {"no_repeat_ngram_size": 1}
     scheduler = Scheduler(served, max_batch=8, window=0.5)
-    ids = encode_prompts(served.tokenizer, PROMPTS + ["abc"])
+    ids = encode_prompts(served.tokenizer, PROMPTS)
     done = threading.Semaphore(0)
 
     def emit(event: dict) -> None:
@@ -112,7 +115,7 @@ def test_scheduler_puts_joining_runs_in_one_batch_and_others_in_their_own(served
         [("dora", 1), (mixed, 7)]
     )
     assert scheduler.stats.prefills == 2  # one prefill each: the seven started together
-    for job, name, prompt in zip(jobs, names, PROMPTS + ["abc"], strict=True):
+    for job, name, prompt in zip(jobs, names, PROMPTS, strict=True):
         alone = generate(model_of(served, name), served.tokenizer, [prompt], max_new_tokens=6,
                          batch_size=1, **options)  # fmt: skip
         text = served.tokenizer.decode(job.tokens, skip_special_tokens=True).strip()

@@ -1,11 +1,12 @@
 """Continuous batching: requests join a running batch between decoding steps and leave it as
 soon as they are done.
 
-A `RunningBatch` decodes greedily for one model (one adapter view) with one set of decoding
-options. It owns a transformers `DynamicCache` whose rows are left-padded to one length and an
-attention mask (B, L) that marks each row's real positions. Each row keeps its own position
-ids (its count of real tokens, as `generate` derives them from the mask), so a row's numbers do
-not depend on how much padding sits in front of it.
+A `RunningBatch` decodes greedily for one model: a run's view, or a `Mixer`'s view of the base
+on which every row gets its own run's delta (`tunelab.serve.mixed`). It owns a transformers
+`DynamicCache` whose rows are left-padded to one length and an attention mask (B, L) that marks
+each row's real positions. Each row keeps its own position ids (its count of real tokens, as
+`generate` derives them from the mask), so a row's numbers do not depend on how much padding
+sits in front of it, and its own decoding options.
 
 - `join(jobs)`: one forward over the new prompts (left-padded among themselves, a fresh cache)
   gives their first tokens; their cache and mask are then padded on the left to the running
@@ -16,10 +17,12 @@ not depend on how much padding sits in front of it.
   cut, so no forward is spent on finished rows.
 
 The logits go through `RowGuards` (the repetition guards, per row) and `argmax`, as `generate`
-does greedily, so a row's tokens are those of the same prompt decoded alone. Sampling, PEFT's
-prompt-learning models (their virtual tokens or prefix), caches other than plain
-`DynamicLayer`s (sliding windows) and generation configs with processors of their own are not
-handled here: `continuous_ok` says so and the engine decodes those through `generate`.
+does greedily, so a row's tokens are those of the same prompt decoded alone. A prompt-tuning row
+is prefilled from embeddings (its virtual tokens, then its prompt) and its guards see what
+`generate` sees when it decodes from embeddings (no prompt ids). Sampling, prefix tuning (its
+KV prefix), caches other than plain `DynamicLayer`s (sliding windows) and generation configs
+with processors of their own are not handled here: `decoding_ok` / `continuous_ok` say so and
+the engine decodes those through `generate`.
 """
 
 from __future__ import annotations
@@ -89,22 +92,17 @@ def decoding_ok(model, decoding: dict) -> bool:
 
 
 class RunningBatch:
-    """Greedy decoding of a changing set of jobs on one model with one set of options."""
+    """Greedy decoding of a changing set of jobs on one model (a mixer's view: rows of several
+    runs); each job brings its own decoding options."""
 
-    def __init__(
-        self, model, tokenizer, decoding: dict, wordlike, stats: Stats, mixer: Mixer | None = None
-    ) -> None:
+    def __init__(self, model, tokenizer, wordlike, stats: Stats, mixer: Mixer | None = None):
         self.model, self.tokenizer, self.stats, self.mixer = model, tokenizer, stats, mixer
         self.stop_ids = stop_token_ids(model, tokenizer)
         self.pad_id = (
             tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
         )
-        self.newline = bool(decoding.get("stop_at_newline"))
-        options = GuardOptions(
-            **{k: v for k, v in decoding.items() if k in GuardOptions.__annotations__}
-        )
         vocab = model.get_output_embeddings().weight.shape[0]
-        self.guards = RowGuards(options, vocab, self.stop_ids, wordlike)
+        self.guards = RowGuards(GuardOptions(), vocab, self.stop_ids, wordlike)
         self.jobs: list = []  # engine Jobs, in row order
         self.deltas: list[RowDelta | None] = []  # each row's run, with a mixer (None: the base)
         self.cache: DynamicCache | None = None
@@ -142,7 +140,8 @@ class RunningBatch:
         start = len(self.jobs)
         # generate() decodes a prompt-tuning row from embeddings: its processors see no prompt
         embedded = [delta is not None and delta.virtual is not None for delta in deltas]
-        self.guards.add(prompts, [[] if e else p for p, e in zip(prompts, embedded, strict=True)])
+        contexts = [[] if e else p for p, e in zip(prompts, embedded, strict=True)]
+        self.guards.add(prompts, contexts, [guard_options(job.decoding) for job in jobs])
         self.jobs.extend(jobs)
         self.deltas.extend(deltas)
         self.seen.extend(jobs)
@@ -181,14 +180,15 @@ class RunningBatch:
 
     def _take(self, logits: torch.Tensor, start: int) -> None:
         """Rows start.. take their greedy next token; finished rows leave the batch."""
-        scores = self.guards.apply(logits, start) if self.guards.options.active else logits
+        scores = self.guards.apply(logits, start) if self.guards.active else logits
         tokens = scores.argmax(dim=-1).cpu()  # (B - start,)
         self.last = torch.cat([self.last[:start], tokens])
         chosen = tokens.tolist()
         self.guards.observe(chosen, start)
         for job, token in zip(self.jobs[start:], chosen, strict=True):
             if job.finish_reason is None:
-                job.advance(token, self.tokenizer, self.stop_ids, newline=self.newline)
+                newline = bool(job.decoding.get("stop_at_newline"))
+                job.advance(token, self.tokenizer, self.stop_ids, newline=newline)
         keep = [i for i, job in enumerate(self.jobs) if job.finish_reason is None]
         if len(keep) < len(self.jobs):
             self.stats.finished += len(self.jobs) - len(keep)
@@ -225,6 +225,11 @@ class RunningBatch:
         for layer in self.cache.layers:
             layer.keys = layer.keys.index_select(0, index)[:, :, cut:]
             layer.values = layer.values.index_select(0, index)[:, :, cut:]
+
+
+def guard_options(decoding: dict) -> GuardOptions:
+    """The options of `decoding` that `RowGuards` applies."""
+    return GuardOptions(**{k: v for k, v in decoding.items() if k in GuardOptions.__annotations__})
 
 
 def _pad_left(tensor: torch.Tensor, length: int, dim: int = 2) -> torch.Tensor:

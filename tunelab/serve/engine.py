@@ -2,20 +2,26 @@
 
 Why one thread: the views of an `AdapterSet` share the base's tensors and torch already uses
 every core for one forward pass, so running two generations at once only makes both slower.
-Requests are instead *batched*, continuously: every job has a batch key (its adapter and its
-decoding options: temperature, top_p, penalties, n-gram blocks, and the seed when sampling),
-and jobs of one key and one model decode as one `RunningBatch` (`tunelab.serve.batch`). Between
-two decoding steps the worker admits waiting jobs, oldest first: a job joins its key's running
-batch while that has fewer than `max_batch` rows, or starts a new one. Rows leave the batch the
-step they finish, so no forward is spent on them. Running batches of different keys (different
-adapters: each view is a different model) take one step each in turn. An idle worker that is
-handed a first job waits up to `window` seconds (default 10 ms) for more of its kind, so that
-requests sent together start together.
+Requests are instead *batched*, continuously, into `RunningBatch`es (`tunelab.serve.batch`):
+
+- greedy jobs of every run whose changes a shared base forward can apply per row (LoRA, IA³,
+  BitFit's added biases, prompt tuning and p-tuning, the base: `tunelab.serve.mixed`) share ONE
+  mixed batch, whatever their run and their decoding options (the guards are per row);
+- greedy jobs of any other run (DoRA, prefix, bottleneck adapters, full, ULMFiT, importance)
+  share a batch of that run's view;
+- the rest (sampling, sliding-window caches, options the running batch does not apply, prefix
+  tuning's KV prefix) are decoded by `generate`, one batch of one key at a time.
+
+Between two decoding steps the worker admits waiting jobs, oldest first: a job joins its
+batch while that has fewer than `max_batch` rows, or starts one. Rows leave the batch the step
+they finish, so no forward is spent on them. Running batches take one step each in turn. An
+idle worker that is handed a first job waits up to `window` seconds (default 10 ms) for more
+of its batch, so that requests sent together start together.
 
 Greedy decoding runs through the running batch's own loop, which computes what offline
 `generate` computes for each row alone (tests compare them token for token). Jobs that loop
-does not cover — sampling (seeded draws come from `generate`'s sampler), PEFT's prompt-learning
-models, sliding-window caches — are decoded as before: a left-padded batch of one key through
+does not cover — sampling (seeded draws come from `generate`'s sampler), prefix tuning,
+sliding-window caches — are decoded as before: a left-padded batch of one key through
 the very function offline generation uses (`tunelab.evaluate.generation`), followed token by
 token by a stopping criterion, the worker busy until that batch ends.
 
@@ -149,9 +155,10 @@ class Scheduler:
 
     def __init__(
         self, adapters: AdapterSet, *, max_batch: int = 8, max_queue: int = 64,
-        window: float = 0.01,
+        window: float = 0.01, mix: bool = True,
     ) -> None:  # fmt: skip
         self.adapters, self.max_batch, self.max_queue = adapters, max_batch, max_queue
+        self.mix = mix  # False: every run decodes in batches of its own (for comparisons)
         self.window = window  # seconds an idle worker waits for a batch to fill
         self.pending: deque[Job] = deque()
         self.running: list[Job] = []
@@ -263,7 +270,8 @@ class Scheduler:
         own = (job.key(), id(model))
         known = self.continuous.get(own)
         if known is None or known[0]() is not model:  # (an id can be reused after unload)
-            delta = self._delta(model) if decoding_ok(model, job.decoding) else None
+            mixable = self.mix and decoding_ok(model, job.decoding)
+            delta = self._delta(model) if mixable else None
             if delta is not None:
                 kind = "mixed"
             elif continuous_ok(model, job.decoding):
@@ -273,8 +281,10 @@ class Scheduler:
             known = self.continuous[own] = (weakref.ref(model), kind, delta)
         job.delta = None if known[2] is NO_DELTA else known[2]
         if known[1] == "mixed":
-            return "mixed", tuple(sorted(job.decoding.items()))
-        return known[1], *own
+            return ("mixed",)
+        if known[1] == "own":  # greedy: rows of other decoding options share the batch
+            return "own", job.adapter, id(model)
+        return "classic", *own
 
     def _delta(self, model):
         """The run's `RowDelta` (NO_DELTA for the base), or None when it cannot join a mixed
@@ -307,8 +317,7 @@ class Scheduler:
         mixer = self.mixer if slot[0] == "mixed" else None
         if batch is None:
             model = mixer.model if mixer else self._model(jobs[0])
-            batch = RunningBatch(model, self.adapters.tokenizer, jobs[0].decoding, self.wordlike,
-                                 self.stats, mixer)  # fmt: skip
+            batch = RunningBatch(model, self.adapters.tokenizer, self.wordlike, self.stats, mixer)
             self.batches[slot] = batch
         with inference(batch.model):
             batch.join(jobs, [job.delta for job in jobs] if mixer else None)
