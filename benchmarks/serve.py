@@ -189,13 +189,16 @@ def engine_stats(url: str) -> dict:
 
 def describe_stats(before: dict, after: dict) -> str:
     """What the engine did between two /tunelab/stats readings."""
-    done = {key: after[key] - before[key] for key in ("steps", "step_rows", "prefills",
-            "prefill_rows", "classic", "classic_rows", "finished")}  # fmt: skip
+    keys = ("steps", "step_rows", "step_runs", "prefills", "prefill_rows", "classic",
+            "classic_rows", "finished")  # fmt: skip
+    done = {key: after.get(key, 0) - before.get(key, 0) for key in keys}
     rows = done["step_rows"] / done["steps"] if done["steps"] else 0.0
+    runs = done["step_runs"] / done["steps"] if done["steps"] else 0.0
     forwards = (done["steps"] + done["prefills"]) / done["finished"] if done["finished"] else 0.0
     joined = done["prefill_rows"] / done["prefills"] if done["prefills"] else 0.0
     return (
-        f"{done['steps']} decoding forwards, {rows:.2f} rows each; {done['prefills']} prefills, "
+        f"{done['steps']} decoding forwards, {rows:.2f} rows of {runs:.2f} runs each; "
+        f"{done['prefills']} prefills, "
         f"{joined:.2f} rows each; {done['classic']} generate() batches of "
         f"{done['classic_rows']} requests; {forwards:.2f} continuous forwards per request"
     )
@@ -353,9 +356,10 @@ def main() -> None:
     if args.engine_mixed:
         costs = engine_mixed(args.engine_mixed, args.clients, args.max_tokens, args.repeats)
         for label, figures in costs.items():
+            rows, runs = figures["mean_rows_per_step"], figures["mean_runs_per_step"]
             print(f"{label}: {1000 * figures['cpu_s_per_token']:.1f} CPU ms/token "
                   f"({figures['tokens']} tokens), {figures['steps']} decoding forwards of "
-                  f"{figures['mean_rows_per_step']:.2f} rows, {figures['prefills']} prefills, "
+                  f"{rows:.2f} rows of {runs:.2f} runs, {figures['prefills']} prefills, "
                   f"{figures['classic']} generate() batches")  # fmt: skip
         return
     if args.engine_only:

@@ -81,6 +81,7 @@ def test_mixed_rows_decode_what_each_run_decodes_alone(served, options):
         while len(batch):
             batch.step()
     assert stats.steps < sum(lengths) // 2  # rows shared forwards
+    assert stats.summary()["mean_runs_per_step"] > 3  # of different runs
     for job, name, prompt, length in zip(jobs, names, PROMPTS, lengths, strict=True):
         alone = generate(model_of(served, name), served.tokenizer, [prompt],
                          max_new_tokens=length, batch_size=1, **job.decoding)  # fmt: skip

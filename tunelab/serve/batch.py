@@ -58,6 +58,7 @@ class Stats:
 
     steps: int = 0  # decoding forwards (one new token per row)
     step_rows: int = 0  # rows summed over those forwards
+    step_runs: int = 0  # distinct served runs (base included) summed over those forwards
     prefills: int = 0  # prompt forwards (rows joining)
     prefill_rows: int = 0
     classic: int = 0  # batches decoded by `generate` (sampling, prompt learning, ...)
@@ -69,6 +70,7 @@ class Stats:
         return {
             **self.__dict__,
             "mean_rows_per_step": self.step_rows / self.steps if self.steps else 0.0,
+            "mean_runs_per_step": self.step_runs / self.steps if self.steps else 0.0,
             "forwards_per_request": forwards / self.finished if self.finished else 0.0,
         }
 
@@ -176,6 +178,7 @@ class RunningBatch:
         logits = self._forward(self.last[:, None], self.mask, positions, self.cache, self.deltas)
         self.stats.steps += 1
         self.stats.step_rows += len(self.jobs)
+        self.stats.step_runs += len({job.adapter for job in self.jobs})
         self._take(logits, 0)
 
     def _take(self, logits: torch.Tensor, start: int) -> None:
