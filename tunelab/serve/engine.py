@@ -162,7 +162,7 @@ class Scheduler:
         self.window = window  # seconds an idle worker waits for a batch to fill
         self.pending: deque[Job] = deque()
         self.running: list[Job] = []
-        self.batches: dict[tuple, RunningBatch] = {}  # (job key, id(model)) -> running batch
+        self.batches: dict[tuple, RunningBatch] = {}  # slot (see `_slot`) -> running batch
         self.continuous: dict[tuple, tuple] = {}  # (key, id(model)) -> (model ref, kind, delta)
         self.mixer: Mixer | None = None  # the view of the base that mixed batches run on
         self.stop_ids: list[int] = []
@@ -264,9 +264,9 @@ class Scheduler:
         return {slot: jobs for slot, jobs in joining.items() if jobs}, list(classic.values())
 
     def _slot(self, job: Job, model) -> tuple:
-        """Where `job` decodes: ("mixed", decoding) — the one batch every run with a row delta
-        shares (base included) —, ("own", key, model) — a running batch of its own run — or
-        ("classic", key, model) — a `generate` batch."""
+        """Where `job` decodes: ("mixed", mixer) — the one running batch every run with a row
+        delta shares (base included) —, ("own", run, model) — a running batch of its run's view
+        — or ("classic", key, model) — a `generate` batch of one key."""
         own = (job.key(), id(model))
         known = self.continuous.get(own)
         if known is None or known[0]() is not model:  # (an id can be reused after unload)
@@ -281,7 +281,7 @@ class Scheduler:
             known = self.continuous[own] = (weakref.ref(model), kind, delta)
         job.delta = None if known[2] is NO_DELTA else known[2]
         if known[1] == "mixed":
-            return ("mixed",)
+            return "mixed", id(self.mixer)
         if known[1] == "own":  # greedy: rows of other decoding options share the batch
             return "own", job.adapter, id(model)
         return "classic", *own
@@ -314,13 +314,13 @@ class Scheduler:
 
     def _join(self, slot: tuple, jobs: list[Job]) -> None:
         batch = self.batches.get(slot)
-        mixer = self.mixer if slot[0] == "mixed" else None
         if batch is None:
+            mixer = self.mixer if slot[0] == "mixed" else None
             model = mixer.model if mixer else self._model(jobs[0])
             batch = RunningBatch(model, self.adapters.tokenizer, self.wordlike, self.stats, mixer)
             self.batches[slot] = batch
         with inference(batch.model):
-            batch.join(jobs, [job.delta for job in jobs] if mixer else None)
+            batch.join(jobs, [job.delta for job in jobs] if batch.mixer else None)
         self._end_if_empty(slot)
 
     def _step(self) -> None:
