@@ -36,7 +36,7 @@ from torch import nn
 
 from tunelab.methods.bitfit import BiasedLinear
 from tunelab.serve.adapters import PEFT_PREFIX, shared_view
-from tunelab.serve.fastlora import _plain
+from tunelab.serve.fastlora import plain_lora
 
 MIXABLE = {"lora", "ia3", "bitfit", "prompt", "ptuning"}  # methods whose views may qualify
 
@@ -99,7 +99,7 @@ def row_delta(model: nn.Module, method: str, base: nn.Module) -> RowDelta | None
 
 
 def _lora(layer, read: set) -> LayerDelta | None:
-    if not _plain(layer):
+    if not plain_lora(layer):
         return None
     name = layer.active_adapters[0]
     a, b = layer.lora_A[name].weight, layer.lora_B[name].weight
