@@ -3,6 +3,7 @@
     python benchmarks/serve.py --runs runs/demo-compare [--clients 8] [--requests 4]
                                [--max-tokens 32] [--workloads one,uniform,skewed,distinct]
     python benchmarks/serve.py --engine-only embedded:smollm2-135m   # CPU cost of batching
+    python benchmarks/serve.py --engine-mixed runs/demo-compare      # mixed batches vs turns
 
 Both servers run in their own process, one after the other, on the same runs: `tunelab serve`
 (one worker, micro-batching per adapter) and the reference (FastAPI + transformers `generate`
@@ -188,13 +189,16 @@ def engine_stats(url: str) -> dict:
 
 def describe_stats(before: dict, after: dict) -> str:
     """What the engine did between two /tunelab/stats readings."""
-    done = {key: after[key] - before[key] for key in ("steps", "step_rows", "prefills",
-            "prefill_rows", "classic", "classic_rows", "finished")}  # fmt: skip
+    keys = ("steps", "step_rows", "step_runs", "prefills", "prefill_rows", "classic",
+            "classic_rows", "finished")  # fmt: skip
+    done = {key: after.get(key, 0) - before.get(key, 0) for key in keys}
     rows = done["step_rows"] / done["steps"] if done["steps"] else 0.0
+    runs = done["step_runs"] / done["steps"] if done["steps"] else 0.0
     forwards = (done["steps"] + done["prefills"]) / done["finished"] if done["finished"] else 0.0
     joined = done["prefill_rows"] / done["prefills"] if done["prefills"] else 0.0
     return (
-        f"{done['steps']} decoding forwards, {rows:.2f} rows each; {done['prefills']} prefills, "
+        f"{done['steps']} decoding forwards, {rows:.2f} rows of {runs:.2f} runs each; "
+        f"{done['prefills']} prefills, "
         f"{joined:.2f} rows each; {done['classic']} generate() batches of "
         f"{done['classic_rows']} requests; {forwards:.2f} continuous forwards per request"
     )
@@ -268,13 +272,70 @@ def engine_cpu(model: str, prompts: int, tokens: int) -> dict[str, float]:
     decode(served.base, tokenizer, jobs())
     cost["generate batch"] = time.process_time() - start
     start = time.process_time()
-    batch = RunningBatch(served.base, tokenizer, force, Wordlike(tokenizer), Stats())
+    batch = RunningBatch(served.base, tokenizer, Wordlike(tokenizer), Stats())
     with inference(served.base):
         batch.join(jobs())
         while len(batch):
             batch.step()
     cost["continuous batch"] = time.process_time() - start
     return cost
+
+
+def engine_mixed(runs_dir: Path, prompts: int, tokens: int, repeats: int) -> dict[str, dict]:
+    """CPU seconds per generated token for `prompts` chat prompts spread evenly over the runs
+    under `runs_dir`, all submitted at once to the engine (no HTTP), one thread: decoded in one
+    mixed batch (`Scheduler(mix=True)`) and in batches of one run each taking turns
+    (`mix=False`, as before mixed batches); the better of `repeats` interleaved tries of each,
+    with what the engine did."""
+    from tunelab.data.templates import render_prompt
+    from tunelab.evaluate.generation import encode_prompts
+    from tunelab.serve.catalog import discover
+    from tunelab.serve.server import load_adapters, plan_runs
+
+    torch.set_num_threads(1)
+    names = list(discover([runs_dir]))
+    adapters = load_adapters(plan_runs([runs_dir], {}, None))
+    asks = [names[i % len(names)] for i in range(prompts)]
+    texts = [render_prompt(PROMPTS[i % len(PROMPTS)], adapters.tokenizer, adapters.runs[name].data)
+             for i, name in enumerate(asks)]  # fmt: skip
+    ids = encode_prompts(adapters.tokenizer, texts)
+    best: dict[str, dict] = {}
+    for _ in range(repeats):
+        for label, mix in (("turns", False), ("mixed", True)):
+            figures = _engine_once(adapters, asks, ids, tokens, mix)
+            if label not in best or figures["cpu_s_per_token"] < best[label]["cpu_s_per_token"]:
+                best[label] = figures
+    return best
+
+
+def _engine_once(adapters, asks: list[str], ids: list[list[int]], tokens: int, mix: bool) -> dict:
+    from tunelab.serve.batch import Stats
+    from tunelab.serve.engine import Job, Scheduler
+
+    scheduler = Scheduler(adapters, max_batch=8, window=0.2, mix=mix)
+    done = threading.Semaphore(0)
+
+    def emit(event: dict) -> None:
+        if "done" in event:
+            done.release()
+
+    def run(length: int) -> tuple[float, list]:
+        jobs = [Job(name, row, length, emit=emit,
+                    decoding={**adapters.decoding(name), "no_repeat_ngram_size": 3})
+                for name, row in zip(asks, ids, strict=True)]  # fmt: skip
+        start = time.process_time()
+        for job in jobs:
+            scheduler.submit(job)
+        for _ in jobs:
+            done.acquire()
+        return time.process_time() - start, jobs
+
+    run(1)  # warm: the mixed view and each run's deltas are built once per server
+    scheduler.stats = Stats()
+    cost, jobs = run(tokens)
+    scheduler.close()
+    made = sum(len(job.tokens) for job in jobs)
+    return {"cpu_s_per_token": cost / made, "tokens": made, **scheduler.stats.summary()}
 
 
 def main() -> None:
@@ -288,7 +349,19 @@ def main() -> None:
     parser.add_argument("--reference-port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--engine-only", metavar="MODEL",
                         help="only the CPU cost of batching on MODEL (no servers)")  # fmt: skip
+    parser.add_argument("--engine-mixed", metavar="RUNS", type=Path,
+                        help="only the engine's CPU cost per token for --clients prompts "
+                             "over the runs under RUNS, mixed batches vs turns")  # fmt: skip
     args = parser.parse_args()
+    if args.engine_mixed:
+        costs = engine_mixed(args.engine_mixed, args.clients, args.max_tokens, args.repeats)
+        for label, figures in costs.items():
+            rows, runs = figures["mean_rows_per_step"], figures["mean_runs_per_step"]
+            print(f"{label}: {1000 * figures['cpu_s_per_token']:.1f} CPU ms/token "
+                  f"({figures['tokens']} tokens), {figures['steps']} decoding forwards of "
+                  f"{rows:.2f} rows of {runs:.2f} runs, {figures['prefills']} prefills, "
+                  f"{figures['classic']} generate() batches")  # fmt: skip
+        return
     if args.engine_only:
         cost = engine_cpu(args.engine_only, args.clients, args.max_tokens)
         single = cost["one at a time"]

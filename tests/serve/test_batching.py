@@ -54,33 +54,40 @@ def offline_scores(options: GuardOptions, prompt: list[int], output: list[int], 
 
 @pytest.mark.parametrize("seed", range(3))
 def test_row_guards_compute_what_the_offline_processors_compute(seed):
-    """Random rows over a 12-token vocabulary (so n-grams repeat), joining at random steps."""
+    """Random rows over a 12-token vocabulary (so n-grams repeat), each with its own options,
+    joining at random steps."""
     pick = random.Random(seed)
     tok = byte_tokenizer()
     vocab = 12
-    options = GuardOptions(
-        repetition_penalty=pick.choice([1.0, 1.4]), no_repeat_ngram_size=pick.choice([0, 1, 2, 3]),
-        repetition_guard=pick.choice([0, 2, 3]), output_repetition_penalty=pick.choice([1.0, 1.7]),
-    )  # fmt: skip
-    guards = RowGuards(options, vocab, [0], Wordlike(tok))
-    prompts, outputs = [], []
+
+    def draw() -> GuardOptions:
+        return GuardOptions(
+            repetition_penalty=pick.choice([1.0, 1.4, 1.2]),
+            no_repeat_ngram_size=pick.choice([0, 1, 2, 3]), repetition_guard=pick.choice([0, 2, 3]),
+            output_repetition_penalty=pick.choice([1.0, 1.7, 1.3]),
+        )  # fmt: skip
+
+    guards = RowGuards(GuardOptions(), vocab, [0], Wordlike(tok))
+    prompts, outputs, options = [], [], []
     for _ in range(14):
         if len(prompts) < 5 and pick.random() < 0.4:  # a row joins
             prompts.append([pick.randrange(vocab) for _ in range(pick.randrange(1, 7))])
             outputs.append([])
-            guards.add(prompts[-1:])
+            options.append(draw())
+            guards.add(prompts[-1:], options=options[-1:])
         if prompts and pick.random() < 0.2:  # a row leaves
             gone = pick.randrange(len(prompts))
             keep = [i for i in range(len(prompts)) if i != gone]
             prompts, outputs = [prompts[i] for i in keep], [outputs[i] for i in keep]
+            options = [options[i] for i in keep]
             guards.keep(keep)
         if not prompts:
             continue
         scores = torch.randn(len(prompts), vocab)
         got = guards.apply(scores.clone())
         for row, (prompt, output) in enumerate(zip(prompts, outputs, strict=True)):
-            want = offline_scores(options, prompt, output, scores[row : row + 1].clone(), tok)
-            assert torch.equal(got[row : row + 1], want), (options, prompt, output)
+            want = offline_scores(options[row], prompt, output, scores[row : row + 1].clone(), tok)
+            assert torch.equal(got[row : row + 1], want), (options[row], prompt, output)
         tokens = [pick.randrange(vocab) for _ in prompts]
         guards.observe(tokens)
         for output, token in zip(outputs, tokens, strict=True):
@@ -93,7 +100,7 @@ def decode_staggered(served: AdapterSet, prompts: list[str], options: dict, leng
     jobs = [Job("base", row, n, emit=lambda event: None, decoding=dict(options))
             for row, n in zip(ids, lengths, strict=True)]  # fmt: skip
     stats = Stats()
-    batch = RunningBatch(served.base, served.tokenizer, options, Wordlike(served.tokenizer), stats)
+    batch = RunningBatch(served.base, served.tokenizer, Wordlike(served.tokenizer), stats)
     with inference(served.base):
         batch.join(jobs[:2])
         batch.step()

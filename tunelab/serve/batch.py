@@ -1,11 +1,12 @@
 """Continuous batching: requests join a running batch between decoding steps and leave it as
 soon as they are done.
 
-A `RunningBatch` decodes greedily for one model (one adapter view) with one set of decoding
-options. It owns a transformers `DynamicCache` whose rows are left-padded to one length and an
-attention mask (B, L) that marks each row's real positions. Each row keeps its own position
-ids (its count of real tokens, as `generate` derives them from the mask), so a row's numbers do
-not depend on how much padding sits in front of it.
+A `RunningBatch` decodes greedily for one model: a run's view, or a `Mixer`'s view of the base
+on which every row gets its own run's delta (`tunelab.serve.mixed`). It owns a transformers
+`DynamicCache` whose rows are left-padded to one length and an attention mask (B, L) that marks
+each row's real positions. Each row keeps its own position ids (its count of real tokens, as
+`generate` derives them from the mask), so a row's numbers do not depend on how much padding
+sits in front of it, and its own decoding options.
 
 - `join(jobs)`: one forward over the new prompts (left-padded among themselves, a fresh cache)
   gives their first tokens; their cache and mask are then padded on the left to the running
@@ -16,10 +17,12 @@ not depend on how much padding sits in front of it.
   cut, so no forward is spent on finished rows.
 
 The logits go through `RowGuards` (the repetition guards, per row) and `argmax`, as `generate`
-does greedily, so a row's tokens are those of the same prompt decoded alone. Sampling, PEFT's
-prompt-learning models (their virtual tokens or prefix), caches other than plain
-`DynamicLayer`s (sliding windows) and generation configs with processors of their own are not
-handled here: `continuous_ok` says so and the engine decodes those through `generate`.
+does greedily, so a row's tokens are those of the same prompt decoded alone. A prompt-tuning row
+is prefilled from embeddings (its virtual tokens, then its prompt) and its guards see what
+`generate` sees when it decodes from embeddings (no prompt ids). Sampling, prefix tuning (its
+KV prefix), caches other than plain `DynamicLayer`s (sliding windows) and generation configs
+with processors of their own are not handled here: `decoding_ok` / `continuous_ok` say so and
+the engine decodes those through `generate`.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from transformers.cache_utils import DynamicLayer
 
 from tunelab.evaluate.generation import left_pad, stop_token_ids
 from tunelab.methods.prompt_cache import is_prompt_learning
+from tunelab.serve.mixed import Mixer, RowDelta
 from tunelab.serve.rowguards import GuardOptions, RowGuards
 
 HANDLED = {  # decoding options a running batch applies itself
@@ -54,6 +58,7 @@ class Stats:
 
     steps: int = 0  # decoding forwards (one new token per row)
     step_rows: int = 0  # rows summed over those forwards
+    step_runs: int = 0  # distinct served runs (base included) summed over those forwards
     prefills: int = 0  # prompt forwards (rows joining)
     prefill_rows: int = 0
     classic: int = 0  # batches decoded by `generate` (sampling, prompt learning, ...)
@@ -65,13 +70,20 @@ class Stats:
         return {
             **self.__dict__,
             "mean_rows_per_step": self.step_rows / self.steps if self.steps else 0.0,
+            "mean_runs_per_step": self.step_runs / self.steps if self.steps else 0.0,
             "forwards_per_request": forwards / self.finished if self.finished else 0.0,
         }
 
 
 def continuous_ok(model, decoding: dict) -> bool:
     """True when a `RunningBatch` decodes `model` with `decoding` exactly as `generate` does."""
-    if decoding.get("do_sample") or set(decoding) - HANDLED or is_prompt_learning(model):
+    return decoding_ok(model, decoding) and not is_prompt_learning(model)
+
+
+def decoding_ok(model, decoding: dict) -> bool:
+    """True when greedy decoding with `decoding` on `model`'s generation config and cache is
+    what a `RunningBatch` applies (prompt learning aside: only a mixed batch takes that)."""
+    if decoding.get("do_sample") or set(decoding) - HANDLED:
         return False
     config = getattr(model, "generation_config", None)
     if config is not None and any(getattr(config, name, None) not in allowed
@@ -82,21 +94,19 @@ def continuous_ok(model, decoding: dict) -> bool:
 
 
 class RunningBatch:
-    """Greedy decoding of a changing set of jobs on one model with one set of options."""
+    """Greedy decoding of a changing set of jobs on one model (a mixer's view: rows of several
+    runs); each job brings its own decoding options."""
 
-    def __init__(self, model, tokenizer, decoding: dict, wordlike, stats: Stats) -> None:
-        self.model, self.tokenizer, self.stats = model, tokenizer, stats
+    def __init__(self, model, tokenizer, wordlike, stats: Stats, mixer: Mixer | None = None):
+        self.model, self.tokenizer, self.stats, self.mixer = model, tokenizer, stats, mixer
         self.stop_ids = stop_token_ids(model, tokenizer)
         self.pad_id = (
             tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
         )
-        self.newline = bool(decoding.get("stop_at_newline"))
-        options = GuardOptions(
-            **{k: v for k, v in decoding.items() if k in GuardOptions.__annotations__}
-        )
         vocab = model.get_output_embeddings().weight.shape[0]
-        self.guards = RowGuards(options, vocab, self.stop_ids, wordlike)
+        self.guards = RowGuards(GuardOptions(), vocab, self.stop_ids, wordlike)
         self.jobs: list = []  # engine Jobs, in row order
+        self.deltas: list[RowDelta | None] = []  # each row's run, with a mixer (None: the base)
         self.cache: DynamicCache | None = None
         self.mask = torch.zeros(0, 0, dtype=torch.long)  # (B, L): 1 where a cache slot is real
         self.last = torch.zeros(0, dtype=torch.long)  # (B,): each row's token not yet cached
@@ -106,50 +116,82 @@ class RunningBatch:
     def __len__(self) -> int:
         return len(self.jobs)
 
-    def _forward(self, input_ids, mask, positions, cache) -> torch.Tensor:
-        """(B, V) float32 logits of the last position."""
+    def _forward(self, inputs, mask, positions, cache, deltas) -> torch.Tensor:
+        """(B, V) float32 logits of the last position; `inputs` are ids (B, T) or embeddings
+        (B, T, H); `deltas` the rows' runs (mixed batches)."""
+        if self.mixer is not None:
+            self.mixer.use(deltas)
+        name = "inputs_embeds" if inputs.dim() == 3 else "input_ids"
         out = self.model(
-            input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device),
+            **{name: inputs.to(self.device)}, attention_mask=mask.to(self.device),
             position_ids=positions.to(self.device), cache=cache, use_cache=True, logits_to_keep=1,
         )  # fmt: skip
         return out.logits[:, -1, :].to(dtype=torch.float32)
 
-    def join(self, jobs: list) -> None:
-        """Prefill `jobs`' prompts in one forward, take their first tokens, add their rows."""
+    def join(self, jobs: list, deltas: list[RowDelta | None] | None = None) -> None:
+        """Prefill `jobs`' prompts in one forward, take their first tokens, add their rows
+        (`deltas`: their runs, in a mixed batch)."""
+        deltas = deltas or [None] * len(jobs)
         prompts = [job.prompt_ids for job in jobs]
-        batch = left_pad(prompts, self.pad_id)
-        mask = batch["attention_mask"]
+        inputs, mask = self._prefill_inputs(prompts, deltas)
         positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
         cache = DynamicCache(config=self.model.config)
-        logits = self._forward(batch["input_ids"], mask, positions, cache)
+        logits = self._forward(inputs, mask, positions, cache, deltas)
         self.stats.prefills += 1
         self.stats.prefill_rows += len(jobs)
         start = len(self.jobs)
-        self.guards.add(prompts)
+        # generate() decodes a prompt-tuning row from embeddings: its processors see no prompt
+        embedded = [delta is not None and delta.virtual is not None for delta in deltas]
+        contexts = [[] if e else p for p, e in zip(prompts, embedded, strict=True)]
+        self.guards.add(prompts, contexts, [guard_options(job.decoding) for job in jobs])
         self.jobs.extend(jobs)
+        self.deltas.extend(deltas)
         self.seen.extend(jobs)
         self._merge(cache, mask)
         self._take(logits, start)
+
+    def _prefill_inputs(self, prompts: list[list[int]], deltas: list) -> tuple:
+        """(ids or embeddings, mask), left-padded; a prompt-tuning row's virtual tokens go
+        right before its prompt (behind the padding, as `prompt_cache` puts them)."""
+        if all(delta is None or delta.virtual is None for delta in deltas):
+            batch = left_pad(prompts, self.pad_id)
+            return batch["input_ids"], batch["attention_mask"]
+        embed = self.model.get_input_embeddings()
+        rows = []
+        for prompt, delta in zip(prompts, deltas, strict=True):
+            row = embed(torch.tensor(prompt, device=self.device))
+            if delta is not None and delta.virtual is not None:
+                row = torch.cat([delta.virtual.to(row.dtype), row])
+            rows.append(row)
+        length = max(len(row) for row in rows)
+        pad = embed(torch.tensor([self.pad_id], device=self.device))
+        mask = torch.zeros(len(rows), length, dtype=torch.long)
+        for index, row in enumerate(rows):
+            mask[index, length - len(row) :] = 1
+        padded = [torch.cat([pad.expand(length - len(row), -1), row]) for row in rows]
+        return torch.stack(padded), mask
 
     def step(self) -> None:
         """One new token for every row."""
         self.mask = torch.cat([self.mask, torch.ones(len(self.jobs), 1, dtype=torch.long)], dim=1)
         positions = self.mask.sum(dim=1, keepdim=True) - 1  # (B, 1): the row's own position
-        logits = self._forward(self.last[:, None], self.mask, positions, self.cache)
+        logits = self._forward(self.last[:, None], self.mask, positions, self.cache, self.deltas)
         self.stats.steps += 1
         self.stats.step_rows += len(self.jobs)
+        self.stats.step_runs += len({job.adapter for job in self.jobs})
         self._take(logits, 0)
 
     def _take(self, logits: torch.Tensor, start: int) -> None:
         """Rows start.. take their greedy next token; finished rows leave the batch."""
-        scores = self.guards.apply(logits, start) if self.guards.options.active else logits
+        scores = self.guards.apply(logits, start) if self.guards.active else logits
         tokens = scores.argmax(dim=-1).cpu()  # (B - start,)
         self.last = torch.cat([self.last[:start], tokens])
         chosen = tokens.tolist()
         self.guards.observe(chosen, start)
         for job, token in zip(self.jobs[start:], chosen, strict=True):
             if job.finish_reason is None:
-                job.advance(token, self.tokenizer, self.stop_ids, newline=self.newline)
+                newline = bool(job.decoding.get("stop_at_newline"))
+                job.advance(token, self.tokenizer, self.stop_ids, newline=newline)
         keep = [i for i, job in enumerate(self.jobs) if job.finish_reason is None]
         if len(keep) < len(self.jobs):
             self.stats.finished += len(self.jobs) - len(keep)
@@ -171,6 +213,7 @@ class RunningBatch:
     def _keep(self, indices: list[int]) -> None:
         """Keep the rows at `indices`; cut leading columns that are padding in all of them."""
         self.jobs = [self.jobs[i] for i in indices]
+        self.deltas = [self.deltas[i] for i in indices]
         self.guards.keep(indices)
         self.last = self.last[indices]
         self.mask = self.mask[indices]
@@ -185,6 +228,11 @@ class RunningBatch:
         for layer in self.cache.layers:
             layer.keys = layer.keys.index_select(0, index)[:, :, cut:]
             layer.values = layer.values.index_select(0, index)[:, :, cut:]
+
+
+def guard_options(decoding: dict) -> GuardOptions:
+    """The options of `decoding` that `RowGuards` applies."""
+    return GuardOptions(**{k: v for k, v in decoding.items() if k in GuardOptions.__annotations__})
 
 
 def _pad_left(tensor: torch.Tensor, length: int, dim: int = 2) -> torch.Tensor:

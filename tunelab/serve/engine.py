@@ -2,20 +2,26 @@
 
 Why one thread: the views of an `AdapterSet` share the base's tensors and torch already uses
 every core for one forward pass, so running two generations at once only makes both slower.
-Requests are instead *batched*, continuously: every job has a batch key (its adapter and its
-decoding options: temperature, top_p, penalties, n-gram blocks, and the seed when sampling),
-and jobs of one key and one model decode as one `RunningBatch` (`tunelab.serve.batch`). Between
-two decoding steps the worker admits waiting jobs, oldest first: a job joins its key's running
-batch while that has fewer than `max_batch` rows, or starts a new one. Rows leave the batch the
-step they finish, so no forward is spent on them. Running batches of different keys (different
-adapters: each view is a different model) take one step each in turn. An idle worker that is
-handed a first job waits up to `window` seconds (default 10 ms) for more of its kind, so that
-requests sent together start together.
+Requests are instead *batched*, continuously, into `RunningBatch`es (`tunelab.serve.batch`):
+
+- greedy jobs of every run whose changes a shared base forward can apply per row (LoRA, IA³,
+  BitFit's added biases, prompt tuning and p-tuning, the base: `tunelab.serve.mixed`) share ONE
+  mixed batch, whatever their run and their decoding options (the guards are per row);
+- greedy jobs of any other run (DoRA, prefix, bottleneck adapters, full, ULMFiT, importance)
+  share a batch of that run's view;
+- the rest (sampling, sliding-window caches, options the running batch does not apply, prefix
+  tuning's KV prefix) are decoded by `generate`, one batch of one key at a time.
+
+Between two decoding steps the worker admits waiting jobs, oldest first: a job joins its
+batch while that has fewer than `max_batch` rows, or starts one. Rows leave the batch the step
+they finish, so no forward is spent on them. Running batches take one step each in turn. An
+idle worker that is handed a first job waits up to `window` seconds (default 10 ms) for more
+of its batch, so that requests sent together start together.
 
 Greedy decoding runs through the running batch's own loop, which computes what offline
 `generate` computes for each row alone (tests compare them token for token). Jobs that loop
-does not cover — sampling (seeded draws come from `generate`'s sampler), PEFT's prompt-learning
-models, sliding-window caches — are decoded as before: a left-padded batch of one key through
+does not cover — sampling (seeded draws come from `generate`'s sampler), prefix tuning,
+sliding-window caches — are decoded as before: a left-padded batch of one key through
 the very function offline generation uses (`tunelab.evaluate.generation`), followed token by
 token by a stopping criterion, the worker busy until that batch ends.
 
@@ -45,9 +51,11 @@ from tunelab.evaluate.generation import generate_batch, guard_options, left_pad,
 from tunelab.evaluate.modes import inference, model_device
 from tunelab.methods.prompt_cache import is_prompt_learning
 from tunelab.serve.adapters import BASE, AdapterSet
-from tunelab.serve.batch import RunningBatch, Stats, continuous_ok
+from tunelab.serve.batch import RunningBatch, Stats, continuous_ok, decoding_ok
+from tunelab.serve.mixed import Mixer, RowDelta, row_delta
 
 log = logging.getLogger(__name__)
+NO_DELTA = RowDelta()  # the base's rows in a mixed batch
 TRAILING = re.compile(r"[\s\ufffd]+$")
 
 
@@ -73,6 +81,7 @@ class Job:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     cancelled: threading.Event = field(default_factory=threading.Event)
+    delta: RowDelta | None = None  # its run as a mixed batch applies it (set by the worker)
     tokens: list[int] = field(default_factory=list)
     sent: str = ""
     finish_reason: str | None = None
@@ -146,14 +155,17 @@ class Scheduler:
 
     def __init__(
         self, adapters: AdapterSet, *, max_batch: int = 8, max_queue: int = 64,
-        window: float = 0.01,
+        window: float = 0.01, mix: bool = True,
     ) -> None:  # fmt: skip
         self.adapters, self.max_batch, self.max_queue = adapters, max_batch, max_queue
+        self.mix = mix  # False: every run decodes in batches of its own (for comparisons)
         self.window = window  # seconds an idle worker waits for a batch to fill
         self.pending: deque[Job] = deque()
         self.running: list[Job] = []
-        self.batches: dict[tuple, RunningBatch] = {}  # (job key, id(model)) -> running batch
-        self.continuous: dict[tuple, tuple] = {}  # slot -> (model ref, decoded by RunningBatch)
+        self.batches: dict[tuple, RunningBatch] = {}  # slot (see `_slot`) -> running batch
+        self.continuous: dict[tuple, tuple] = {}  # (key, id(model)) -> (model ref, kind, delta)
+        self.mixer: Mixer | None = None  # the view of the base that mixed batches run on
+        self.stop_ids: list[int] = []
         self.turn = 0  # round robin over running batches, one step each
         self.stats = Stats()
         self.wordlike = Wordlike(adapters.tokenizer)
@@ -218,15 +230,16 @@ class Scheduler:
         if self.batches or self.closed or not self.window:
             return
         deadline = self.pending[0].arrived + self.window
-        key = self.pending[0].key()
         while not self.closed and time.monotonic() < deadline:
-            if sum(job.key() == key for job in self.pending) >= self.max_batch:
+            slots = [self._slot(job, self._model(job)) for job in self.pending
+                     if self._model(job) is not None]  # fmt: skip
+            if slots and slots.count(slots[0]) >= self.max_batch:
                 return
             self.condition.wait(deadline - time.monotonic())
 
     def _admit(self) -> tuple[dict[tuple, list[Job]], list[list[Job]]]:
         """Take waiting jobs, oldest first: ({batch slot: jobs joining it}, [classic batches]).
-        A job joins its key's running batch (or starts one) while that has room; jobs that
+        A job joins its slot's running batch (or starts one) while that has room; jobs that
         `generate` must decode form batches of one key, as before."""
         joining: dict[tuple, list[Job]] = {}
         classic: dict[tuple, list[Job]] = {}
@@ -239,14 +252,8 @@ class Scheduler:
                 self.pending.remove(job)
                 job.emit({"error": f"the model {job.adapter!r} was unloaded", "status": 404})
                 continue
-            slot = (job.key(), id(model))
-            known = self.continuous.get(slot)
-            if known is None or known[0]() is not model:  # (an id can be reused after unload)
-                known = self.continuous[slot] = (
-                    weakref.ref(model),
-                    continuous_ok(model, job.decoding),
-                )
-            if known[1]:
+            slot = self._slot(job, model)
+            if slot[0] != "classic":
                 running = len(self.batches[slot]) if slot in self.batches else 0
                 group = joining.setdefault(slot, [])
             else:
@@ -255,6 +262,49 @@ class Scheduler:
                 group.append(job)
                 self.pending.remove(job)
         return {slot: jobs for slot, jobs in joining.items() if jobs}, list(classic.values())
+
+    def _slot(self, job: Job, model) -> tuple:
+        """Where `job` decodes: ("mixed", mixer) — the one running batch every run with a row
+        delta shares (base included) —, ("own", run, model) — a running batch of its run's view
+        — or ("classic", key, model) — a `generate` batch of one key."""
+        own = (job.key(), id(model))
+        known = self.continuous.get(own)
+        if known is None or known[0]() is not model:  # (an id can be reused after unload)
+            mixable = self.mix and decoding_ok(model, job.decoding)
+            delta = self._delta(model) if mixable else None
+            if delta is not None:
+                kind = "mixed"
+            elif continuous_ok(model, job.decoding):
+                kind = "own"
+            else:
+                kind = "classic"
+            known = self.continuous[own] = (weakref.ref(model), kind, delta)
+        job.delta = None if known[2] is NO_DELTA else known[2]
+        if known[1] == "mixed":
+            return "mixed", id(self.mixer)
+        if known[1] == "own":  # greedy: rows of other decoding options share the batch
+            return "own", job.adapter, id(model)
+        return "classic", *own
+
+    def _delta(self, model):
+        """The run's `RowDelta` (NO_DELTA for the base), or None when it cannot join a mixed
+        batch."""
+        mixer = self._mixer()
+        if model is self.adapters.base:
+            return NO_DELTA
+        served = next((s for s in self.adapters.runs.values() if s.model is model), None)
+        if served is None or stop_token_ids(model, self.adapters.tokenizer) != self.stop_ids:
+            return None
+        delta = row_delta(model, served.method, self.adapters.base)
+        return delta if delta is not None and mixer.accept(delta) else None
+
+    def _mixer(self) -> Mixer:
+        """The mixed view of the current base (a new one if the base was replaced)."""
+        if self.mixer is None or self.mixer.base is not self.adapters.base:
+            self.mixer = Mixer(self.adapters.base)
+            self.continuous.clear()
+            self.stop_ids = stop_token_ids(self.adapters.base, self.adapters.tokenizer)
+        return self.mixer
 
     def _model(self, job: Job):
         if job.adapter == BASE:
@@ -265,13 +315,12 @@ class Scheduler:
     def _join(self, slot: tuple, jobs: list[Job]) -> None:
         batch = self.batches.get(slot)
         if batch is None:
-            model = self._model(jobs[0])
-            batch = RunningBatch(model, self.adapters.tokenizer, jobs[0].decoding, self.wordlike,
-                                 self.stats)  # fmt: skip
-            batch.adapter = jobs[0].adapter
+            mixer = self.mixer if slot[0] == "mixed" else None
+            model = mixer.model if mixer else self._model(jobs[0])
+            batch = RunningBatch(model, self.adapters.tokenizer, self.wordlike, self.stats, mixer)
             self.batches[slot] = batch
         with inference(batch.model):
-            batch.join(jobs)
+            batch.join(jobs, [job.delta for job in jobs] if batch.mixer else None)
         self._end_if_empty(slot)
 
     def _step(self) -> None:
@@ -290,7 +339,8 @@ class Scheduler:
         batch = self.batches[slot]
         if not len(batch):
             del self.batches[slot]
-            self.history.append((batch.adapter, [job.finish_reason for job in batch.seen]))
+            adapters = "+".join(sorted({job.adapter for job in batch.seen}))
+            self.history.append((adapters, [job.finish_reason for job in batch.seen]))
 
     def _classic(self, jobs: list[Job]) -> None:
         """A batch `generate` decodes whole (sampling, prompt-learning models, ...)."""

@@ -28,13 +28,15 @@ def fuse_lora(model: nn.Module) -> int:
         return 0
     count = 0
     for module in model.modules():
-        if type(module) is LoraLinear and _plain(module):
+        if type(module) is LoraLinear and plain_lora(module):
             module.forward = _lean_forward(module, module.forward)
             count += 1
     return count
 
 
-def _plain(layer) -> bool:
+def plain_lora(layer) -> bool:
+    """True for a PEFT LoRA layer this module (and a mixed batch) computes exactly: one active
+    adapter, not merged, no variant, no bias, nn.Linear parts of one dtype."""
     active = list(layer.active_adapters)
     if len(active) != 1 or layer.merged or layer.disable_adapters:
         return False

@@ -30,7 +30,7 @@ import torch
 
 @dataclass
 class GuardOptions:
-    """The decoding options a running batch applies itself (all rows share them)."""
+    """The decoding options a running batch applies itself (per row)."""
 
     repetition_penalty: float = 1.0  # transformers': prompt and output tokens
     no_repeat_ngram_size: int = 0  # transformers': n-grams of prompt and output
@@ -51,6 +51,7 @@ class GuardOptions:
 
 @dataclass
 class _Row:
+    options: GuardOptions  # this row's own settings
     prompt: set[int]  # the prompt's tokens (the output penalty exempts them)
     history: list[int]  # prompt then output (the context of no_repeat_ngram_size)
     generated: int = 0
@@ -60,29 +61,45 @@ class _Row:
 
 
 class RowGuards:
-    """Per-row guard state of a batch; `add` rows, `keep` rows, `apply` to (B, V) scores,
-    `observe` each step's tokens."""
+    """Per-row guard state and settings of a batch; `add` rows, `keep` rows, `apply` to (B, V)
+    scores, `observe` each step's tokens. Rows may differ in every setting: a penalty is
+    applied once per distinct value, to the rows that have it, so each row gets exactly the
+    operations the offline processor applies to it."""
 
     def __init__(self, options: GuardOptions, vocab: int, eos_ids: list[int], wordlike) -> None:
-        self.options, self.vocab, self.eos_ids = options, vocab, eos_ids
+        self.options, self.vocab, self.eos_ids = options, vocab, eos_ids  # options: the default
         self.wordlike = wordlike  # token id -> True when its text holds a letter or digit
         self.rows: list[_Row] = []
         self.seen = torch.zeros(0, vocab, dtype=torch.bool)  # repetition_penalty's tokens
         self.used = torch.zeros(0, vocab, dtype=torch.bool)  # output penalty's tokens
 
-    def add(self, prompts: list[list[int]]) -> None:
-        """Rows for `prompts`, appended after the current ones."""
-        n, guard = self.options.no_repeat_ngram_size, self.options.repetition_guard
+    @property
+    def active(self) -> bool:
+        return any(row.options.active for row in self.rows)
+
+    def add(
+        self, prompts: list[list[int]], contexts: list[list[int]] | None = None,
+        options: list[GuardOptions] | None = None,
+    ) -> None:  # fmt: skip
+        """Rows for `prompts` (with their `options`, default: the batch's), appended after the
+        current ones. `contexts`: the tokens transformers' own processors see before the output
+        (default: the prompt; none when `generate` decodes from embeddings, as for prompt
+        tuning)."""
         seen = torch.zeros(len(prompts), self.vocab, dtype=torch.bool)
-        for index, prompt in enumerate(prompts):
-            row = _Row(set(prompt), list(prompt))
+        contexts = contexts or prompts
+        options = options or [self.options] * len(prompts)
+        for index, (prompt, context, settings) in enumerate(
+            zip(prompts, contexts, options, strict=True)
+        ):
+            row = _Row(settings, set(prompt), list(context))
+            n, guard = settings.no_repeat_ngram_size, settings.repetition_guard
             if n:
-                for start in range(len(prompt) - n + 1):
-                    gram = prompt[start : start + n]
+                for start in range(len(context) - n + 1):
+                    gram = context[start : start + n]
                     row.seen[tuple(gram[:-1])].add(gram[-1])
             if guard:
                 row.allowed = {tuple(prompt[s : s + guard]) for s in range(len(prompt) - guard + 1)}
-            seen[index, prompt] = True
+            seen[index, context] = True
             self.rows.append(row)
         self.seen = torch.cat([self.seen, seen])
         self.used = torch.cat([self.used, torch.zeros(len(prompts), self.vocab, dtype=torch.bool)])
@@ -95,34 +112,34 @@ class RowGuards:
     def apply(self, scores: torch.Tensor, start: int = 0) -> torch.Tensor:
         """Scores (B - start, V) of rows start.. with every guard applied, in `generate`'s
         order."""
-        options, rows = self.options, self.rows[start:]
-        if options.repetition_penalty != 1.0:
-            penalty = options.repetition_penalty
+        rows = self.rows[start:]
+        values = [row.options.repetition_penalty for row in rows]
+        for penalty in sorted(set(values) - {1.0}):
             penalised = torch.where(scores < 0, scores * penalty, scores / penalty)
-            scores = torch.where(self.seen[start:].to(scores.device), penalised, scores)
+            chosen = self.seen[start:] & _having(values, penalty)
+            scores = torch.where(chosen.to(scores.device), penalised, scores)
         banned = self._banned(rows)
         if banned:
             where, tokens = zip(*banned, strict=True)
             scores = scores.clone()
             scores[list(where), list(tokens)] = -float("inf")
-        if options.min_new_tokens:
-            early = [i for i, row in enumerate(rows) if row.generated < options.min_new_tokens]
-            if early:
-                scores = scores.clone()
-                scores[torch.tensor(early)[:, None], torch.tensor(self.eos_ids)[None, :]] = -float(
-                    "inf"
-                )
-        if options.output_repetition_penalty != 1.0:
-            penalty = options.output_repetition_penalty
+        early = [i for i, row in enumerate(rows) if row.generated < row.options.min_new_tokens]
+        if early:
+            scores = scores.clone()
+            eos = torch.tensor(self.eos_ids)[None, :]
+            scores[torch.tensor(early)[:, None], eos] = -float("inf")
+        values = [row.options.output_repetition_penalty for row in rows]
+        for penalty in sorted(set(values) - {1.0}):
             penalised = torch.where(scores > 0, scores / penalty, scores * penalty)
-            scores = torch.where(self.used[start:].to(scores.device), penalised, scores)
+            chosen = self.used[start:] & _having(values, penalty)
+            scores = torch.where(chosen.to(scores.device), penalised, scores)
         return scores
 
     def _banned(self, rows: list[_Row]) -> list[tuple[int, int]]:
         """(index in `rows`, token) pairs the two n-gram bans forbid at this step."""
-        n, guard = self.options.no_repeat_ngram_size, self.options.repetition_guard
         pairs = []
         for index, row in enumerate(rows):
+            n, guard = row.options.no_repeat_ngram_size, row.options.repetition_guard
             if n and len(row.history) + 1 >= n:
                 context = tuple(row.history[len(row.history) - n + 1 :]) if n > 1 else ()
                 pairs.extend((index, token) for token in row.seen.get(context, ()))
@@ -133,8 +150,8 @@ class RowGuards:
 
     def observe(self, tokens: list[int], start: int = 0) -> None:
         """Take the new token of each row from `start` on (one per row, in row order)."""
-        n, guard = self.options.no_repeat_ngram_size, self.options.repetition_guard
         for index, (row, token) in enumerate(zip(self.rows[start:], tokens, strict=True), start):
+            n, guard = row.options.no_repeat_ngram_size, row.options.repetition_guard
             row.history.append(token)
             row.generated += 1
             if n and len(row.history) >= n:
@@ -147,3 +164,8 @@ class RowGuards:
             self.seen[index, token] = True
             if token not in row.prompt and self.wordlike(token):
                 self.used[index, token] = True
+
+
+def _having(values: list[float], value: float) -> torch.Tensor:
+    """(B, 1) True for the rows whose setting is `value`."""
+    return torch.tensor([v == value for v in values])[:, None]

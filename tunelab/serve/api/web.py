@@ -3,8 +3,9 @@
 /tunelab/runs      every served run's card (summary, data, before/after, loss curve)
 /tunelab/reports   the comparison and search reports found under --runs; each is served as
                    the file it is (/tunelab/reports/N/report.html), not redrawn
-/tunelab/stats     what the engine did so far: decoding forwards, rows per forward, prefills,
-                   batches `generate` decoded, requests finished (the benchmark prints it)
+/tunelab/stats     what the engine did so far: decoding forwards, rows and runs per forward,
+                   prefills, batches `generate` decoded, requests finished (the benchmark
+                   prints it)
 """
 
 from __future__ import annotations

@@ -1,0 +1,123 @@
+"""Mixed-adapter batches: rows of different runs (LoRA of two ranks, IA³, BitFit, prompt
+tuning, p-tuning, the base) share one decoding forward, joining and leaving at different steps,
+and each row decodes token for token what its run decodes alone; runs whose changes are not
+per-row terms keep their own batches."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from tunelab.evaluate.generation import encode_prompts, generate
+from tunelab.evaluate.modes import inference
+from tunelab.serve.adapters import BASE, AdapterSet
+from tunelab.serve.batch import RunningBatch, Stats
+from tunelab.serve.engine import Job, Scheduler, Wordlike
+from tunelab.serve.mixed import Mixer, row_delta
+
+JOINING = ["lora_a", "lora_r2", "ia3", "bitfit", "prompt", "ptuning"]
+APART = ["dora", "prefix", "adapter", "full", "ulmfit", "importance"]
+PROMPTS = ["reverse: abc", "hi", "reverse: served", "hello there, friend", "x", "abcabc", "ok",
+           "reverse: tunelab"]  # fmt: skip
+OPTIONS = [  # greedy text of random models is otherwise "aaaa"
+    {"no_repeat_ngram_size": 1},
+    {"no_repeat_ngram_size": 2, "repetition_penalty": 1.3, "repetition_guard": 2,
+     "output_repetition_penalty": 1.5, "min_new_tokens": 4},
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def served(method_runs, make_run, tmp_path_factory) -> AdapterSet:
+    root = tmp_path_factory.mktemp("mixed")
+    rank_two = make_run(root, "lora_r2", {"name": "lora", "r": 2}, 3e-2)
+    runs = {name: method_runs[name] for name in JOINING + APART if name != "lora_r2"}
+    served = AdapterSet.from_runs({**runs, "lora_r2": rank_two})
+    return served
+
+
+def model_of(served: AdapterSet, name: str):
+    return served.base if name == BASE else served.runs[name].model
+
+
+def test_which_runs_join_a_mixed_batch(served):
+    mixer = Mixer(served.base)
+    for name in JOINING:
+        delta = row_delta(served.runs[name].model, served.runs[name].method, served.base)
+        assert delta is not None and mixer.accept(delta), name
+    for name in APART:
+        assert row_delta(served.runs[name].model, served.runs[name].method, served.base) is None
+    assert row_delta(served.runs["prompt"].model, "prompt", served.base).virtual is not None
+
+
+@pytest.mark.parametrize("options", [*OPTIONS, "alternating"])
+def test_mixed_rows_decode_what_each_run_decodes_alone(served, options):
+    """Eight rows of seven runs (the first LoRA's two apart, so gathered by index) join one
+    batch in three groups and leave at their own max_tokens; every row's text is its run's
+    lone greedy text (also with rows of different decoding options in the batch)."""
+    names = [BASE, *JOINING, "lora_a"]
+    per_row = [OPTIONS[i % 2] if options == "alternating" else options for i in range(8)]
+    lengths = [8, 8, 3, 5, 8, 7, 6, 8]
+    mixer = Mixer(served.base)
+    deltas = []
+    for name in names:
+        run = served.runs.get(name)
+        delta = row_delta(run.model, run.method, served.base) if run else None
+        assert delta is None or mixer.accept(delta)
+        deltas.append(delta)
+    ids = encode_prompts(served.tokenizer, PROMPTS)
+    rows = zip(names, ids, lengths, per_row, strict=True)
+    jobs = [Job(name, row, n, emit=lambda event: None, decoding=dict(settings))
+            for name, row, n, settings in rows]  # fmt: skip
+    stats = Stats()
+    batch = RunningBatch(mixer.model, served.tokenizer, Wordlike(served.tokenizer), stats, mixer)
+    with inference(mixer.model):
+        batch.join(jobs[:3], deltas[:3])
+        batch.step()
+        batch.step()
+        batch.join(jobs[3:6], deltas[3:6])
+        batch.step()
+        batch.join(jobs[6:], deltas[6:])
+        while len(batch):
+            batch.step()
+    assert stats.steps < sum(lengths) // 2  # rows shared forwards
+    assert stats.summary()["mean_runs_per_step"] > 3  # of different runs
+    for job, name, prompt, length in zip(jobs, names, PROMPTS, lengths, strict=True):
+        alone = generate(model_of(served, name), served.tokenizer, [prompt],
+                         max_new_tokens=length, batch_size=1, **job.decoding)  # fmt: skip
+        assert job.finish_reason in ("stop", "length")
+        text = served.tokenizer.decode(job.tokens, skip_special_tokens=True).strip()
+        assert text == alone[0], (name, prompt, job.decoding)
+
+
+def test_scheduler_puts_joining_runs_in_one_batch_and_others_in_their_own(served):
+    names = [BASE, *JOINING, "dora"]
+    options = {"no_repeat_ngram_size": 1}
+    scheduler = Scheduler(served, max_batch=8, window=0.5)
+    ids = encode_prompts(served.tokenizer, PROMPTS)
+    done = threading.Semaphore(0)
+
+    def emit(event: dict) -> None:
+        if "done" in event:
+            done.release()
+
+    jobs = [Job(name, row, 6, emit=emit, decoding=dict(options))
+            for name, row in zip(names, ids, strict=True)]  # fmt: skip
+    try:
+        for job in jobs:
+            scheduler.submit(job)
+        for _ in jobs:
+            assert done.acquire(timeout=60)
+    finally:
+        scheduler.close()
+    batches = sorted(scheduler.history)
+    mixed = "+".join(sorted([BASE, *JOINING]))
+    assert [(adapters, len(reasons)) for adapters, reasons in batches] == sorted(
+        [("dora", 1), (mixed, 7)]
+    )
+    assert scheduler.stats.prefills == 2  # one prefill each: the seven started together
+    for job, name, prompt in zip(jobs, names, PROMPTS, strict=True):
+        alone = generate(model_of(served, name), served.tokenizer, [prompt], max_new_tokens=6,
+                         batch_size=1, **options)  # fmt: skip
+        text = served.tokenizer.decode(job.tokens, skip_special_tokens=True).strip()
+        assert text == alone[0], name

@@ -1,0 +1,242 @@
+"""Mixed-adapter batches: one forward of the shared base over rows of different served runs,
+each row getting its own run's effect (per-row gathered deltas, as Punica and vLLM do for LoRA).
+
+A run can join such a batch when everything it changes is a per-row term on top of a base
+`nn.Linear` whose weight it shares, or lies in front of the prompt:
+
+- LoRA (plain layers as `fastlora` fuses them, any rank): `+ B(A(x)) * scaling` for its rows,
+  the rows of one run gathered into one pair of small products;
+- IA³: its rows' inputs (feed-forward layers) or outputs multiplied by its vector;
+- BitFit whose biases were all *added* (`BiasedLinear`, zero at start): `+ bias` for its rows;
+- prompt tuning and p-tuning: its learned virtual-token embeddings go in front of the row's
+  prompt at prefill; every later step is a plain base step over the row's cache;
+- the base itself: no term at all.
+
+A row of another run gets ones and zeros, which leave its numbers untouched (x * 1 and x + 0
+are exact), so each row computes what its run's own view computes. Runs that change anything
+else — DoRA, prefix tuning (a KV prefix), bottleneck adapters, full fine-tuning, ULMFiT,
+importance, LoRA with biases or on embeddings, BitFit that trained a native bias, a norm or
+extended the vocabulary — yield no `RowDelta`, and the engine batches them on their own views.
+Whether a run qualifies is decided from its view, not its method name alone: every parameter
+the view does not share with the base must be one this module reads.
+
+`Mixer` holds one more view of the base in which each Linear that some run touches is a
+`RowLinear`; before a forward the running batch sets the rows' deltas (`Mixer.use`), and each
+`RowLinear` builds its per-row tensors once per distinct set of rows.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tunelab.methods.bitfit import BiasedLinear
+from tunelab.serve.adapters import PEFT_PREFIX, shared_view
+from tunelab.serve.fastlora import plain_lora
+
+MIXABLE = {"lora", "ia3", "bitfit", "prompt", "ptuning"}  # methods whose views may qualify
+
+
+@dataclass(eq=False)
+class LayerDelta:
+    """What one run adds at one base Linear (each field None where it adds nothing)."""
+
+    weight: torch.Tensor  # the base weight the run's layer uses (must be the mixer's own)
+    lora: tuple[torch.Tensor, torch.Tensor, float] | None = None  # A (r, in), B (out, r), scale
+    scale_in: torch.Tensor | None = None  # IA³ on a feed-forward layer: x * s, (in,)
+    scale_out: torch.Tensor | None = None  # IA³ elsewhere: y * s, (out,)
+    bias: torch.Tensor | None = None  # BitFit's added bias, (out,)
+
+
+@dataclass(eq=False)
+class RowDelta:
+    """Everything one served run changes, in a form a mixed batch applies per row."""
+
+    layers: dict[str, LayerDelta] = field(default_factory=dict)  # base module name -> delta
+    virtual: torch.Tensor | None = None  # (V, H) prompt-tuning embeddings before the prompt
+    serial: int = field(default_factory=itertools.count().__next__)  # names it in plan keys
+
+
+def row_delta(model: nn.Module, method: str, base: nn.Module) -> RowDelta | None:
+    """`model` (a served view of `base`) as per-row deltas, or None when it changes anything a
+    mixed batch cannot apply per row."""
+    if method not in MIXABLE:
+        return None
+    from peft.tuners.ia3.layer import Linear as IA3Linear
+    from peft.tuners.lora.layer import Linear as LoraLinear
+
+    delta, read = RowDelta(), set()
+    shared = {id(tensor) for tensor in [*base.parameters(), *base.buffers()]}
+    for name, module in model.named_modules():
+        name = name.removeprefix(PEFT_PREFIX)
+        if type(module) is LoraLinear:
+            layer = _lora(module, read)
+        elif type(module) is IA3Linear:
+            layer = _ia3(module, read)
+        elif type(module) is BiasedLinear:
+            layer = LayerDelta(module.weight, bias=module.bitfit_bias.detach())
+            read.add(id(module.bitfit_bias))
+        else:
+            continue
+        if layer is None:
+            return None
+        delta.layers[name] = layer
+    if getattr(getattr(model, "active_peft_config", None), "is_prompt_learning", False):
+        delta.virtual = _virtual(model, read)
+        if delta.virtual is None:
+            return None
+    own = [id(t) for t in [*model.parameters(), *model.buffers()] if id(t) not in shared]
+    if any(tensor not in read for tensor in own):
+        return None  # the view holds something of its own this module does not apply
+    weights = [layer.weight for layer in delta.layers.values()]
+    if any(id(weight) not in shared for weight in weights):
+        return None
+    return delta
+
+
+def _lora(layer, read: set) -> LayerDelta | None:
+    if not plain_lora(layer):
+        return None
+    name = layer.active_adapters[0]
+    a, b = layer.lora_A[name].weight, layer.lora_B[name].weight
+    read.update({id(a), id(b)})
+    base = layer.base_layer
+    return LayerDelta(base.weight, lora=(a.detach(), b.detach(), layer.scaling[name]))
+
+
+def _ia3(layer, read: set) -> LayerDelta | None:
+    active = list(layer.active_adapters)
+    base = layer.base_layer
+    if len(active) != 1 or layer.merged or layer.disable_adapters or type(base) is not nn.Linear:
+        return None
+    vector = layer.ia3_l[active[0]]
+    if vector.dtype != base.weight.dtype:
+        return None
+    read.add(id(vector))
+    scale = vector.detach().flatten()
+    if layer.is_feedforward:
+        return LayerDelta(base.weight, scale_in=scale)
+    return LayerDelta(base.weight, scale_out=scale)
+
+
+def _virtual(model, read: set) -> torch.Tensor | None:
+    """The (V, H) embeddings prompt tuning or p-tuning puts before every prompt."""
+    from peft import PeftType
+
+    if model.active_peft_config.peft_type not in (PeftType.PROMPT_TUNING, PeftType.P_TUNING):
+        return None  # prefix tuning: a KV prefix, not embeddings
+    encoder = model.prompt_encoder[model.active_adapter]
+    read.update(id(parameter) for parameter in encoder.parameters())
+    with torch.inference_mode():
+        return model.get_prompt(1)[0].detach()
+
+
+class Plan:
+    """The deltas of the rows of the next forward, in row order (None: the base)."""
+
+    def __init__(self) -> None:
+        self.rows: tuple[RowDelta | None, ...] = ()
+        self.key: tuple[int, ...] = ()
+
+
+class RowLinear(nn.Module):
+    """A base Linear that adds each row's own delta (see the module docstring)."""
+
+    def __init__(self, linear: nn.Linear, name: str, plan: Plan) -> None:
+        super().__init__()
+        self.linear, self.name, self.plan = linear, name, plan
+        self.prepared: dict[tuple, tuple | None] = {}  # plan key -> per-row tensors
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        prepared = self.prepared.get(self.plan.key, False)
+        if prepared is False:
+            if len(self.prepared) > 8:  # plans come and go as rows join and leave
+                self.prepared.clear()
+            prepared = self.prepared[self.plan.key] = self._prepare()
+        weight, bias = self.linear.weight, self.linear.bias
+        if prepared is None:
+            return F.linear(x, weight, bias)
+        scale_in, scale_out, added, groups = prepared
+        y = F.linear(x if scale_in is None else x * scale_in, weight, bias)
+        if scale_out is not None:
+            y = y * scale_out
+        if added is not None:
+            y = y + added
+        for rows, a, b, scaling in groups:
+            part = x[rows] if isinstance(rows, slice) else x.index_select(0, rows)
+            product = F.linear(F.linear(part, a), b) * scaling
+            if isinstance(rows, slice):
+                y[rows] += product
+            else:
+                y.index_add_(0, rows, product)
+        return y
+
+    def _prepare(self) -> tuple | None:
+        """(scale_in, scale_out, bias, LoRA groups) for the plan's rows; None: nothing to add."""
+        layers = [row.layers.get(self.name) if row is not None else None for row in self.plan.rows]
+        if all(layer is None for layer in layers):
+            return None
+        weight = self.linear.weight
+        out_features, in_features = weight.shape
+        ones_in = weight.new_ones(in_features)
+        ones_out, zeros = weight.new_ones(out_features), weight.new_zeros(out_features)
+        scale_in = _per_row(layers, "scale_in", ones_in)
+        scale_out = _per_row(layers, "scale_out", ones_out)
+        added = _per_row(layers, "bias", zeros)
+        groups: dict[int, tuple[list[int], tuple]] = {}
+        for index, layer in enumerate(layers):
+            if layer is not None and layer.lora is not None:
+                groups.setdefault(id(layer.lora), ([], layer.lora))[0].append(index)
+        gathered = [(_rows(indices, weight.device), *lora) for indices, lora in groups.values()]
+        return scale_in, scale_out, added, gathered
+
+
+def _per_row(layers: list, attribute: str, identity: torch.Tensor) -> torch.Tensor | None:
+    """(B, 1, features): each row's vector (`identity` where it has none); None if no row has
+    one."""
+    vectors = [getattr(layer, attribute) if layer is not None else None for layer in layers]
+    if all(vector is None for vector in vectors):
+        return None
+    return torch.stack([identity if v is None else v for v in vectors])[:, None, :]
+
+
+def _rows(indices: list[int], device) -> slice | torch.Tensor:
+    """A slice where the rows are consecutive (a view, no copy), else an index tensor."""
+    if indices == list(range(indices[0], indices[-1] + 1)):
+        return slice(indices[0], indices[-1] + 1)
+    return torch.tensor(indices, device=device)
+
+
+class Mixer:
+    """A view of `base` whose Linears apply each row's delta; `use` sets the rows' deltas."""
+
+    def __init__(self, base: nn.Module) -> None:
+        self.base = base
+        self.model = shared_view(base).eval()
+        self.plan = Plan()
+        self.linears = {name: module for name, module in self.model.named_modules()
+                        if type(module) is nn.Linear}  # fmt: skip
+        self.installed: set[str] = set()
+
+    def accept(self, delta: RowDelta) -> bool:
+        """Make room for `delta`'s layers; False when one is not a Linear of this base."""
+        for name, layer in delta.layers.items():
+            linear = self.linears.get(name)
+            if linear is None or linear.weight is not layer.weight:
+                return False
+        for name in delta.layers.keys() - self.installed:
+            parent, _, attribute = name.rpartition(".")
+            holder = self.model.get_submodule(parent)
+            setattr(holder, attribute, RowLinear(self.linears[name], name, self.plan))
+            self.installed.add(name)
+        return True
+
+    def use(self, rows: list[RowDelta | None]) -> None:
+        """The deltas of the next forward's rows, in row order."""
+        key = tuple(-1 if row is None else row.serial for row in rows)
+        if key != self.plan.key:
+            self.plan.rows, self.plan.key = tuple(rows), key
