@@ -10,7 +10,10 @@ sits in front of it, and its own decoding options.
 
 - `join(jobs)`: one forward over the new prompts (left-padded among themselves, a fresh cache)
   gives their first tokens; their cache and mask are then padded on the left to the running
-  batch's length (or the batch's to theirs) and concatenated on the batch dimension.
+  batch's length (or the batch's to theirs) and concatenated on the batch dimension. When
+  every new row's prompt starts with a prefix whose keys and values the `PrefixCache` holds
+  for its view (`tunelab.serve.prefix`: the chat template and system prompt, usually), only
+  what follows it goes through the model, on a copy of those keys and values.
 - `step()`: one forward of every row's last token against the cache: one new token per row.
 - Rows whose job finished (EOS, stop string, newline stop, their own `max_tokens`, client gone)
   are dropped from the cache at once, and columns that are padding in every remaining row are
