@@ -10,7 +10,10 @@ sits in front of it, and its own decoding options.
 
 - `join(jobs)`: one forward over the new prompts (left-padded among themselves, a fresh cache)
   gives their first tokens; their cache and mask are then padded on the left to the running
-  batch's length (or the batch's to theirs) and concatenated on the batch dimension.
+  batch's length (or the batch's to theirs) and concatenated on the batch dimension. When
+  every new row's prompt starts with a prefix whose keys and values the `PrefixCache` holds
+  for its view (`tunelab.serve.prefix`: the chat template and system prompt, usually), only
+  what follows it goes through the model, on a copy of those keys and values.
 - `step()`: one forward of every row's last token against the cache: one new token per row.
 - Rows whose job finished (EOS, stop string, newline stop, their own `max_tokens`, client gone)
   are dropped from the cache at once, and columns that are padding in every remaining row are
@@ -37,6 +40,7 @@ from transformers.cache_utils import DynamicLayer
 from tunelab.evaluate.generation import left_pad, stop_token_ids
 from tunelab.methods.prompt_cache import is_prompt_learning
 from tunelab.serve.mixed import Mixer, RowDelta
+from tunelab.serve.prefix import PrefixCache
 from tunelab.serve.rowguards import GuardOptions, RowGuards
 
 HANDLED = {  # decoding options a running batch applies itself
@@ -61,6 +65,8 @@ class Stats:
     step_runs: int = 0  # distinct served runs (base included) summed over those forwards
     prefills: int = 0  # prompt forwards (rows joining)
     prefill_rows: int = 0
+    prefix_hits: int = 0  # rows prefilled on a cached prompt prefix
+    prefix_tokens: int = 0  # prompt tokens those rows took from the prefix cache
     classic: int = 0  # batches decoded by `generate` (sampling, prompt learning, ...)
     classic_rows: int = 0
     finished: int = 0  # jobs done
@@ -97,8 +103,12 @@ class RunningBatch:
     """Greedy decoding of a changing set of jobs on one model (a mixer's view: rows of several
     runs); each job brings its own decoding options."""
 
-    def __init__(self, model, tokenizer, wordlike, stats: Stats, mixer: Mixer | None = None):
+    def __init__(
+        self, model, tokenizer, wordlike, stats: Stats, mixer: Mixer | None = None,
+        prefixes: PrefixCache | None = None,
+    ) -> None:  # fmt: skip
         self.model, self.tokenizer, self.stats, self.mixer = model, tokenizer, stats, mixer
+        self.prefixes = prefixes  # shared prompt-prefix K/V (None: prefill every prompt whole)
         self.stop_ids = stop_token_ids(model, tokenizer)
         self.pad_id = (
             tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
@@ -133,10 +143,7 @@ class RunningBatch:
         (`deltas`: their runs, in a mixed batch)."""
         deltas = deltas or [None] * len(jobs)
         prompts = [job.prompt_ids for job in jobs]
-        inputs, mask = self._prefill_inputs(prompts, deltas)
-        positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
-        cache = DynamicCache(config=self.model.config)
-        logits = self._forward(inputs, mask, positions, cache, deltas)
+        cache, mask, logits = self._prefill(prompts, deltas)
         self.stats.prefills += 1
         self.stats.prefill_rows += len(jobs)
         start = len(self.jobs)
@@ -149,6 +156,52 @@ class RunningBatch:
         self.seen.extend(jobs)
         self._merge(cache, mask)
         self._take(logits, start)
+
+    def _prefill(self, prompts: list[list[int]], deltas: list) -> tuple:
+        """(cache, mask, logits) of the prompts: on the shared prefix's cached K/V when every
+        row has one (only what follows it goes through the model), else whole."""
+        cache = DynamicCache(config=self.model.config)
+        shared, entries = self._cached_prefix(prompts, deltas)
+        if shared:
+            rest = left_pad([prompt[shared:] for prompt in prompts], self.pad_id)
+            inputs = rest["input_ids"]
+            mask = torch.cat([torch.ones(len(prompts), shared, dtype=torch.long),
+                              rest["attention_mask"]], dim=1)  # fmt: skip
+            for index in range(len(cache.layers)):
+                keys = torch.cat([entry.keys[index][:, :, :shared] for entry in entries])
+                values = torch.cat([entry.values[index][:, :, :shared] for entry in entries])
+                cache.update(keys, values, index)
+            self.stats.prefix_hits += len(prompts)
+            self.stats.prefix_tokens += shared * len(prompts)
+        else:
+            inputs, mask = self._prefill_inputs(prompts, deltas)
+        positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)[
+            :, mask.shape[1] - inputs.shape[1] :
+        ]
+        logits = self._forward(inputs, mask, positions, cache, deltas)
+        self._remember(prompts, deltas, cache, mask)
+        return cache, mask, logits
+
+    def _cached_prefix(self, prompts: list[list[int]], deltas: list) -> tuple[int, list]:
+        """(P, each row's cache entry): the longest prefix every row has cached, or (0, [])."""
+        if self.prefixes is None or any(d is not None and d.virtual is not None for d in deltas):
+            return 0, []
+        matches = [self.prefixes.match(self.model, _view(delta), prompt)
+                   for prompt, delta in zip(prompts, deltas, strict=True)]  # fmt: skip
+        shared = min(length for length, _ in matches)
+        return (shared, [entry for _, entry in matches]) if shared else (0, [])
+
+    def _remember(self, prompts: list[list[int]], deltas: list, cache, mask) -> None:
+        """Store each prompt's K/V (its real columns) in the prefix cache."""
+        if self.prefixes is None:
+            return
+        for row, (prompt, delta) in enumerate(zip(prompts, deltas, strict=True)):
+            if delta is not None and delta.virtual is not None:
+                continue
+            real = mask[row].nonzero().squeeze(-1).to(self.device)
+            keys = [layer.keys[row : row + 1].index_select(2, real) for layer in cache.layers]
+            values = [layer.values[row : row + 1].index_select(2, real) for layer in cache.layers]
+            self.prefixes.store(self.model, _view(delta), prompt, keys, values)
 
     def _prefill_inputs(self, prompts: list[list[int]], deltas: list) -> tuple:
         """(ids or embeddings, mask), left-padded; a prompt-tuning row's virtual tokens go
@@ -228,6 +281,11 @@ class RunningBatch:
         for layer in self.cache.layers:
             layer.keys = layer.keys.index_select(0, index)[:, :, cut:]
             layer.values = layer.values.index_select(0, index)[:, :, cut:]
+
+
+def _view(delta: RowDelta | None) -> int | None:
+    """Which weights a row's K/V come from, within one model: its run (None: the model's own)."""
+    return None if delta is None else delta.serial
 
 
 def guard_options(decoding: dict) -> GuardOptions:

@@ -53,6 +53,7 @@ from tunelab.methods.prompt_cache import is_prompt_learning
 from tunelab.serve.adapters import BASE, AdapterSet
 from tunelab.serve.batch import RunningBatch, Stats, continuous_ok, decoding_ok
 from tunelab.serve.mixed import Mixer, RowDelta, row_delta
+from tunelab.serve.prefix import PrefixCache
 
 log = logging.getLogger(__name__)
 NO_DELTA = RowDelta()  # the base's rows in a mixed batch
@@ -168,6 +169,7 @@ class Scheduler:
         self.stop_ids: list[int] = []
         self.turn = 0  # round robin over running batches, one step each
         self.stats = Stats()
+        self.prefixes = PrefixCache()  # prompt-prefix K/V shared by the running batches
         self.wordlike = Wordlike(adapters.tokenizer)
         self.condition = threading.Condition()
         self.closed = False
@@ -317,7 +319,9 @@ class Scheduler:
         if batch is None:
             mixer = self.mixer if slot[0] == "mixed" else None
             model = mixer.model if mixer else self._model(jobs[0])
-            batch = RunningBatch(model, self.adapters.tokenizer, self.wordlike, self.stats, mixer)
+            batch = RunningBatch(
+                model, self.adapters.tokenizer, self.wordlike, self.stats, mixer, self.prefixes
+            )
             self.batches[slot] = batch
         with inference(batch.model):
             batch.join(jobs, [job.delta for job in jobs] if batch.mixer else None)
