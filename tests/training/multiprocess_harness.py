@@ -19,6 +19,32 @@ import json
 import sys
 from pathlib import Path
 
+STEPS = 4
+SMALL = {  # small method settings, so that a tiny model trains them in a few steps
+    "prompt": {"num_virtual_tokens": 4},
+    "ptuning": {"num_virtual_tokens": 4},
+    "ulmfit": {"unfreeze_every": 1},  # groups unfreeze at steps 0, 1, 2 (3 groups)
+    "importance": {"fraction": 0.05, "calibration_steps": 2},
+}
+
+
+def config(method: str, world: int, root: Path, name: str, accum: int = 1, **train) -> dict:
+    """A run of `method` on `world` processes: `grad_accum` 2 in one process, 1 in each of
+    two, so the same global batch (`accum` times that with `accum` > 1)."""
+    return {
+        "model": {"name": "random:llama"},
+        "data": {"train": "builtin:reverse", "eval": "builtin:reverse", "builtin_size": 32,
+                 "max_eval_examples": 2,
+                 # prompt learning packs in one process only (training.plan): both sides
+                 # unpacked, so one process and two see the same batches
+                 "packing": method not in ("prompt", "ptuning")},
+        "method": {"name": method, **SMALL.get(method, {})},
+        "train": {"max_steps": STEPS, "batch_size": 2, "grad_accum": accum * 2 // world, "lr": 1e-2,
+                  "progress": False, "log_every": 1, "num_threads": 1, **train},
+        "eval": {"metrics": ["loss"], "before": False},
+        "output_dir": str(root / name),
+    }  # fmt: skip
+
 
 class Stop(Exception):
     """Raised from `on_step` to end a job mid-run."""

@@ -42,32 +42,13 @@ from tunelab.training.fsdp import SHARDABLE, check_fsdp
 HERE = Path(__file__).resolve().parent
 FSDP2 = HERE.parents[1] / "examples" / "accelerate" / "fsdp2.yaml"  # what the README offers
 sys.path.insert(0, str(HERE))
-from multiprocess_harness import run_jobs  # noqa: E402
-
-STEPS = 4
-SMALL = {  # as in test_multiprocess.py
-    "prompt": {"num_virtual_tokens": 4},
-    "ptuning": {"num_virtual_tokens": 4},
-    "ulmfit": {"unfreeze_every": 1},  # groups unfreeze at steps 0, 1, 2, after the sharding
-    "importance": {"fraction": 0.05, "calibration_steps": 2},
-}
+from multiprocess_harness import STEPS, run_jobs  # noqa: E402
+from multiprocess_harness import config as harness_config  # noqa: E402
 
 
 def config(method: str, world: int, root: Path, name: str, **train) -> dict:
-    return {
-        "model": {"name": "random:llama"},
-        "data": {"train": "builtin:reverse", "eval": "builtin:reverse", "builtin_size": 32,
-                 "max_eval_examples": 2,
-                 # prompt learning packs in one process only (training.plan): both sides
-                 # unpacked, so one process and two see the same batches
-                 "packing": method not in ("prompt", "ptuning")},
-        "method": {"name": method, **SMALL.get(method, {})},
-        "train": {"max_steps": STEPS, "batch_size": 2, "grad_accum": 2 // world, "lr": 1e-2,
-                  "progress": False, "log_every": 1, "num_threads": 1, "eval_every": 2,
-                  **train},
-        "eval": {"metrics": ["loss"], "before": False},
-        "output_dir": str(root / name),
-    }  # fmt: skip
+    """The data-parallel tests' run, with a periodic eval at step 2 (a sharded forward)."""
+    return harness_config(method, world, root, name, eval_every=2, **train)
 
 
 def launch(spec: Path, root: Path) -> subprocess.CompletedProcess:

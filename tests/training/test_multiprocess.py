@@ -37,7 +37,7 @@ from tunelab.training.distributed import WAIT, check_distributed, make_accelerat
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from multiprocess_harness import run_jobs  # noqa: E402
+from multiprocess_harness import STEPS, config, run_jobs  # noqa: E402
 
 FAMILIES = {  # one method per family
     "lora": "LoRA-like PEFT (lora, dora, ia3)",
@@ -48,31 +48,7 @@ FAMILIES = {  # one method per family
     "ulmfit": "gradual unfreezing: the trainable set changes after the DDP wrap",
     "importance": "sparse updates under gradient-scored masks",
 }
-SMALL = {
-    "prompt": {"num_virtual_tokens": 4},
-    "ulmfit": {"unfreeze_every": 1},  # groups unfreeze at steps 0, 1, 2 (3 groups)
-    "importance": {"fraction": 0.05, "calibration_steps": 2},
-}
-STEPS = 4
 RESUMED = ("ulmfit", "importance")  # whose state is rebuilt on resume (unfreezing, masks)
-
-
-def config(method: str, world: int, root: Path, name: str, accum: int = 1, **train) -> dict:
-    """`grad_accum` 2 in one process, 1 in each of two: the same global batch (`accum` times
-    that with `accum` > 1)."""
-    return {
-        "model": {"name": "random:llama"},
-        "data": {"train": "builtin:reverse", "eval": "builtin:reverse", "builtin_size": 32,
-                 "max_eval_examples": 2,
-                 # prompt learning packs in one process only (training.plan): both sides
-                 # unpacked, so one process and two see the same batches
-                 "packing": method not in ("prompt", "ptuning")},
-        "method": {"name": method, **SMALL.get(method, {})},
-        "train": {"max_steps": STEPS, "batch_size": 2, "grad_accum": accum * 2 // world, "lr": 1e-2,
-                  "progress": False, "log_every": 1, "num_threads": 1, **train},
-        "eval": {"metrics": ["loss"], "before": False},
-        "output_dir": str(root / name),
-    }  # fmt: skip
 
 
 def two_process_jobs(root: Path) -> list[dict]:
