@@ -103,12 +103,10 @@ def evaluate_extras(
         if not task.examples:  # a trained task without eval rows (eval_fraction 0): no scores
             tasks[task.name] = {}
             continue
-        key = task_key(cfg, task.metrics, task.examples, task.batches) if shared else ""
-        entry = shared.get(key) if shared else None
-        if entry is None:
-            entry = _evaluate_task(model, tokenizer, task, cfg)
-            if shared:
-                shared.put(key, entry)
+        entry = _read_or_compute(
+            shared, lambda task=task: task_key(cfg, task.metrics, task.examples, task.batches),
+            lambda task=task: _evaluate_task(model, tokenizer, task, cfg),
+        )  # fmt: skip
         tasks[task.name] = entry["scores"]
         samples += [{"task": task.name, **sample} for sample in entry["samples"]]
     if samples:
@@ -131,13 +129,23 @@ def _evaluate_task(model, tokenizer, task: TaskEval, cfg: RunConfig) -> dict[str
 def _probe_scores(model, extras: Extras, cfg: RunConfig, shared: SharedScores | None) -> dict:
     if not extras.forgetting:
         return {}
-    key = probes_key(cfg, extras.forgetting) if shared else ""
-    entry = shared.get(key) if shared else None
-    if entry is None:
-        entry = {"name": "forgetting", "scores": forgetting_perplexities(model, extras.forgetting)}
-        if shared:
-            shared.put(key, entry)
+    entry = _read_or_compute(
+        shared, lambda: probes_key(cfg, extras.forgetting),
+        lambda: {"name": "forgetting", "scores": forgetting_perplexities(model, extras.forgetting)},
+    )  # fmt: skip
     return entry["scores"]
+
+
+def _read_or_compute(shared: SharedScores | None, key, compute) -> dict[str, Any]:
+    """`compute()`, or the entry `shared` holds under `key()` (stored there when computed)."""
+    if shared is None:
+        return compute()
+    name = key()
+    entry = shared.get(name)
+    if entry is None:
+        entry = compute()
+        shared.put(name, entry)
+    return entry
 
 
 def pooled_split_scores(result: dict, extras: Extras, metrics: list[str]) -> dict | None:
