@@ -117,3 +117,25 @@ def test_the_eval_split_loss_is_pooled_from_the_tasks_losses(tmp_path, monkeypat
                                                        "max_new_tokens": 2})  # fmt: skip
     train(cfg)
     assert calls == ["before", "after"]
+
+
+def test_eval_on_another_file_reads_it_as_the_first_task(tmp_path):
+    """`tunelab eval RUN --data FILE` on a multi-task run: the file's rows are read with the
+    first trained task's format and fields (the task the run generates for), so scoring that
+    task's own eval file gives that task's loss."""
+    pairs = tmp_path / "pairs.jsonl"
+    rows = [{"en": f"say {word}", "xh": f"{word} {word}"} for word in "abcdefghijklmnop"]
+    pairs.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    held = tmp_path / "held.jsonl"
+    held.write_text("".join(json.dumps(r) + "\n" for r in rows[:4]), encoding="utf-8")
+    config = multitask_config(tmp_path)
+    config["data"]["tasks"] = [
+        {"name": "pairs", "train": str(pairs), "eval": str(held), "format": "pairs",
+         "fields": {"prompt": "en", "response": "xh"}},
+        config["data"]["tasks"][1],  # colours: another kind, rendered by its template
+    ]  # fmt: skip
+    summary = train(config).summary
+    scores = evaluate_saved_run(tmp_path / "run", metrics=["loss"], data=str(held))
+    assert scores["loss"] == pytest.approx(summary["tasks"]["pairs"]["after"]["loss"], rel=1e-4)
+    record = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert record["data"] == str(held)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from tunelab.config import EvalConfig
+from tunelab.config import DataConfig, EvalConfig
 from tunelab.data import build_datasets, make_batches, tokenize_examples
 from tunelab.errors import ConfigError
 from tunelab.evaluate import evaluate_with_predictions
@@ -49,7 +49,7 @@ def evaluate_saved_run_report(
         first = err.errors()[0]
         flag = "--" + str(first["loc"][0]).replace("_", "-")
         raise ConfigError(f"{flag}: {first['msg'].removeprefix('Value error, ')}") from None
-    data_cfg = cfg.data.model_copy(update={"eval": data} if data else {})
+    data_cfg = other_eval_file(cfg.data, data) if data else cfg.data
     model, tokenizer = load_run(run_dir)
     examples = build_datasets(data_cfg, tokenizer).eval
     batches = make_batches(
@@ -68,9 +68,19 @@ def evaluate_saved_run_report(
         max_examples=eval_cfg.max_examples, decoding=cfg.eval.decoding(),
     )  # fmt: skip
     report = _report(cfg, eval_cfg.metrics, samples)
-    record = {"data": data_cfg.eval or "eval split", **scores, "generation": report}
+    record = {"data": data or "eval split", **scores, "generation": report}
     atomic_write_json(Path(run_dir) / "eval.json", record)
     return scores, report
+
+
+def other_eval_file(data_cfg: DataConfig, path: str) -> DataConfig:
+    """The run's data config with its eval rows read from `path`. A multi-task run's file is
+    read as its first trained task reads its rows (that task's eval rows come first in the
+    run's own evaluation, so they are the ones it generates for)."""
+    if not data_cfg.tasks:
+        return data_cfg.model_copy(update={"eval": path})
+    first = next(task for task in data_cfg.tasks if not task.held_out and not task.replay)
+    return data_cfg.model_copy(update={"tasks": [first.model_copy(update={"eval": path})]})
 
 
 def _report(cfg: RunConfig, metrics: list[str], samples: list[dict]) -> dict | None:
