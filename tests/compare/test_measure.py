@@ -4,18 +4,23 @@ gracefully on StopTraining) and the progress view."""
 from __future__ import annotations
 
 import io
+import json
 import math
+import queue
 
 import pytest
 from rich.console import Console
 
+import tunelab.compare.measure as measure
 from tunelab.compare.measure import forced_length, measure_run, ms_per_token
 from tunelab.compare.progress import CompareProgress
-from tunelab.compare.worker import QueueReporter
+from tunelab.compare.worker import MEASUREMENTS, Job, QueueReporter, train_and_measure
 from tunelab.data.types import IGNORE
 from tunelab.evaluate import generate
+from tunelab.evaluate.forgetting import forgetting_batches, forgetting_perplexities
 from tunelab.evaluate.probe import PROBE_TEXT, WINDOW, probe_batches, probe_perplexity
 from tunelab.models.tiny import random_model
+from tunelab.run import load_run
 from tunelab.run_config import load_config
 from tunelab.training.loop import StopTraining, train
 
@@ -43,6 +48,50 @@ def test_probe_perplexity_is_finite(tiny):
     assert (
         math.isfinite(probe_perplexity(model, tokenizer)) and probe_perplexity(model, tokenizer) > 1
     )
+
+
+def test_the_loops_english_probe_is_the_compare_probe(tiny):
+    """What lets compare reuse the summary's figure: one computation, not two that agree."""
+    model, tokenizer = tiny
+    cfg = load_config({})
+    scores = forgetting_perplexities(model, forgetting_batches(tokenizer, cfg.data, cfg.eval))
+    assert scores["english_perplexity"] == probe_perplexity(model, tokenizer)
+
+
+@pytest.mark.parametrize(
+    ("eval_extra", "calls", "source"),
+    [({}, 0, "summary.json"), ({"forgetting": False}, 1, "measured"),
+     ({"forgetting_text": "other.txt"}, 1, "measured")],
+    ids=["probed-in-training", "forgetting-off", "other-probe-text"],
+)  # fmt: skip
+def test_compare_reuses_the_probe_perplexity_the_run_stored(
+    tmp_path, monkeypatch, eval_extra, calls, source
+):
+    """A compare job (train, then measure) probes the trained model once, in the loop; its
+    measurements repeat that figure. Where the loop scored no probe, or another text, compare
+    measures the probe itself."""
+    if "forgetting_text" in eval_extra:
+        (tmp_path / "other.txt").write_text("A different text altogether, read by the loop.")
+        eval_extra = {"forgetting_text": str(tmp_path / "other.txt")}
+    config = {**tiny_base(), "method": {"name": "lora"}, "output_dir": str(tmp_path / "run")}
+    config["train"] = {**config["train"], "max_steps": 1, "progress": False}
+    config["eval"] = {"metrics": ["loss"], "before": False, **eval_extra}
+    counted = []
+
+    def counting(model, tokenizer):
+        counted.append(1)
+        return probe_perplexity(model, tokenizer)
+
+    monkeypatch.setattr(measure, "probe_perplexity", counting)
+    job = Job("lora", config, str(tmp_path), budget_seconds=None, inference_tokens=2)
+    train_and_measure(job, events=queue.SimpleQueue())
+    measured = json.loads((tmp_path / "run" / MEASUREMENTS).read_text())
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert len(counted) == calls and measured["probe_source"] == source
+    fresh = probe_perplexity(*load_run(tmp_path / "run"))
+    assert measured["probe_perplexity"] == pytest.approx(fresh, rel=1e-5)  # honest either way
+    if source == "summary.json":
+        assert measured["probe_perplexity"] == summary["forgetting"]["english_perplexity"]["after"]
 
 
 def test_timing_forces_the_length_and_restores_the_config(tiny):

@@ -11,8 +11,19 @@ import pytest
 from tunelab import train
 from tunelab.errors import DataError
 from tunelab.serve.evaluation import evaluate_saved_run
+from tunelab.training.progress import SilentReporter
 
 LABELS = ["red", "blue", "green"]
+
+
+class Recorder(SilentReporter):
+    """A reporter that keeps the loop's messages."""
+
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+
+    def message(self, text: str) -> None:
+        self.messages.append(text)
 
 
 def colour_rows(path, count: int, offset: int = 0):
@@ -105,8 +116,18 @@ def test_the_eval_split_loss_is_pooled_from_the_tasks_losses(tmp_path, monkeypat
     monkeypatch.setattr(evaluation, "evaluate_run", lambda *a, **k: calls.append(k["tag"])
                         or real(*a, **k))  # fmt: skip
     cfg = multitask_config(tmp_path)
-    summary = json.loads((train(cfg).run_dir / "summary.json").read_text())
+    pooled = Recorder()
+    summary = json.loads((train(cfg, reporter=pooled).run_dir / "summary.json").read_text())
     assert calls == []  # pooled before and after
+    split = f"evaluating the base model on {summary['eval_examples']} examples"
+    assert split not in pooled.messages  # the messages say what is done: no split evaluation
+    assert "the base model: the eval split's loss is pooled from the trained tasks' losses" in (
+        pooled.messages
+    )
+    for name, task in summary["tasks"].items():  # each task evaluated, and said so
+        said = f"evaluating the base model on task {name} ({task['eval_examples']} examples)"
+        assert (said in pooled.messages) == (task["eval_examples"] > 0), name
+    assert "evaluating the base model on the forgetting probes" in pooled.messages
     fresh = evaluate_saved_run(tmp_path / "run", metrics=["loss", "perplexity"])
     assert summary["after"]["loss"] == pytest.approx(fresh["loss"], rel=1e-5)
     assert summary["after"]["perplexity"] == pytest.approx(fresh["perplexity"], rel=1e-5)
@@ -115,8 +136,10 @@ def test_the_eval_split_loss_is_pooled_from_the_tasks_losses(tmp_path, monkeypat
     assert low < summary["before"]["loss"] < high  # a weighted mean of the tasks' losses
     cfg.update(output_dir=str(tmp_path / "gen"), eval={"metrics": ["loss", "chrf"],
                                                        "max_new_tokens": 2})  # fmt: skip
-    train(cfg)
+    scored = Recorder()
+    train(cfg, reporter=scored)
     assert calls == ["before", "after"]
+    assert split in scored.messages and not any("pooled" in m for m in scored.messages)
 
 
 def test_eval_on_another_file_reads_it_as_the_first_task(tmp_path):

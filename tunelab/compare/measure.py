@@ -1,5 +1,13 @@
 """Measurements beyond the run's own summary: forgetting (probe perplexity) and inference cost.
 
+The probe perplexity of a trained run is usually in its summary already: the loop's forgetting
+probe `english_perplexity` is the same computation as `probe_perplexity` (`probe_batches` of
+`PROBE_TEXT`, mean token loss, exp) on the trained model, which save -> load reproduces. So
+`measure_run` reads it from summary.json (`forgetting.english_perplexity.after`) and computes it
+only where the loop did not (`eval.forgetting` off) or scored another text
+(`eval.forgetting_text`); `probe_source` says which. Merging is not probed: it is checked to
+reproduce the logits elsewhere (tests/methods), and here only its speed is measured.
+
 Inference cost is wall time per generated token through the serving path
 (`tunelab.evaluate.generate`: greedy, KV cache, batch of one), with every prompt forced to
 exactly `tokens` new tokens (`min_new_tokens` on the generation config), so an early EOS
@@ -15,13 +23,15 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from tunelab.data.templates import render_prompt
 from tunelab.errors import MergeNotSupported
 from tunelab.evaluate import generate
 from tunelab.evaluate.probe import probe_perplexity
-from tunelab.run_config import RunConfig
+from tunelab.run import RunFiles
+from tunelab.run_config import RunConfig, load_config
 
 TIMING_PROMPTS = ("Write one sentence about the sea.", "Describe a quiet morning in a town.")
 ROUNDS = 3
@@ -83,8 +93,10 @@ def measure_run(run_dir, cfg: RunConfig, tokens: int) -> dict[str, Any]:
 
     model, tokenizer = load_run(run_dir)
     method = get_method(cfg.method.name)
+    stored = stored_probe_perplexity(run_dir)
     result: dict[str, Any] = {
-        "probe_perplexity": probe_perplexity(model, tokenizer),
+        "probe_perplexity": probe_perplexity(model, tokenizer) if stored is None else stored,
+        "probe_source": "measured" if stored is None else "summary.json",
         "inference_ms_per_token": ms_per_token(model, tokenizer, cfg, tokens),
         "merged_inference_ms_per_token": None,
     }
@@ -97,3 +109,15 @@ def measure_run(run_dir, cfg: RunConfig, tokens: int) -> dict[str, Any]:
         merged.eval()
         result["merged_inference_ms_per_token"] = ms_per_token(merged, tokenizer, cfg, tokens)
     return result
+
+
+def stored_probe_perplexity(run_dir) -> float | None:
+    """The run's own English probe perplexity after training, as its summary.json holds it
+    (`forgetting.english_perplexity.after`); None where the loop did not score `PROBE_TEXT`
+    (`eval.forgetting` off, `eval.forgetting_text` set) or the run has no summary."""
+    files = RunFiles(Path(run_dir))
+    if not files.summary.exists() or load_config(files.config).eval.forgetting_text is not None:
+        return None
+    probe = (files.read_summary().get("forgetting") or {}).get("english_perplexity") or {}
+    after = probe.get("after")
+    return float(after) if isinstance(after, int | float) else None

@@ -4,6 +4,7 @@ the scores (intervals, the paired test, repetition) for summary.json."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -11,7 +12,7 @@ import torch
 from tunelab.evaluate import evaluate_with_predictions
 from tunelab.io import atomic_write_text, read_jsonl
 from tunelab.training.loss import token_loss_sum
-from tunelab.training.tasks import pooled_split_scores
+from tunelab.training.tasks import SUBJECT, pooled_split_scores
 
 
 def evaluate_run(model, tokenizer, plan, cfg, files, *, tag: str) -> dict[str, Any]:
@@ -37,12 +38,18 @@ def evaluate_run(model, tokenizer, plan, cfg, files, *, tag: str) -> dict[str, A
     return scores
 
 
-def split_scores(model, tokenizer, plan, cfg, files, extras_result, *, tag: str) -> dict:
+def split_scores(model, tokenizer, plan, cfg, files, extras_result, *, tag: str,
+                 say: Callable[[str], None] | None = None) -> dict:  # fmt: skip
     """The eval split's scores: pooled from the tasks' own scores where a multi-task run's
-    split asks only for loss (training/tasks.py), else evaluated."""
+    split asks only for loss (training/tasks.py), else evaluated. `say` (e.g. the reporter's
+    `message`) is told which of the two happens."""
+    say = say or (lambda text: None)
     pooled = pooled_split_scores(extras_result or {"tasks": {}}, plan.extras, cfg.eval.metrics)
     if pooled is not None and plan.eval_examples:
+        say(f"{SUBJECT[tag]}: the eval split's loss is pooled from the trained tasks' losses")
         return pooled
+    if plan.eval_examples:
+        say(f"evaluating {SUBJECT[tag]} on {len(plan.eval_examples)} examples")
     return evaluate_run(model, tokenizer, plan, cfg, files, tag=tag)
 
 

@@ -139,13 +139,14 @@ def train(
     if before_extras is None and cfg.eval.before and main:
         shared = SharedScores(shared_before) if shared_before else None
         before_extras = evaluate_extras(
-            model, tokenizer, plan.extras, cfg, files, tag="before", shared=shared
-        )
+            model, tokenizer, plan.extras, cfg, files, tag="before", shared=shared,
+            say=reporter.message,
+        )  # fmt: skip
         atomic_write_json(files.before_extras, before_extras)
     before = files.read_before()
     if before is None and cfg.eval.before and main:
-        reporter.message(f"evaluating the base model on {len(plan.eval_examples)} examples")
-        before = split_scores(model, tokenizer, plan, cfg, files, before_extras, tag="before")
+        before = split_scores(model, tokenizer, plan, cfg, files, before_extras, tag="before",
+                              say=reporter.message)  # fmt: skip
         atomic_write_json(files.before, before)
     timer.stop("eval_before")
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +35,7 @@ from tunelab.training.loss import labelled_tokens
 from tunelab.training.shared_eval import SharedScores, probes_key, task_key
 
 log = logging.getLogger(__name__)
+SUBJECT = {"before": "the base model", "after": "the trained model"}  # by evaluation tag
 
 
 @dataclass
@@ -92,27 +94,34 @@ def plan_extras(cfg: RunConfig, tokenizer: Any, extras: Extras | None) -> Extras
 
 def evaluate_extras(
     model, tokenizer, extras: Extras, cfg: RunConfig, files, *, tag: str,
-    shared: SharedScores | None = None,
+    shared: SharedScores | None = None, say: Callable[[str], None] | None = None,
 ) -> dict:  # fmt: skip
     """Every task's metrics and the forgetting perplexities of `model`; writes the tasks'
     generations to samples-<tag>-tasks.jsonl for people to read. With `shared` (the base
     model's scores of earlier runs, see training/shared_eval.py), a task or probe set scored
-    before under the same key is read back instead of evaluated again."""
+    before under the same key is read back instead of evaluated again. `say` (e.g. the
+    reporter's `message`) is told of each evaluation as it starts, not of those read back."""
+    say = say or (lambda text: None)
     tasks, samples = {}, []
     for task in extras.tasks:
         if not task.examples:  # a trained task without eval rows (eval_fraction 0): no scores
             tasks[task.name] = {}
             continue
+
+        def evaluate(task=task) -> dict:
+            say(f"evaluating {SUBJECT[tag]} on task {task.name} ({len(task.examples)} examples)")
+            return _evaluate_task(model, tokenizer, task, cfg)
+
         entry = _read_or_compute(
             shared, lambda task=task: task_key(cfg, task.metrics, task.examples, task.batches),
-            lambda task=task: _evaluate_task(model, tokenizer, task, cfg),
+            evaluate,
         )  # fmt: skip
         tasks[task.name] = entry["scores"]
         samples += [{"task": task.name, **sample} for sample in entry["samples"]]
     if samples:
         lines = "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples)
         atomic_write_text(files.samples(f"{tag}-tasks"), lines)
-    return {"tasks": tasks, "forgetting": _probe_scores(model, extras, cfg, shared)}
+    return {"tasks": tasks, "forgetting": _probe_scores(model, extras, cfg, shared, say, tag)}
 
 
 def _evaluate_task(model, tokenizer, task: TaskEval, cfg: RunConfig) -> dict[str, Any]:
@@ -126,13 +135,15 @@ def _evaluate_task(model, tokenizer, task: TaskEval, cfg: RunConfig) -> dict[str
     return {"name": task.name, "scores": scores, "samples": generated}
 
 
-def _probe_scores(model, extras: Extras, cfg: RunConfig, shared: SharedScores | None) -> dict:
+def _probe_scores(model, extras: Extras, cfg: RunConfig, shared, say, tag: str) -> dict:
     if not extras.forgetting:
         return {}
-    entry = _read_or_compute(
-        shared, lambda: probes_key(cfg, extras.forgetting),
-        lambda: {"name": "forgetting", "scores": forgetting_perplexities(model, extras.forgetting)},
-    )  # fmt: skip
+
+    def evaluate() -> dict:
+        say(f"evaluating {SUBJECT[tag]} on the forgetting probes")
+        return {"name": "forgetting", "scores": forgetting_perplexities(model, extras.forgetting)}
+
+    entry = _read_or_compute(shared, lambda: probes_key(cfg, extras.forgetting), evaluate)
     return entry["scores"]
 
 
