@@ -109,3 +109,27 @@ def test_eval_prints_and_stores_the_generation_report(run):
     assert "bootstrap 95 % CI" in result.output and "seq-rep-4" in result.output
     report = json.loads((run_dir / "eval.json").read_text())["generation"]
     assert report["examples"] == len(dev) and "chrf++" in report["after"]
+
+
+def test_multitask_runs_name_their_dev_sources_and_refuse_a_test_task_eval(tmp_path):
+    """A multi-task run's dev rows are its trained tasks' eval rows: decoding.json names those
+    files, and a task whose eval file is a test split is refused like `data.eval`."""
+    from tunelab.run_config import RunConfig
+    from tunelab.serve.tune_decoding import _refuse_test_split, dev_description
+
+    for name in ("train", "dev", "test", "other"):
+        write_pairs(tmp_path / f"{name}.jsonl", name, 6)
+    pairs = {"format": "pairs", "train": str(tmp_path / "train.jsonl")}
+    test = str(tmp_path / "test.jsonl")
+    tasks = [{"name": "a", **pairs, "eval": str(tmp_path / "dev.jsonl")},
+             {"name": "b", **pairs, "train": str(tmp_path / "other.jsonl")},
+             {"name": "c", **pairs, "eval": test, "held_out": True}]  # fmt: skip
+    cfg = RunConfig.model_validate({"model": {"name": "random:llama"}, "data": {"tasks": tasks}})
+    _refuse_test_split(cfg)  # the held-out task's test file is not a dev source
+    assert dev_description(cfg) == (
+        f"{tmp_path / 'dev.jsonl'}; eval_fraction 0.1 of {tmp_path / 'other.jsonl'}"
+    )
+    tasks[1]["eval"] = test
+    cfg = RunConfig.model_validate({"model": {"name": "random:llama"}, "data": {"tasks": tasks}})
+    with pytest.raises(Exception, match="task 'b' eval: .*test.jsonl looks like a test split"):
+        _refuse_test_split(cfg)

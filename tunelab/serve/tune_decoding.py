@@ -82,7 +82,7 @@ def tune_decoding(
     winner = choose(candidates, metric)
     record = {
         "metric": metric,
-        "data": cfg.data.eval or f"eval_fraction {cfg.data.eval_fraction} of {cfg.data.train}",
+        "data": dev_description(cfg),
         "examples": len(dev),
         "candidates": candidates,
         "winner": winner,
@@ -119,9 +119,26 @@ def store(run_dir: str | Path, cfg: RunConfig, settings: dict, record: dict) -> 
     write_run_config(files, cfg.model_copy(update={"eval": eval_cfg}))
 
 
+def dev_sources(cfg: RunConfig) -> list[tuple[str, str | None, str | None]]:
+    """(config key, eval file, train file) of each source of the run's dev rows: `data`, or
+    each trained task of a multi-task run (their eval rows follow one another, in order)."""
+    if not cfg.data.tasks:
+        return [("data.eval", cfg.data.eval, cfg.data.train)]
+    return [(f"task {task.name!r} eval", task.eval, task.train) for task in cfg.data.tasks
+            if not task.held_out]  # fmt: skip
+
+
+def dev_description(cfg: RunConfig) -> str:
+    return "; ".join(
+        evaluation or f"eval_fraction {cfg.data.eval_fraction} of {train}"
+        for _, evaluation, train in dev_sources(cfg)
+    )
+
+
 def _refuse_test_split(cfg: RunConfig) -> None:
-    if cfg.data.eval and re.search(r"(^|[^a-z])test([^a-z]|$)", Path(cfg.data.eval).name.lower()):
-        raise TunelabError(
-            f"data.eval: {cfg.data.eval} looks like a test split; decoding is tuned on dev data "
-            "only (point data.eval at the dev file)"
-        )
+    for key, evaluation, _ in dev_sources(cfg):
+        if evaluation and re.search(r"(^|[^a-z])test([^a-z]|$)", Path(evaluation).name.lower()):
+            raise TunelabError(
+                f"{key}: {evaluation} looks like a test split; decoding is tuned on dev data "
+                "only (point it at the dev file)"
+            )
