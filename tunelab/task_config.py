@@ -198,6 +198,12 @@ class MixtureConfig(_Section):
                               "of the capped task sizes")  # fmt: skip
 
 
+def eval_split_tasks(tasks: list[TaskConfig]) -> list[TaskConfig]:
+    """The tasks whose eval rows make up a multi-task run's eval split, in that order: every
+    task but the held-out ones (those are scored zero-shot, on their own)."""
+    return [task for task in tasks if not task.held_out]
+
+
 def check_tasks(tasks: list[TaskConfig] | None, mixture: MixtureConfig, changed: set[str]) -> None:
     """Cross-task rules: unique names, something to train, weights when asked for, and no
     single-task source keys changed beside `tasks` (they would be silently ignored)."""

@@ -36,7 +36,7 @@ from tunelab.data.template_bank import (
 from tunelab.data.templates import check_template, render_prompt
 from tunelab.data.types import Datasets, Example
 from tunelab.errors import DataError
-from tunelab.task_config import KIND_FIELDS, OPTIONAL_FIELDS, TaskConfig
+from tunelab.task_config import KIND_FIELDS, OPTIONAL_FIELDS, TaskConfig, eval_split_tasks
 
 Values = tuple[dict[str, str], str]  # (template field -> text, "file:line")
 
@@ -67,10 +67,10 @@ class MultiTaskData:
 
     def datasets(self) -> Datasets:
         """All training examples, and the eval examples of the trained (not held-out) tasks."""
-        trained = [p.task.name for p in self.tasks if not p.task.held_out]
+        split = [task.name for task in eval_split_tasks([p.task for p in self.tasks])]
         return Datasets(
             train=[example for examples in self.train.values() for example in examples],
-            eval=[example for name in trained for example in self.eval[name]],
+            eval=[example for name in split for example in self.eval[name]],
         )
 
 

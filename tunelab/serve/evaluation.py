@@ -15,6 +15,7 @@ from tunelab.evaluate.generation_report import generation_report
 from tunelab.io import atomic_write_json
 from tunelab.run import load_run, read_run_config
 from tunelab.run_config import RunConfig
+from tunelab.task_config import eval_split_tasks
 
 
 def evaluate_saved_run(
@@ -75,11 +76,11 @@ def evaluate_saved_run_report(
 
 def other_eval_file(data_cfg: DataConfig, path: str) -> DataConfig:
     """The run's data config with its eval rows read from `path`. A multi-task run's file is
-    read as its first trained task reads its rows (that task's eval rows come first in the
-    run's own evaluation, so they are the ones it generates for)."""
+    read as the first task of its eval split reads its rows (that task's eval rows come first
+    in the run's own evaluation, so they are the ones it generates for)."""
     if not data_cfg.tasks:
         return data_cfg.model_copy(update={"eval": path})
-    first = next(task for task in data_cfg.tasks if not task.held_out and not task.replay)
+    first = eval_split_tasks(data_cfg.tasks)[0]
     return data_cfg.model_copy(update={"tasks": [first.model_copy(update={"eval": path})]})
 
 

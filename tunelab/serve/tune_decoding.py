@@ -29,6 +29,7 @@ from tunelab.evaluate.text_stats import REPETITION_WARNING, text_statistics
 from tunelab.io import atomic_write_json
 from tunelab.run import RunFiles, load_run, read_run_config, write_run_config
 from tunelab.run_config import RunConfig
+from tunelab.task_config import eval_split_tasks
 
 PLAIN: dict[str, Any] = {  # what a grid entry starts from: greedy, no guards, newline stop auto
     "repetition_guard": 0, "output_repetition_penalty": 1.0, "stop_at_newline": "auto",
@@ -124,8 +125,8 @@ def dev_sources(cfg: RunConfig) -> list[tuple[str, str | None, str | None]]:
     each trained task of a multi-task run (their eval rows follow one another, in order)."""
     if not cfg.data.tasks:
         return [("data.eval", cfg.data.eval, cfg.data.train)]
-    return [(f"task {task.name!r} eval", task.eval, task.train) for task in cfg.data.tasks
-            if not task.held_out]  # fmt: skip
+    return [(f"task {task.name!r} eval", task.eval, task.train)
+            for task in eval_split_tasks(cfg.data.tasks)]  # fmt: skip
 
 
 def dev_description(cfg: RunConfig) -> str:
