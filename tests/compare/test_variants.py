@@ -82,6 +82,34 @@ def test_a_bad_variant_names_itself_and_the_key(comparison_dict, tmp_path, varia
         run_configs(load_compare_config(raw))
 
 
+def test_a_tokenizer_that_cannot_be_extended_stops_the_comparison_before_any_run(
+    comparison_dict, tmp_path, monkeypatch
+):
+    """Vocabulary variants are checked before the first variant trains: a tokenizer that cannot
+    be extended is refused with the variant's name; each model's tokenizer is loaded once."""
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    from tunelab.models import tokenizer_report
+    from tunelab.models.tiny import byte_tokenizer
+
+    word_level = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(models.WordLevel({"[UNK]": 0}, unk_token="[UNK]"))
+    )
+    loaded, tokenizer = [], byte_tokenizer()
+    monkeypatch.setattr(tokenizer_report, "load_tokenizer",
+                        lambda name: loaded.append(name) or tokenizer)  # fmt: skip
+    vocab = {"method": "lora", "model.extend_vocab": {"corpus": "train", "new_tokens": 8}}
+    variants = {"plain": {"method": "lora"}, "vocab": vocab, "vocab-2": vocab}
+    raw = comparison_dict(tmp_path / "out", variants=variants)
+    assert set(run_configs(load_compare_config(raw))) == {"plain", "vocab", "vocab-2"}
+    assert loaded == [raw["base"]["model"]["name"]]
+    tokenizer = word_level
+    with pytest.raises(ConfigError, match="variant vocab: model.extend_vocab: only byte-level"):
+        run_configs(load_compare_config(raw))
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_variant_may_not_take_a_listed_methods_name(comparison_dict, tmp_path):
     raw = comparison_dict(tmp_path, methods=["lora"], variants={"lora": {"method.r": 2}})
     with pytest.raises(ConfigError, match="variants.lora: the name is taken by a method"):

