@@ -43,6 +43,28 @@ def test_probe_is_general_prose_in_labelled_windows(tiny):
         assert bool(((batch["labels"] == IGNORE) == (batch["attention_mask"] == 0)).all())
 
 
+def test_probe_windows_start_with_bos_where_the_tokenizer_adds_one():
+    """Gemma's tokenizer starts text with BOS: every probe window does too (the model reads
+    text after BOS only), the text is windowed around it and BOS itself is the context, not a
+    token scored (a row's first label is never predicted)."""
+    from tokenizers import processors
+
+    _, tokenizer = random_model("llama")
+    text_ids = tokenizer(PROBE_TEXT, add_special_tokens=False)["input_ids"]
+    bos = tokenizer.bos_token_id
+    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{tokenizer.bos_token} $A", special_tokens=[(tokenizer.bos_token, bos)]
+    )
+    rows = [
+        row[mask.bool()].tolist()
+        for batch in probe_batches(tokenizer)
+        for row, mask in zip(batch["input_ids"], batch["attention_mask"], strict=True)
+    ]
+    assert all(row[0] == bos and len(row) <= WINDOW for row in rows)
+    assert [i for row in rows for i in row[1:]] == text_ids
+    assert len(rows) == -(-len(text_ids) // (WINDOW - 1))
+
+
 def test_probe_perplexity_is_finite(tiny):
     model, tokenizer = tiny
     assert (

@@ -5,13 +5,17 @@ cost the same way for every method and every run (`tunelab.evaluate.forgetting`)
 perplexity of the base model and of each trained run on the text below (written for tunelab;
 no data set is needed). A method that leaves the probe perplexity where the base had it has
 forgotten little. Token losses are averaged over
-every token of the probe (no prompt/response split), in windows of `WINDOW` tokens.
+every token of the probe (no prompt/response split), in windows of `WINDOW` tokens. A model
+whose tokenizer starts text with BOS (Gemma) gets BOS at the start of every window, as its
+training data and prompts do: without it Gemma 3 270M reads this English at perplexity 330
+instead of 39.
 """
 
 from __future__ import annotations
 
 import torch
 
+from tunelab.data.tokenize import missing_bos
 from tunelab.data.types import IGNORE
 from tunelab.evaluate.evaluation import mean_token_loss
 from tunelab.evaluate.metrics import perplexity_from_loss
@@ -52,11 +56,15 @@ BATCH_ROWS = 4
 
 
 def probe_batches(tokenizer, text: str = PROBE_TEXT) -> list[dict[str, torch.Tensor]]:
-    """The probe as batches {input_ids, attention_mask, labels}: (B, WINDOW) each; the last
-    row is right-padded, its pads masked and unlabelled."""
+    """The probe as batches {input_ids, attention_mask, labels}: (B, WINDOW) each, each row
+    led by BOS where the tokenizer adds one; the last row is right-padded, its pads masked and
+    unlabelled."""
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    rows = [ids[start : start + WINDOW] for start in range(0, len(ids), WINDOW)]
-    rows = [row for row in rows if len(row) > 1]
+    bos = missing_bos(tokenizer)
+    lead = [] if bos is None else [bos]
+    span = WINDOW - len(lead)
+    rows = [lead + ids[start : start + span] for start in range(0, len(ids), span)]
+    rows = [row for row in rows if len(row) > len(lead) + 1]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     batches = []
     for first in range(0, len(rows), BATCH_ROWS):
