@@ -14,6 +14,7 @@ import gguf
 import pytest
 import torch
 import yaml
+from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from typer.testing import CliRunner
 
@@ -134,6 +135,26 @@ def test_only_new_rows_and_the_method_train_and_the_run_reloads(method, tmp_path
     assert served.generate(["Abantwana"], 4, raw=True)[0]
     if method == "lora":
         check_gguf(run_dir, tmp_path, tokenizer, extension, captured["logits"])
+
+
+def test_a_peft_adapter_never_carries_the_resized_embedding(tmp_path):
+    """PEFT saves the whole embedding when the base it was loaded from (a folder with a
+    config.json, as every embedded model is) has another vocabulary size: 1.3 GB on Gemma 3 for
+    rows that live in new_rows.safetensors. The adapter holds LoRA's tensors only."""
+    from tunelab.methods import get_method
+    from tunelab.models.vocab import extend_tokenizer
+
+    model, tokenizer = random_model("llama")
+    model.config.save_pretrained(tmp_path / "base")
+    model.name_or_path = str(tmp_path / "base")  # what from_pretrained(folder) sets
+    _, extension = extend_tokenizer(tokenizer, ["ukuba kunye abantu ukuba kunye"] * 4, 4)
+    add_rows(model, extension.new_ids, extension.pieces)
+    cfg = load_config({"method": {"name": "lora", "r": 2}}).method
+    lora = get_method("lora")
+    peft_model = lora.apply(model, cfg, None)
+    lora.save(peft_model, cfg, tmp_path / "adapter")
+    saved = load_file(tmp_path / "adapter" / "adapter_model.safetensors")
+    assert saved and all("lora_" in name for name in saved)
 
 
 def test_full_fine_tuning_trains_the_rows_with_everything_and_reloads(tmp_path, captured):

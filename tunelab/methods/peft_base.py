@@ -74,7 +74,9 @@ class PeftMethod(Method):
         return get_peft_model(model, self.peft_config(model, cfg))
 
     def save(self, model: nn.Module, cfg: MethodSettings, directory: Path) -> None:
-        model.save_pretrained(str(directory))
+        # Never the whole embedding: PEFT's "auto" saves it when the vocabulary was resized
+        # (model.extend_vocab), 1.3 GB on Gemma 3; the new rows have their own file.
+        model.save_pretrained(str(directory), save_embedding_layers=False)
 
     def load(self, base: nn.Module, cfg: MethodSettings, directory: Path) -> nn.Module:
         return PeftModel.from_pretrained(base, str(directory), is_trainable=False)
