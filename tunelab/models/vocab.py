@@ -71,12 +71,12 @@ class Extension:
         return cls(data["tokens"], data["pieces"], data["base_size"], data["new_ids"])
 
 
-BYTE_LEVEL, METASPACE = "byte-level", "sentencepiece"
+BYTE_LEVEL, SENTENCEPIECE = "byte-level", "sentencepiece"
 SPACE_MARK = "\u2581"  # ▁, SentencePiece's space
 
 
 def check_extendable(tokenizer: Any) -> str:
-    """The tokenizer's kind (BYTE_LEVEL or METASPACE); one line refusing any kind this module
+    """The tokenizer's kind (BYTE_LEVEL or SENTENCEPIECE); one line refusing any kind this module
     cannot extend faithfully."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
@@ -93,7 +93,7 @@ def check_extendable(tokenizer: Any) -> str:
                        and part["content"] == SPACE_MARK for part in norm)  # fmt: skip
     prepends = any(part["type"] in ("Prepend", "Precompiled") for part in norm)
     if kind == "BPE" and marks_spaces and not prepends and set(pre) <= {"Split"}:
-        return METASPACE
+        return SENTENCEPIECE
     raise ConfigError(
         f"model.extend_vocab: only byte-level BPE (GPT-2 style) and SentencePiece-style BPE "
         f"without a dummy prefix (Gemma 3) can be extended here; this one is {kind} with "
@@ -114,14 +114,17 @@ def _types(component: dict | None, key: str) -> list[str]:
     return [part["type"] for part in _parts(component, key)]
 
 
-def train_auxiliary(tokenizer: Any, corpus: Sequence[str], size: int) -> Tokenizer:
-    """A BPE of `size` learnt tokens trained on `corpus`, of the base tokenizer's kind and with
-    its normalizer, so its tokens fall on the same boundaries as the base's (module doc)."""
+def train_auxiliary(
+    tokenizer: Any, corpus: Sequence[str], size: int, kind: str | None = None
+) -> Tokenizer:
+    """A BPE of `size` learnt tokens trained on `corpus`, of the base tokenizer's kind (`kind`,
+    or `check_extendable`'s answer) and with its normalizer, so its tokens fall on the same
+    boundaries as the base's (module doc)."""
     backend = tokenizer.backend_tokenizer
     aux = Tokenizer(models.BPE())
     if backend.normalizer is not None:
         aux.normalizer = backend.normalizer
-    if check_extendable(tokenizer) == BYTE_LEVEL:
+    if (kind or check_extendable(tokenizer)) == BYTE_LEVEL:
         aux.pre_tokenizer = backend.pre_tokenizer
         aux.decoder = decoders.ByteLevel()
         alphabet = pre_tokenizers.ByteLevel.alphabet()
@@ -166,12 +169,12 @@ def extend_tokenizer(
 ) -> tuple[Any, Extension]:
     """(a copy of `tokenizer` with up to `new_tokens` added tokens, what was added). Fewer are
     added when the corpus offers fewer candidates; `tokenizer` itself is left untouched."""
-    check_extendable(tokenizer)
+    kind = check_extendable(tokenizer)
     texts = [text for text in corpus if text.strip()]
     if not texts:
         raise ConfigError("model.extend_vocab.corpus: holds no text to learn tokens from")
     size = min(max(AUX_MIN_SIZE, AUX_PER_NEW_TOKEN * new_tokens), AUX_MAX_SIZE)
-    chosen = rank_candidates(tokenizer, train_auxiliary(tokenizer, texts, size), texts)
+    chosen = rank_candidates(tokenizer, train_auxiliary(tokenizer, texts, size, kind), texts)
     chosen = chosen[:new_tokens]
     extended = copy.deepcopy(tokenizer)
     base_size = len(tokenizer)
