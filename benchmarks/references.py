@@ -29,7 +29,7 @@ import argparse
 import tempfile
 
 import torch
-from sides import Clock, Trained, Workload, build_workload, count_work
+from sides import Clock, Trained, Workload, build_workload, count_work, method_context
 
 from tunelab.data.types import IGNORE
 from tunelab.training.memory import PeakMemory
@@ -50,15 +50,14 @@ def reference_model(name: str, seed: int):
     return model, tokenizer
 
 
-def with_method(model, args: argparse.Namespace, tokenizer):
+def with_method(model, args: argparse.Namespace, tokenizer, work: Workload):
     """The model with the benchmark's method applied, as on the tunelab side."""
-    from tunelab.methods import MethodContext, get_method
+    from tunelab.methods import get_method
     from tunelab.training.distributed import seed_everything
 
     method = get_method(args.method)
     seed_everything(args.seed)  # the same adapter initialisation as the tunelab side
-    context = MethodContext(total_steps=args.steps, tokenizer=tokenizer)
-    return method.apply(model, method.Config(), context)
+    return method.apply(model, method.Config(), method_context(args, tokenizer, work))
 
 
 def training_kwargs(args: argparse.Namespace, scratch: str, batch_size: int) -> dict:
@@ -77,6 +76,7 @@ def training_kwargs(args: argparse.Namespace, scratch: str, batch_size: int) -> 
         save_strategy="no",
         report_to="none",
         use_cpu=True,
+        bf16=args.precision == "bf16",
         dataloader_num_workers=0,
         seed=args.seed,
         disable_tqdm=True,
@@ -133,7 +133,6 @@ def trl_trainer(args, model, tokenizer, work: Workload, scratch: str):
         packing=True,
         packing_strategy="bfd",
         gradient_checkpointing=False,
-        bf16=False,
         logging_steps=10**6,
     )
     dataset = dataset.remove_columns("length")
@@ -143,7 +142,7 @@ def trl_trainer(args, model, tokenizer, work: Workload, scratch: str):
 def run_reference(args: argparse.Namespace, reference: str) -> Trained:
     model, tokenizer = reference_model(args.model, args.seed)
     work = build_workload(args, tokenizer)
-    model = with_method(model, args, tokenizer)
+    model = with_method(model, args, tokenizer, work)
     with tempfile.TemporaryDirectory() as scratch:
         if reference == "trl":
             trainer = trl_trainer(args, model, tokenizer, work, scratch)

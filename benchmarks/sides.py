@@ -79,6 +79,23 @@ def build_workload(args: argparse.Namespace, tokenizer) -> Workload:
     return Workload(train=train[:need], eval=held_out)
 
 
+def method_context(args: argparse.Namespace, tokenizer, work: Workload):
+    """What `method.apply` reads, the same on every side: importance scores its weights on
+    the first training examples (padded batches of batch_size, the mean token loss)."""
+    from tunelab.methods import MethodContext
+    from tunelab.training.loss import token_loss_sum
+
+    def calibration():
+        for start in range(0, len(work.train), args.batch_size):
+            yield padded_batch(work.train[start : start + args.batch_size], tokenizer.pad_token_id)
+
+    def loss_fn(model, batch):
+        total, count = token_loss_sum(model, batch)
+        return total / max(count, 1)
+
+    return MethodContext(calibration, loss_fn, total_steps=args.steps, tokenizer=tokenizer)
+
+
 def cut(item: Tokenized, length: int) -> Tokenized | None:
     """The first `length` tokens of an example at least that long that still has a label."""
     if len(item) < length or all(label == IGNORE for label in item.labels[1:length]):
@@ -171,7 +188,7 @@ def tunelab_config(args: argparse.Namespace, tokens_per_batch: int | None) -> Ru
             "max_grad_norm": 1.0,
             "weight_decay": 0.0,
             "seed": args.seed,
-            "precision": "fp32",
+            "precision": args.precision,
             "device": "cpu",
             "num_threads": args.threads,
             "progress": False,
@@ -196,7 +213,7 @@ TUNELAB_VARIANTS = ("default", "no-shared-prefix")
 
 
 def run_tunelab(args: argparse.Namespace, variant: str) -> Trained:
-    from tunelab.methods import MethodContext, get_method
+    from tunelab.methods import get_method
     from tunelab.models import arch_of, load_model_and_tokenizer
     from tunelab.training.distributed import make_accelerator, seed_everything
     from tunelab.training.packed import packs_virtual_tokens
@@ -213,8 +230,7 @@ def run_tunelab(args: argparse.Namespace, variant: str) -> Trained:
     if packing:
         cfg = tunelab_config(args, rows_budget(work.train, args.steps, args.seed))
     seed_everything(cfg.train.seed)
-    context = MethodContext(total_steps=args.steps, tokenizer=tokenizer)
-    model = method.apply(model, cfg.method, context)
+    model = method.apply(model, cfg.method, method_context(args, tokenizer, work))
     if cfg.train.gradient_checkpointing:
         from tunelab.training.loop import _enable_checkpointing
 

@@ -57,7 +57,9 @@ import torch
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 DEFAULT_DATA = "../shared/data/xhosa/en-xho-aya-style/train.jsonl"
-METHODS = ("lora", "full", "dora", "ia3", "prompt", "prefix")
+METHODS = ("lora", "full", "dora", "ia3", "prompt", "ptuning", "prefix", "adapter", "bitfit",
+           "importance")  # fmt: skip
+PROMPT_STYLE = ("prompt", "ptuning", "prefix")  # virtual tokens before every row
 REFERENCES = ("random", "grouped", "flat", "trl")  # the sides of references.py
 VARIANTS = ("default", "no-shared-prefix")  # as sides.TUNELAB_VARIANTS
 
@@ -81,6 +83,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=8, help="examples per step")
     parser.add_argument("--lr", type=float, default=None, help="default: tunelab's for the method")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                        help="bf16: autocast on every side (fp32 weights); the matmul peak "
+                             "is then bf16's")  # fmt: skip
     parser.add_argument("--repeats", type=int, default=1, help="runs per side (medians)")
     parser.add_argument("--eval-examples", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
@@ -104,7 +109,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def unavailable(reference: str, method: str) -> str | None:
     """Why `reference` cannot run `method` here, or None if it can."""
-    if reference in ("flat", "trl") and method in ("prompt", "prefix"):
+    if reference in ("flat", "trl") and method in PROMPT_STYLE:
         return f"not with --method {method}: its virtual tokens go before every row"
     if reference == "trl" and importlib.util.find_spec("trl") is None:
         return "trl is not installed (pip install 'tunelab[bench]')"
@@ -123,10 +128,13 @@ def chosen_references(args: argparse.Namespace) -> tuple[list[str], list[str]]:
     return run, notes
 
 
-def matmul_peak_flops(threads: int, size: int = 2048, tries: int = 6) -> float:
-    """Best FLOP/s of an fp32 (size, size) @ (size, size) on `threads` threads."""
+def matmul_peak_flops(
+    threads: int, precision: str = "fp32", size: int = 2048, tries: int = 6
+) -> float:
+    """Best FLOP/s of a (size, size) @ (size, size) in `precision` on `threads` threads."""
     torch.set_num_threads(threads)
-    a, b = torch.randn(size, size), torch.randn(size, size)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
     a @ b  # warm up
     best = float("inf")
     for _ in range(tries):
@@ -196,7 +204,8 @@ def report(args: argparse.Namespace, results: dict[str, dict], peak: float) -> l
     lines = [
         f"model {args.model}  method {args.method}  lr {first['lr']:g}  data {args.data} ({shape})",
         f"{first['examples']} examples, {first['tokens']} real tokens, {args.steps} steps × "
-        f"batch {args.batch_size}; threads {args.threads}; matmul peak {peak / 1e9:.1f} GFLOP/s",
+        f"batch {args.batch_size}; threads {args.threads}; {args.precision}, matmul peak "
+        f"{peak / 1e9:.1f} GFLOP/s",
         *side_rows(results, peak),
     ]
     fastest = max(references, key=lambda side: results[side]["tokens_per_s"])
@@ -220,12 +229,12 @@ def main(argv: list[str] | None = None) -> None:
     references, notes = chosen_references(args)
     sides = [f"reference:{name}" for name in references]
     sides += [f"tunelab:{variant}" for variant in args.variants]
-    peak = matmul_peak_flops(args.threads)
+    peak = matmul_peak_flops(args.threads, args.precision)
     runs: dict[str, list[dict]] = {side: [] for side in sides}
     for _ in range(args.repeats):
         for side in sides:
             runs[side].append(run_side_process(side, argv, args.threads))
-    peak = max(peak, matmul_peak_flops(args.threads))
+    peak = max(peak, matmul_peak_flops(args.threads, args.precision))
     results = {side: median_result(side_runs) for side, side_runs in runs.items()}
     print("\n".join([*notes, *report(args, results, peak)]), flush=True)
 
