@@ -12,15 +12,16 @@ throughput.py (`--side reference:NAME`).
 - trl: trl's `SFTTrainer` with `packing=True` (best-fit-decreasing packing, which turns on
   padding-free rows with per-example position ids), one packed row per optimizer step, the row
   length chosen like tunelab's (the smallest that packs one epoch into <= steps rows);
-  gradient checkpointing and bf16, which SFTConfig turns on by default, are off as on every
-  other side (fp32, no checkpointing).
+  gradient checkpointing, which SFTConfig turns on by default, is off as on every other side,
+  and bf16 (also on by default there) follows `--precision` as on every other side.
 
-All: AdamW, the same learning rate, a linear decay to 0 over the run, clipping at 1.0, no
+All: AdamW (torch's unfused one, as tunelab builds it; Trainer's default on torch >= 2.8 is the
+fused kernel), the same learning rate, a linear decay to 0 over the run, clipping at 1.0, no
 weight decay, the method applied by tunelab's own `method.apply` (for LoRA, DoRA and IA³ that
 is `get_peft_model` with the PEFT config tunelab uses; for prompt and prefix tuning it also
-starts the virtual tokens where tunelab does, so the eval losses compare). Prompt-style
-methods put their virtual tokens before every row, so they cannot be flattened: flat and trl
-do not apply to them.
+starts the virtual tokens where tunelab does, so the eval losses compare). Prompt-style methods
+put their virtual tokens before every row, so they cannot be flattened: flat and trl do not
+apply to them.
 """
 
 from __future__ import annotations

@@ -36,8 +36,18 @@ left out (a few percent at these lengths).
   went through the vocabulary head (every position for the references; the labelled ones for
   tunelab).
 
-The peak is the best of several fp32 (2048, 2048) matmuls timed with torch on the same number
-of threads in the same invocation, before and after the sides, since the machine may be shared.
+The peak is the best of several (2048, 2048) matmuls timed with torch on the same number
+of threads in the same invocation, before and after the sides, since the machine may be shared;
+fp32 ones, or bf16 ones with `--precision bf16` (every side then trains under bf16 autocast,
+the weights kept in fp32: `bf16=True` for Trainer and trl, `train.precision: bf16` for tunelab).
+
+Methods: every family tunelab has an equivalent for on the reference side. The reference
+applies the method with tunelab's own `method.apply` (PEFT's `get_peft_model` for LoRA, DoRA,
+IA³, prompt, P-tuning and prefix tuning; plain PyTorch modules and parameters for Houlsby
+adapters, BitFit and importance, which Trainer trains like any other), so both sides train the
+same parameters from the same start; importance scores its weights on the same calibration
+batches on both sides. ULMFiT is left out: its gradual unfreezing and per-layer learning rates
+have no Trainer equivalent to compare with.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 RATIO = re.compile(
@@ -106,7 +107,9 @@ def bench(monkeypatch):
     return throughput, sides, references
 
 
-@pytest.mark.parametrize("method", ["dora", "ia3", "prompt", "prefix"])
+@pytest.mark.parametrize(
+    "method", ["dora", "ia3", "prompt", "ptuning", "prefix", "adapter", "bitfit", "importance"]
+)
 def test_other_methods_run_on_both_sides(bench, tmp_path, method):
     throughput, sides, references = bench
     data = tmp_path / "pairs.jsonl"
@@ -120,11 +123,30 @@ def test_other_methods_run_on_both_sides(bench, tmp_path, method):
     assert ours["head_rows"] < reference["head_rows"]
 
 
+def test_bf16_autocast_on_both_sides(bench, tmp_path):
+    """--precision bf16 trains both sides under bf16 autocast (the weights stay fp32)."""
+    throughput, sides, references = bench
+    data = tmp_path / "pairs.jsonl"
+    write_pairs(data)
+    args = throughput.parse_args(
+        [*TINY, "--data", str(data), "--precision", "bf16", "--lr", "1e-3"]
+    )
+    reference = references.run_reference(args, "grouped")
+    ours = sides.run_tunelab(args, "default")
+    for trained in (reference, ours):
+        assert next(trained.model.parameters()).dtype == torch.float32
+    assert abs(sides.figures(reference)["eval_loss"] - sides.figures(ours)["eval_loss"]) < 0.05
+    peak_bf16 = throughput.matmul_peak_flops(1, "bf16", size=256, tries=2)
+    assert peak_bf16 > 0
+
+
 def test_prompt_style_methods_refuse_flattened_references(bench, capsys):
     throughput, _, _ = bench
     with pytest.raises(SystemExit) as stopped:
         throughput.parse_args(["--method", "prefix", "--reference", "flat"])
     assert stopped.value.code == 2
     assert "--reference flat: not with --method prefix" in capsys.readouterr().err
-    references, notes = throughput.chosen_references(throughput.parse_args(["--method", "prompt"]))
-    assert references == ["random", "grouped"] and len(notes) == 2
+    for method in ("prompt", "ptuning"):
+        chosen = throughput.chosen_references(throughput.parse_args(["--method", method]))
+        references, notes = chosen
+        assert references == ["random", "grouped"] and len(notes) == 2
