@@ -83,17 +83,13 @@ def method_context(args: argparse.Namespace, tokenizer, work: Workload):
     """What `method.apply` reads, the same on every side: importance scores its weights on
     the first training examples (padded batches of batch_size, the mean token loss)."""
     from tunelab.methods import MethodContext
-    from tunelab.training.loss import token_loss_sum
+    from tunelab.training.loss import mean_token_loss
 
     def calibration():
         for start in range(0, len(work.train), args.batch_size):
             yield padded_batch(work.train[start : start + args.batch_size], tokenizer.pad_token_id)
 
-    def loss_fn(model, batch):
-        total, count = token_loss_sum(model, batch)
-        return total / max(count, 1)
-
-    return MethodContext(calibration, loss_fn, total_steps=args.steps, tokenizer=tokenizer)
+    return MethodContext(calibration, mean_token_loss, total_steps=args.steps, tokenizer=tokenizer)
 
 
 def cut(item: Tokenized, length: int) -> Tokenized | None:

@@ -46,7 +46,7 @@ from tunelab.training.divergence import all_ranks, check_finite
 from tunelab.training.evaluation import generation_summary, periodic_eval_loss, split_scores
 from tunelab.training.fastpath import fast_paths
 from tunelab.training.fsdp import gather_checkpoint, is_sharded, plain_copy, unshard_into
-from tunelab.training.loss import labelled_tokens, token_loss_sum
+from tunelab.training.loss import labelled_tokens, mean_token_loss, token_loss_sum
 from tunelab.training.memory import PeakMemory
 from tunelab.training.phases import PhaseTimer
 from tunelab.training.plan import Plan, plan_data
@@ -218,16 +218,11 @@ def train(
     return TrainResult(files.root, summary)
 
 
-def _mean_loss(model, batch) -> torch.Tensor:
-    total, count = token_loss_sum(model, batch)
-    return total / max(count, 1)
-
-
 def _calibration_loss(model, batch, packing: bool) -> torch.Tensor:
     """The mean token loss as training computes it: packed rows attend per example (stock
     attention would build an (L, L) block mask per row, slow and large on a CPU)."""
     with fast_paths(model, packing=packing):
-        return _mean_loss(model, batch)
+        return mean_token_loss(model, batch)
 
 
 def _on_device(batches, accelerator):

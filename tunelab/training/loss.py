@@ -61,6 +61,12 @@ def token_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[to
     return loss, n_tokens
 
 
+def mean_token_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The mean of `token_loss_sum` over the batch's labelled tokens (0 when it has none)."""
+    total, count = token_loss_sum(model, batch)
+    return total / max(count, 1)
+
+
 def _loss_sum(model, inputs, positions, kept_targets, mask, inner=None) -> torch.Tensor:
     """Summed cross-entropy of `kept_targets` (B, K) where `mask`, predicted from the model's
     outputs at sequence `positions` (K,); `inner`: the model under a DDP wrapper (its head)."""
