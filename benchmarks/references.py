@@ -15,13 +15,12 @@ throughput.py (`--side reference:NAME`).
   gradient checkpointing, which SFTConfig turns on by default, is off as on every other side,
   and bf16 (also on by default there) follows `--precision` as on every other side.
 
-All: AdamW (torch's unfused one, as tunelab builds it; Trainer's default on torch >= 2.8 is the
-fused kernel), the same learning rate, a linear decay to 0 over the run, clipping at 1.0, no
-weight decay, the method applied by tunelab's own `method.apply` (for LoRA, DoRA and IA³ that
-is `get_peft_model` with the PEFT config tunelab uses; for prompt and prefix tuning it also
-starts the virtual tokens where tunelab does, so the eval losses compare). Prompt-style methods
-put their virtual tokens before every row, so they cannot be flattened: flat and trl do not
-apply to them.
+All: AdamW (torch's fused kernel: Trainer's default on torch >= 2.8, and what tunelab builds), the
+same learning rate, a linear decay to 0 over the run, clipping at 1.0, no weight decay, the method
+applied by tunelab's own `method.apply` (for LoRA, DoRA and IA³ that is `get_peft_model` with the
+PEFT config tunelab uses; for prompt and prefix tuning it also starts the virtual tokens where
+tunelab does, so the eval losses compare). Prompt-style methods put their virtual tokens before
+every row, so they cannot be flattened: flat and trl do not apply to them.
 """
 
 from __future__ import annotations
@@ -72,7 +71,7 @@ def training_kwargs(args: argparse.Namespace, scratch: str, batch_size: int) -> 
         warmup_steps=0,
         weight_decay=0.0,
         max_grad_norm=1.0,
-        optim="adamw_torch",
+        optim="adamw_torch_fused",
         logging_strategy="no",
         save_strategy="no",
         report_to="none",

@@ -249,12 +249,13 @@ def train_steps(model, method, cfg: RunConfig, plan, share: bool, accelerator) -
     from tunelab.run import RunFiles
     from tunelab.training.fastpath import fast_paths
     from tunelab.training.loop import TrainingState, run_steps
+    from tunelab.training.optimizer import build_optimizer
     from tunelab.training.progress import SilentReporter
     from tunelab.training.schedules import build_scheduler
 
     lr = cfg.train.lr
-    optimizer = torch.optim.AdamW(
-        method.param_groups(model, cfg.method, lr, 0.0), lr=lr, betas=cfg.train.betas
+    optimizer = build_optimizer(
+        method.param_groups(model, cfg.method, lr, 0.0), lr, cfg.train.betas
     )
     scheduler = build_scheduler(optimizer, cfg.train, plan.total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)

@@ -48,6 +48,7 @@ from tunelab.training.fastpath import fast_paths
 from tunelab.training.fsdp import gather_checkpoint, is_sharded, plain_copy, unshard_into
 from tunelab.training.loss import labelled_tokens, mean_token_loss, token_loss_sum
 from tunelab.training.memory import PeakMemory
+from tunelab.training.optimizer import build_optimizer
 from tunelab.training.phases import PhaseTimer
 from tunelab.training.plan import Plan, plan_data
 from tunelab.training.preflight import (
@@ -168,10 +169,10 @@ def train(
     trainable, total = count_parameters(model)
     trainable -= vocab.frozen_elements()
     lr = cfg.train.lr or method.default_lr
-    optimizer = torch.optim.AdamW(
+    optimizer = build_optimizer(
         vocab.param_groups(method.param_groups(model, cfg.method, lr, cfg.train.weight_decay), lr),
-        lr=lr,
-        betas=cfg.train.betas,
+        lr,
+        cfg.train.betas,
     )
     scheduler = build_scheduler(optimizer, cfg.train, plan.total_steps)
     plain = plain_copy(model, accelerator)  # FSDP: the main process's whole model, to save
