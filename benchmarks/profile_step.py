@@ -1,6 +1,6 @@
 """Where a tunelab training step's CPU time goes, by op (torch.profiler, self CPU time).
 
-    python benchmarks/profile_step.py [METHOD]      (default lora; run from the repository root)
+    python benchmarks/profile_step.py [METHOD] [--bf16]    (lora, fp32 by default; repo root)
 
 Trains 7 steps of 8 Xhosa pairs (packed) on the embedded model with 2 threads, profiles steps
 3-6, and prints the top ops, the shares of matmuls and attention, and the matmuls split into
@@ -24,7 +24,7 @@ from tunelab import train
 MATMULS = ("aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm", "aten::baddbmm")
 
 
-def config(method: str, output_dir: str) -> dict:
+def config(method: str, output_dir: str, precision: str = "fp32") -> dict:
     settings = {"r": 8, "alpha": 16} if method == "lora" else {}
     return {
         "model": {"name": "embedded:smollm2-135m"},
@@ -33,13 +33,13 @@ def config(method: str, output_dir: str) -> dict:
                  "max_train_examples": 200, "eval_fraction": 0.0},
         "method": {"name": method, **settings},
         "train": {"max_steps": 7, "batch_size": 8, "lr": 1e-3, "progress": False,
-                  "num_threads": 2},
+                  "num_threads": 2, "precision": precision},
         "eval": {"before": False, "metrics": ["loss"]},
         "output_dir": output_dir,
     }  # fmt: skip
 
 
-def profiled_steps(method: str):
+def profiled_steps(method: str, precision: str):
     """(op averages, op averages by input shape) over steps 3-6 of a short run."""
     traces = []
     prof = profile(
@@ -52,7 +52,7 @@ def profiled_steps(method: str):
     )
     with tempfile.TemporaryDirectory() as folder:
         prof.start()
-        train(config(method, folder + "/run"), on_step=lambda step: prof.step())
+        train(config(method, folder + "/run", precision), on_step=lambda step: prof.step())
         prof.stop()
     return traces[0]
 
@@ -73,9 +73,10 @@ def matmul_split(shaped) -> dict[str, list[float]]:
 
 
 def main() -> None:
-    method = sys.argv[1] if len(sys.argv) > 1 else "lora"
+    args = [a for a in sys.argv[1:] if a != "--bf16"]
+    method = args[0] if args else "lora"
     torch.set_num_threads(2)
-    rows, shaped = profiled_steps(method)
+    rows, shaped = profiled_steps(method, "bf16" if "--bf16" in sys.argv else "fp32")
     total = sum(row.self_cpu_time_total for row in rows)
     for row in sorted(rows, key=lambda r: -r.self_cpu_time_total)[:20]:
         share = 100 * row.self_cpu_time_total / total

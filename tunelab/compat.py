@@ -69,9 +69,10 @@ def _release(version: str) -> tuple[int, int]:
 
 
 def _behaviour_differs() -> str | None:
-    """Run each fast path once on a tiny model against the library's own path."""
+    """Run each fast path once on a tiny model against the library's own path, in fp32
+    whatever autocast the first caller is under."""
     try:
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), torch.autocast("cpu", enabled=False):
             torch.manual_seed(0)
             for probe in (_probe_packed_attention, _probe_fused_lora, _probe_head_bypass):
                 problem = probe()
@@ -207,16 +208,14 @@ def plain_lora_layer(module: nn.Module) -> bool:
     return isinstance(module.lora_dropout[name], nn.Identity) and module.lora_B[name].bias is None
 
 
-def lora_parts(module: nn.Module, x: torch.Tensor) -> tuple | None:
-    """(W, b, A, B, s) of a plain LoRA layer for this call, or None where PEFT's own forward
-    must run (adapter disabled or merged, several active, mixed precision, other dtypes)."""
+def lora_parts(module: nn.Module) -> tuple | None:
+    """(W, b, A, B, s) of a plain LoRA layer's one active adapter, or None where PEFT's own
+    forward must run (adapter disabled or merged, several active)."""
     names = module.active_adapters
     if module.disable_adapters or module.merged or len(names) != 1:
         return None
-    if torch.is_autocast_enabled(x.device.type):  # mixed precision: leave the casts to PEFT
-        return None
     name = names[0]
-    if name not in module.lora_A or x.dtype != module.lora_A[name].weight.dtype:
+    if name not in module.lora_A:
         return None
     base = module.base_layer
     return (base.weight, base.bias, module.lora_A[name].weight, module.lora_B[name].weight,

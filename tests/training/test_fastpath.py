@@ -8,10 +8,12 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
+from tunelab.compat import fast_paths_enabled
 from tunelab.data.batching import packed_batch, padded_batch
 from tunelab.data.types import IGNORE, Tokenized
 from tunelab.methods.peft_base import resolve_targets
 from tunelab.models.tiny import random_model
+from tunelab.training import fastpath
 from tunelab.training.fastpath import fast_paths
 from tunelab.training.loss import token_loss_sum
 from tunelab.training.packed import MIN_SHARED, SHARED_SDPA, share_prefix
@@ -105,6 +107,57 @@ def test_swiglu_mlps_run_fused_with_peft_gradients(arch):
     assert grads.keys() == reference.keys()
     for name, grad in reference.items():
         torch.testing.assert_close(grads[name], grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def _relative_error(value: torch.Tensor, reference: torch.Tensor) -> float:
+    return float((value.float() - reference.float()).norm() / reference.float().norm())
+
+
+@pytest.mark.parametrize("arch", ("llama", "bloom"))  # SwiGLU MLPs; linear layers with biases
+def test_fused_lora_under_bf16_autocast_computes_as_autocast_does(arch, monkeypatch):
+    """Under bf16 autocast the fused layers run (not PEFT's forward) in bf16, and their loss and
+    gradients are PEFT's under the same autocast to bf16's precision; the gradients stay fp32."""
+    assert fast_paths_enabled()  # probed before the spying starts
+    calls = []
+    for function in (fastpath._LoraLinear, fastpath._LoraSwiGLU):
+        original = function.apply
+        monkeypatch.setattr(
+            function, "apply", lambda *a, f=original: calls.append(a[0].dtype) or f(*a)
+        )
+    torch.manual_seed(0)  # PEFT initialises A from the global generator
+    model = with_lora(arch)
+    items = rows([7, 11, 4])
+    batch = packed_batch(items) if arch == "llama" else padded_batch(items, pad_id=259)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        reference_loss, reference = loss_and_gradients(model, batch, fast=False)
+        assert not calls
+        loss, grads = loss_and_gradients(model, batch, fast=True)
+    assert calls and set(calls) == {torch.bfloat16}
+    full_loss, full = loss_and_gradients(model, batch, fast=False)  # fp32: the exact values
+    assert abs(loss - full_loss) <= 2 * abs(reference_loss - full_loss) + 1e-3 * full_loss
+    assert grads.keys() == reference.keys()
+    for name, exact in full.items():  # as close to fp32 as autocast's own bf16 gradients
+        assert grads[name].dtype == torch.float32, name
+        bound = 1.5 * _relative_error(reference[name], exact) + 1e-2
+        assert _relative_error(grads[name], exact) <= bound, name
+
+
+def test_frozen_weights_are_cast_once_and_again_when_changed():
+    lowered = fastpath._Lowered()
+    frozen = torch.nn.Parameter(torch.randn(4, 3), requires_grad=False)
+    first = lowered(frozen, torch.bfloat16)
+    assert first.dtype == torch.bfloat16 and lowered(frozen, torch.bfloat16) is first
+    with torch.no_grad():
+        frozen.add_(1.0)  # e.g. a merge: the copy is stale
+    second = lowered(frozen, torch.bfloat16)
+    assert second is not first
+    torch.testing.assert_close(second, frozen.detach().to(torch.bfloat16))
+    trained = torch.nn.Parameter(torch.randn(4, 3))
+    activation = torch.randn(4, 3)
+    for tensor in (trained, activation):  # cast at every call, in the graph
+        assert lowered(tensor, torch.bfloat16) is not lowered(tensor, torch.bfloat16)
+    assert lowered(trained, torch.bfloat16).grad_fn is not None
+    assert lowered(first, torch.bfloat16) is first and lowered(None, torch.bfloat16) is None
 
 
 def test_leaving_the_block_restores_peft_forward():

@@ -14,10 +14,13 @@ what costs most when elementwise passes are memory-bound and threads share cores
    as one function that keeps x, gate(x) and up(x) for backward and recomputes silu(gate)·up
    there, instead of also keeping silu(gate) and the product (two of the five widest
    activations of a layer).
+4. Under mixed precision (bf16 / fp16 autocast) 2 and 3 compute in autocast's dtype, as
+   autocast would, but cast each frozen base weight once per run instead of at every call.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 
@@ -61,13 +64,15 @@ def fast_paths(
 def fused_lora(model: nn.Module) -> Iterator[None]:
     """Within the block, plain LoRA layers (one adapter, no dropout, no DoRA, nn.Linear base)
     run as `_LoraLinear`, and SwiGLU MLPs made of three of them as `_LoraSwiGLU`; any layer or
-    call outside that case keeps PEFT's forward."""
+    call outside that case keeps PEFT's forward. Under mixed precision (autocast) they compute
+    in autocast's dtype, as autocast would, with the frozen weights cast once, not per call."""
+    lowered = _Lowered()
     patched = [m for m in model.modules() if plain_lora_layer(m)]
     for module in patched:
-        patch_forward(module, _fused_forward)
+        patch_forward(module, functools.partial(_fused_forward, lowered))
     mlps = _swiglu_mlps(model, {id(m) for m in patched})
     for module in mlps:
-        patch_forward(module, _fused_mlp_forward)
+        patch_forward(module, functools.partial(_fused_mlp_forward, lowered))
     try:
         yield
     finally:
@@ -75,11 +80,50 @@ def fused_lora(model: nn.Module) -> Iterator[None]:
             restore_forward(module)
 
 
-def _fused_forward(module, peft_forward, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-    parts = None if args or kwargs else lora_parts(module, x)
+class _Lowered:
+    """Tensors in autocast's dtype (bf16 / fp16), as autocast casts the inputs of a matmul.
+
+    autocast casts a weight at every call (it caches only leaves that train), so a frozen base
+    weight costs a full-size copy per layer and step. Here a frozen parameter is cast once and
+    the copy kept while it is unchanged (same object, same version counter); anything else
+    (activations, trainable parameters) is cast in the graph, so gradients flow back in their
+    own dtype. Lives for one `fused_lora` block."""
+
+    def __init__(self) -> None:
+        self.copies: dict[int, tuple[torch.Tensor, int, torch.Tensor]] = {}
+
+    def __call__(self, tensor: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+        if tensor is None or tensor.dtype == dtype:
+            return tensor
+        if tensor.requires_grad or not isinstance(tensor, nn.Parameter):  # in the graph
+            return tensor.to(dtype)
+        held = self.copies.get(id(tensor))
+        if held is None or held[0] is not tensor or held[1] != tensor._version:
+            held = (tensor, tensor._version, tensor.detach().to(dtype))
+            self.copies[id(tensor)] = held
+        return held[2]
+
+
+def _autocast_dtype(x: torch.Tensor) -> torch.dtype | None:
+    device = x.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
+
+
+def _fused_forward(
+    lowered: _Lowered, module, peft_forward, x: torch.Tensor, *args, **kwargs
+) -> torch.Tensor:
+    parts = None if args or kwargs else lora_parts(module)
     if parts is None:
         return peft_forward(x, *args, **kwargs)
-    return _LoraLinear.apply(x, *parts)
+    low = _autocast_dtype(x)
+    if low is None:
+        if x.dtype != parts[2].dtype:  # inputs of another dtype than the adapter's
+            return peft_forward(x, *args, **kwargs)
+        return _LoraLinear.apply(x, *parts)
+    weight, bias, lora_a, lora_b, scaling = parts
+    with torch.autocast(x.device.type, enabled=False):
+        tensors = (lowered(t, low) for t in (x, weight, bias, lora_a, lora_b))
+        return _LoraLinear.apply(*tensors, scaling)
 
 
 # ---------------------------------------------------------------- fused SwiGLU MLP
@@ -101,13 +145,22 @@ def _swiglu_mlps(model: nn.Module, fused: set[int]) -> list[nn.Module]:
     ]
 
 
-def _fused_mlp_forward(module, mlp_forward, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+def _fused_mlp_forward(
+    lowered: _Lowered, module, mlp_forward, x: torch.Tensor, *args, **kwargs
+) -> torch.Tensor:
     gate, up, down = module.gate_proj, module.up_proj, module.down_proj
-    parts = [None if args or kwargs else lora_parts(p, x) for p in (gate, up, down)]
+    parts = [None if args or kwargs else lora_parts(p) for p in (gate, up, down)]
     if any(p is None or p[0].requires_grad or p[1] is not None for p in parts):
         return mlp_forward(x, *args, **kwargs)  # only adapters train here, and no biases
     (wg, _, ag, bg, sg), (wu, _, au, bu, su), (wd, _, ad, bd, sd) = parts
-    return _LoraSwiGLU.apply(x, wg, ag, bg, wu, au, bu, wd, ad, bd, (sg, su, sd))
+    tensors = (x, wg, ag, bg, wu, au, bu, wd, ad, bd)
+    low = _autocast_dtype(x)
+    if low is None:
+        if any(t.dtype != x.dtype for t in tensors):
+            return mlp_forward(x, *args, **kwargs)
+        return _LoraSwiGLU.apply(*tensors, (sg, su, sd))
+    with torch.autocast(x.device.type, enabled=False):
+        return _LoraSwiGLU.apply(*(lowered(t, low) for t in tensors), (sg, su, sd))
 
 
 class _LoraSwiGLU(torch.autograd.Function):

@@ -119,8 +119,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, rows):
-        with torch.autocast(hidden.device.type, enabled=False):
-            dtype = hidden.dtype
+        device = hidden.device.type  # under autocast the logits are computed in its dtype
+        low = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
+        with torch.autocast(device, enabled=False):
+            dtype = low or hidden.dtype
             w = weight.to(dtype)
             b = bias.to(dtype) if bias is not None else None
             want_h, want_w, want_b = ctx.needs_input_grad[:3]
@@ -129,7 +131,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             grad_b = torch.zeros_like(bias, dtype=torch.float32) if want_b else None  # (V,)
             total = hidden.new_zeros((), dtype=torch.float32)
             for start in range(0, hidden.shape[0], rows):
-                h = hidden[start : start + rows]  # (C, d)
+                h = hidden[start : start + rows].to(dtype)  # (C, d)
                 t = targets[start : start + rows]  # (C,)
                 logits = F.linear(h, w, b).float()  # (C, V)
                 logsumexp = torch.logsumexp(logits, dim=-1)  # (C,)
