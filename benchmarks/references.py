@@ -154,5 +154,5 @@ def run_reference(args: argparse.Namespace, reference: str) -> Trained:
             trainer.train()
             seconds, cpu = clock.read()
     steps = trainer.state.global_step
-    figures = counted.figures()
+    figures = {**counted.figures(), "stolen_share": clock.stolen}
     return Trained(model, tokenizer.pad_token_id, work, seconds, cpu, steps, figures, memory)

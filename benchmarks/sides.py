@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import sys
 import tempfile
@@ -158,13 +159,29 @@ def figures(trained: Trained) -> dict:
 
 
 class Clock:
-    """Wall and CPU time since construction."""
+    """Wall and CPU time since construction, and the share of the machine's CPU time the
+    hypervisor gave to other guests meanwhile (`stolen`, after `read`; Linux, else 0): on a
+    shared virtual machine a side that ran while much was stolen is slower for no fault of its
+    own, so every side reports it."""
 
     def __init__(self) -> None:
-        self.wall, self.cpu = time.perf_counter(), time.process_time()
+        self.wall, self.cpu, self.steal = time.perf_counter(), time.process_time(), _steal()
+        self.stolen = 0.0
 
     def read(self) -> tuple[float, float]:
-        return time.perf_counter() - self.wall, time.process_time() - self.cpu
+        wall = time.perf_counter() - self.wall
+        ticks = os.sysconf("SC_CLK_TCK") * wall * (os.cpu_count() or 1)
+        self.stolen = (_steal() - self.steal) / ticks if ticks else 0.0
+        return wall, time.process_time() - self.cpu
+
+
+def _steal() -> int:
+    """The machine's stolen CPU time so far, in clock ticks (/proc/stat's 8th field)."""
+    try:
+        with open("/proc/stat") as stat:
+            return int(stat.readline().split()[8])
+    except (OSError, IndexError, ValueError):
+        return 0
 
 
 # ---------------------------------------------------------------- tunelab
@@ -238,7 +255,8 @@ def run_tunelab(args: argparse.Namespace, variant: str) -> Trained:
         clock = Clock()
         steps = train_steps(model, method, cfg, plan, share, accelerator)
         seconds, cpu = clock.read()
-    extra = {"tokens_per_row": cfg.train.tokens_per_batch, **counted.figures()}
+    extra = {"tokens_per_row": cfg.train.tokens_per_batch, **counted.figures(),
+             "stolen_share": clock.stolen}  # fmt: skip
     model = accelerator.unwrap_model(model)
     return Trained(model, tokenizer.pad_token_id, work, seconds, cpu, steps, extra, memory)
 

@@ -14,8 +14,10 @@ turn; the figures are medians:
 
 Printed per side: tokens/s (real tokens only: padding never counts), tokens per CPU-second,
 peak RSS while training (the loaded model included), the eval loss after training, effective
-MFU and true utilisation, and the work counted (model tokens, head rows); then one line per
-tunelab variant against the chosen reference:
+MFU and true utilisation, the work counted (model tokens, head rows), and the share of the
+machine's CPU time the hypervisor gave to other guests while the side trained (`stolen`, from
+/proc/stat; a warning names any side above 5 %, whose speed is then not a measurement); then
+one line per tunelab variant against the chosen reference:
 
     ratio tunelab=V reference=R tokens_per_s=X.XX peak_memory=Y.YY eval_loss_delta=Z.ZZZ
 
@@ -166,7 +168,7 @@ def run_side_process(side: str, argv: list[str], threads: int) -> dict:
 
 def median_result(runs: list[dict]) -> dict:
     result = dict(runs[-1])
-    for key in ("seconds", "cpu_seconds", "peak_rss_mb", "eval_loss"):
+    for key in ("seconds", "cpu_seconds", "peak_rss_mb", "eval_loss", "stolen_share"):
         result[key] = statistics.median(run[key] for run in runs)
     result["tokens_per_s"] = result["tokens"] / result["seconds"]
     result["tokens_per_cpu_s"] = result["tokens"] / result["cpu_seconds"]
@@ -184,7 +186,7 @@ def side_rows(results: dict[str, dict], peak: float) -> list[str]:
     lines = [
         f"{'side':<26} {'tokens/s':>9} {'per CPU-s':>10} {'peak RSS MB':>12} {'eval loss':>10} "
         f"{'eff. MFU':>9} {'true util':>9} {'model tok':>10} {'head rows':>10} {'steps':>6}"
-        "  tokens/s of each run"
+        f" {'stolen':>7}  tokens/s of each run"
     ]
     for side, r in results.items():
         effective, true = utilisations(r, peak)
@@ -192,7 +194,8 @@ def side_rows(results: dict[str, dict], peak: float) -> list[str]:
         lines.append(
             f"{side:<26} {r['tokens_per_s']:>9.1f} {r['tokens_per_cpu_s']:>10.1f} "
             f"{r['peak_rss_mb']:>12.0f} {r['eval_loss']:>10.4f} {effective:>9.1%} {true:>9.1%} "
-            f"{r['model_tokens']:>10} {r['head_rows']:>10} {r['steps']:>6}  {runs}"
+            f"{r['model_tokens']:>10} {r['head_rows']:>10} {r['steps']:>6} "
+            f"{r['stolen_share']:>7.1%}  {runs}"
         )
     return lines
 
@@ -204,6 +207,9 @@ def ratio_line(ours: dict, ref: dict, variant: str, reference: str) -> str:
         f"peak_memory={ours['peak_rss_mb'] / ref['peak_rss_mb']:.2f} "
         f"eval_loss_delta={ours['eval_loss'] - ref['eval_loss']:.3f}"
     )
+
+
+STOLEN_LIMIT = 0.05  # of the machine's CPU time, above which a side's speed is not quoted
 
 
 def report(args: argparse.Namespace, results: dict[str, dict], peak: float) -> list[str]:
@@ -218,6 +224,13 @@ def report(args: argparse.Namespace, results: dict[str, dict], peak: float) -> l
         f"{peak / 1e9:.1f} GFLOP/s",
         *side_rows(results, peak),
     ]
+    disturbed = [side for side, r in results.items() if r["stolen_share"] > STOLEN_LIMIT]
+    if disturbed:
+        lines.append(
+            f"warning: the hypervisor gave more than {STOLEN_LIMIT:.0%} of this machine's CPU time "
+            f"to other guests while {', '.join(disturbed)} trained ('stolen'); those sides ran "
+            "slower for it and these ratios are not a measurement: rerun when the host is quiet"
+        )
     fastest = max(references, key=lambda side: results[side]["tokens_per_s"])
     if args.reference == "fastest":
         lines.append(f"fastest reference: {fastest.split(':')[1]}")

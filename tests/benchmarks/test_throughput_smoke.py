@@ -20,7 +20,7 @@ RATIO = re.compile(
     r"eval_loss_delta=(-?\d+\.\d{3})$"
 )
 COLUMNS = ("tokens_per_s", "per_cpu_s", "rss", "eval_loss", "effective", "true", "model_tokens",
-           "head_rows", "steps")  # fmt: skip
+           "head_rows", "steps", "stolen")  # fmt: skip
 TINY = ["--model", "random:llama", "--steps", "2", "--batch-size", "4", "--max-length", "192",
         "--eval-examples", "4", "--threads", "1"]  # fmt: skip
 
@@ -68,6 +68,7 @@ def test_every_reference_and_both_tunelab_variants(tmp_path):
     assert set(rows) == {*(f"reference:{r}" for r in references),
                          "tunelab:default", "tunelab:no-shared-prefix"}  # fmt: skip
     assert all(row["steps"] == 2 for row in rows.values())  # the same optimizer steps
+    assert all(0 <= row["stolen"] <= 100 for row in rows.values())  # a share of the machine, %
     losses = [row["eval_loss"] for row in rows.values()]
     assert max(losses) - min(losses) < 0.05  # same examples, same schedule, tiny model
     # Work counted by the hooks: padded sides run padding, flattened ones exactly the tokens,
