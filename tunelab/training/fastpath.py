@@ -87,7 +87,8 @@ class _Lowered:
     weight costs a full-size copy per layer and step. Here a frozen parameter is cast once and
     the copy kept while it is unchanged (same object, same version counter); anything else
     (activations, trainable parameters) is cast in the graph, so gradients flow back in their
-    own dtype. Lives for one `fused_lora` block."""
+    own dtype. The copies cost half the frozen fp32 weights' size in memory (a model loaded in
+    the low dtype needs none). Lives for one `fused_lora` block."""
 
     def __init__(self) -> None:
         self.copies: dict[int, tuple[torch.Tensor, int, torch.Tensor]] = {}
