@@ -116,15 +116,22 @@ def _fused_forward(
     parts = None if args or kwargs else lora_parts(module)
     if parts is None:
         return peft_forward(x, *args, **kwargs)
+    weight, bias, lora_a, lora_b, scaling = parts
+    tensors = (x, weight, bias, lora_a, lora_b)
+    return _run_fused(_LoraLinear, lowered, tensors, scaling, lambda: peft_forward(x))
+
+
+def _run_fused(function, lowered: _Lowered, tensors: tuple, constants, fallback) -> torch.Tensor:
+    """`function.apply(*tensors, constants)` (tensors[0] is the input): under autocast in its
+    dtype, else as they are where they all share the input's dtype, else `fallback()`."""
+    x = tensors[0]
     low = _autocast_dtype(x)
     if low is None:
-        if x.dtype != parts[2].dtype:  # inputs of another dtype than the adapter's
-            return peft_forward(x, *args, **kwargs)
-        return _LoraLinear.apply(x, *parts)
-    weight, bias, lora_a, lora_b, scaling = parts
+        if any(t is not None and t.dtype != x.dtype for t in tensors):
+            return fallback()
+        return function.apply(*tensors, constants)
     with torch.autocast(x.device.type, enabled=False):
-        tensors = (lowered(t, low) for t in (x, weight, bias, lora_a, lora_b))
-        return _LoraLinear.apply(*tensors, scaling)
+        return function.apply(*(lowered(t, low) for t in tensors), constants)
 
 
 # ---------------------------------------------------------------- fused SwiGLU MLP
@@ -155,13 +162,7 @@ def _fused_mlp_forward(
         return mlp_forward(x, *args, **kwargs)  # only adapters train here, and no biases
     (wg, _, ag, bg, sg), (wu, _, au, bu, su), (wd, _, ad, bd, sd) = parts
     tensors = (x, wg, ag, bg, wu, au, bu, wd, ad, bd)
-    low = _autocast_dtype(x)
-    if low is None:
-        if any(t.dtype != x.dtype for t in tensors):
-            return mlp_forward(x, *args, **kwargs)
-        return _LoraSwiGLU.apply(*tensors, (sg, su, sd))
-    with torch.autocast(x.device.type, enabled=False):
-        return _LoraSwiGLU.apply(*(lowered(t, low) for t in tensors), (sg, su, sd))
+    return _run_fused(_LoraSwiGLU, lowered, tensors, (sg, su, sd), lambda: mlp_forward(x))
 
 
 class _LoraSwiGLU(torch.autograd.Function):
