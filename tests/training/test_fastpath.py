@@ -152,12 +152,29 @@ def test_frozen_weights_are_cast_once_and_again_when_changed():
     second = lowered(frozen, torch.bfloat16)
     assert second is not first
     torch.testing.assert_close(second, frozen.detach().to(torch.bfloat16))
-    trained = torch.nn.Parameter(torch.randn(4, 3))
-    activation = torch.randn(4, 3)
-    for tensor in (trained, activation):  # cast at every call, in the graph
-        assert lowered(tensor, torch.bfloat16) is not lowered(tensor, torch.bfloat16)
+    trained = torch.nn.Parameter(torch.randn(4, 3))  # cast at every call, in the graph
+    assert lowered(trained, torch.bfloat16) is not lowered(trained, torch.bfloat16)
     assert lowered(trained, torch.bfloat16).grad_fn is not None
     assert lowered(first, torch.bfloat16) is first and lowered(None, torch.bfloat16) is None
+
+
+def test_an_activation_read_by_consecutive_layers_is_cast_once():
+    """q, k and v read one input: one cast, and its gradient flows back once, summed."""
+    lowered = fastpath._Lowered()
+    x = torch.randn(4, 3, requires_grad=True)
+    casts = [lowered(x, torch.bfloat16) for _ in range(3)]
+    assert casts[0] is casts[1] is casts[2] and casts[0].grad_fn is not None
+    sum(cast.float().sum() * (i + 1) for i, cast in enumerate(casts)).backward()
+    torch.testing.assert_close(x.grad, torch.full((4, 3), 6.0))
+    with torch.no_grad():
+        x.mul_(2.0)  # changed in place: cast again
+    assert lowered(x, torch.bfloat16) is not casts[0]
+    again = lowered(x, torch.bfloat16)
+    lowered(torch.randn(4, 3), torch.bfloat16)  # one entry: another input takes it
+    assert lowered(x, torch.bfloat16) is not again
+    with torch.no_grad():  # a cast made without a graph is not reused where one is wanted
+        bare = lowered(x, torch.bfloat16)
+    assert lowered(x, torch.bfloat16) is not bare
 
 
 def test_leaving_the_block_restores_peft_forward():

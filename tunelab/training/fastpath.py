@@ -15,7 +15,9 @@ what costs most when elementwise passes are memory-bound and threads share cores
    there, instead of also keeping silu(gate) and the product (two of the five widest
    activations of a layer).
 4. Under mixed precision (bf16 / fp16 autocast) 2 and 3 compute in autocast's dtype, as
-   autocast would, but cast each frozen base weight once per run instead of at every call.
+   autocast would, but cast each frozen base weight once per run instead of at every call,
+   and the input q, k and v share once instead of three times (one low-dtype copy saved for
+   backward, not three).
 """
 
 from __future__ import annotations
@@ -87,22 +89,40 @@ class _Lowered:
     weight costs a full-size copy per layer and step. Here a frozen parameter is cast once and
     the copy kept while it is unchanged (same object, same version counter); anything else
     (activations, trainable parameters) is cast in the graph, so gradients flow back in their
-    own dtype. The copies cost half the frozen fp32 weights' size in memory (a model loaded in
+    own dtype; an activation cast again by the next call (q, k and v read one input) is the
+    same cast. The copies cost half the frozen fp32 weights' size in memory (a model loaded in
     the low dtype needs none). Lives for one `fused_lora` block."""
 
     def __init__(self) -> None:
         self.copies: dict[int, tuple[torch.Tensor, int, torch.Tensor]] = {}
+        self.last: tuple[torch.Tensor, int, torch.Tensor] | None = None  # the last activation
 
     def __call__(self, tensor: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
         if tensor is None or tensor.dtype == dtype:
             return tensor
-        if tensor.requires_grad or not isinstance(tensor, nn.Parameter):  # in the graph
+        if not isinstance(tensor, nn.Parameter):  # an activation: in the graph
+            return self._activation(tensor, dtype)
+        if tensor.requires_grad:  # a trained weight: in the graph, at every call
             return tensor.to(dtype)
         held = self.copies.get(id(tensor))
         if held is None or held[0] is not tensor or held[1] != tensor._version:
             held = (tensor, tensor._version, tensor.detach().to(dtype))
             self.copies[id(tensor)] = held
         return held[2]
+
+    def _activation(self, tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """`tensor.to(dtype)`, the same cast again for the input the previous call cast (q, k
+        and v read one input): one cast in the graph, and the three input gradients summed in
+        the low dtype before one cast back."""
+        last = self.last
+        if last is not None and last[0] is tensor and last[1] == tensor._version:
+            if last[2].dtype == dtype and last[2].requires_grad == (
+                tensor.requires_grad and torch.is_grad_enabled()
+            ):
+                return last[2]
+        cast = tensor.to(dtype)
+        self.last = (tensor, tensor._version, cast)
+        return cast
 
 
 def _autocast_dtype(x: torch.Tensor) -> torch.dtype | None:
