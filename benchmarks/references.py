@@ -75,7 +75,7 @@ def training_kwargs(args: argparse.Namespace, scratch: str, batch_size: int) -> 
         logging_strategy="no",
         save_strategy="no",
         report_to="none",
-        use_cpu=True,
+        use_cpu=args.device == "cpu",
         bf16=args.precision == "bf16",
         dataloader_num_workers=0,
         seed=args.seed,
@@ -149,8 +149,8 @@ def run_reference(args: argparse.Namespace, reference: str) -> Trained:
         else:
             trainer = trainer_for(reference, args, model, tokenizer, work, scratch)
         with count_work(trainer.model) as counted:
-            memory = PeakMemory.start("cpu")
-            clock = Clock()
+            memory = PeakMemory.start(args.device)
+            clock = Clock(args.device)
             trainer.train()
             seconds, cpu = clock.read()
     steps = trainer.state.global_step

@@ -106,9 +106,11 @@ def eval_loss(model, items: list[Tokenized], pad_id: int) -> float:
     plain full logits, computed the same way for both sides."""
     model.eval()
     virtual = virtual_tokens(model)  # prompt tuning: the logits start with V virtual positions
+    device = next(model.parameters()).device
     total, count = 0.0, 0
     for start in range(0, len(items), EVAL_BATCH):
         batch = padded_batch(items[start : start + EVAL_BATCH], pad_id)
+        batch = {key: tensor.to(device) for key, tensor in batch.items()}
         out = model(
             input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
         )
@@ -164,11 +166,18 @@ class Clock:
     shared virtual machine a side that ran while much was stolen is slower for no fault of its
     own, so every side reports it."""
 
-    def __init__(self) -> None:
+    def __init__(self, device: str = "cpu") -> None:
+        self.device = device
+        self._synchronize()
         self.wall, self.cpu, self.steal = time.perf_counter(), time.process_time(), _steal()
         self.stolen = 0.0
 
+    def _synchronize(self) -> None:
+        if self.device == "cuda":  # kernels still queued belong to the span they were issued in
+            torch.cuda.synchronize()
+
     def read(self) -> tuple[float, float]:
+        self._synchronize()
         wall = time.perf_counter() - self.wall
         ticks = os.sysconf("SC_CLK_TCK") * wall * (os.cpu_count() or 1)
         self.stolen = (_steal() - self.steal) / ticks if ticks else 0.0
@@ -202,7 +211,7 @@ def tunelab_config(args: argparse.Namespace, tokens_per_batch: int | None) -> Ru
             "weight_decay": 0.0,
             "seed": args.seed,
             "precision": args.precision,
-            "device": "cpu",
+            "device": args.device,
             "num_threads": args.threads,
             "progress": False,
             "log_every": 10**6,
@@ -251,8 +260,8 @@ def run_tunelab(args: argparse.Namespace, variant: str) -> Trained:
     plan = Plan(work.train, [], [], packing, args.steps, args.steps, pad_id=tokenizer.pad_token_id)
     share = variant == "default"
     with count_work(model) as counted:
-        memory = PeakMemory.start("cpu")
-        clock = Clock()
+        memory = PeakMemory.start(args.device)
+        clock = Clock(args.device)
         steps = train_steps(model, method, cfg, plan, share, accelerator)
         seconds, cpu = clock.read()
     extra = {"tokens_per_row": cfg.train.tokens_per_batch, **counted.figures(),

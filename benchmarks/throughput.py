@@ -13,7 +13,8 @@ turn; the figures are medians:
   kernel work and the saving that depends on the data show separately (`--tunelab-variants`).
 
 Printed per side: tokens/s (real tokens only: padding never counts), tokens per CPU-second,
-peak RSS while training (the loaded model included), the eval loss after training, effective
+peak RSS while training (the loaded model included; with `--device cuda` the GPU's
+`max_memory_allocated` instead), the eval loss after training, effective
 MFU and true utilisation, the work counted (model tokens, head rows), and the share of the
 machine's CPU time the hypervisor gave to other guests while the side trained (`stolen`, from
 /proc/stat; a warning names any side above 5 %, whose speed is then not a measurement); then
@@ -61,7 +62,6 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -95,6 +95,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=8, help="examples per step")
     parser.add_argument("--lr", type=float, default=None, help="default: tunelab's for the method")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="cuda: every side on the GPU (with --precision bf16, as users "
+                             "train there); peak memory is max_memory_allocated")  # fmt: skip
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                         help="bf16: autocast on every side (fp32 weights); the matmul peak "
                              "is then bf16's")  # fmt: skip
@@ -114,6 +117,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if unknown or not args.variants:
         parser.error(f"--tunelab-variants: {','.join(unknown) or 'none given'}: choose among "
                      f"{', '.join(VARIANTS)}")  # fmt: skip
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch sees no CUDA GPU on this machine")
     if args.reference != "fastest" and (why := unavailable(args.reference, args.method)):
         parser.error(f"--reference {args.reference}: {why}")
     return args
@@ -141,19 +146,24 @@ def chosen_references(args: argparse.Namespace) -> tuple[list[str], list[str]]:
 
 
 def matmul_peak_flops(
-    threads: int, precision: str = "fp32", size: int = 2048, tries: int = 6
+    threads: int, precision: str = "fp32", size: int = 2048, tries: int = 6, device: str = "cpu"
 ) -> float:
-    """Best FLOP/s of a (size, size) @ (size, size) in `precision` on `threads` threads."""
+    """Best FLOP/s of a (size, size) @ (size, size) in `precision` on `threads` threads (on a
+    GPU: of ten 8192-wide ones in a row)."""
+    from sides import Clock  # benchmarks/ is on sys.path when run as a script
+
     torch.set_num_threads(threads)
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    size, calls = (8192, 10) if device == "cuda" else (size, 1)
+    a, b = (torch.randn(size, size, dtype=dtype, device=device) for _ in range(2))
     a @ b  # warm up
     best = float("inf")
     for _ in range(tries):
-        started = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - started)
-    return 2 * size**3 / best
+        clock = Clock(device)
+        for _ in range(calls):
+            a @ b
+        best = min(best, clock.read()[0])
+    return 2 * size**3 * calls / best
 
 
 def run_side_process(side: str, argv: list[str], threads: int) -> dict:
@@ -184,7 +194,7 @@ def utilisations(result: dict, peak: float) -> tuple[float, float]:
 
 def side_rows(results: dict[str, dict], peak: float) -> list[str]:
     lines = [
-        f"{'side':<26} {'tokens/s':>9} {'per CPU-s':>10} {'peak RSS MB':>12} {'eval loss':>10} "
+        f"{'side':<26} {'tokens/s':>9} {'per CPU-s':>10} {'peak MB':>12} {'eval loss':>10} "
         f"{'eff. MFU':>9} {'true util':>9} {'model tok':>10} {'head rows':>10} {'steps':>6}"
         f" {'stolen':>7}  tokens/s of each run"
     ]
@@ -220,8 +230,9 @@ def report(args: argparse.Namespace, results: dict[str, dict], peak: float) -> l
     lines = [
         f"model {args.model}  method {args.method}  lr {first['lr']:g}  data {args.data} ({shape})",
         f"{first['examples']} examples, {first['tokens']} real tokens, {args.steps} steps × "
-        f"batch {args.batch_size}; threads {args.threads}; {args.precision}, matmul peak "
-        f"{peak / 1e9:.1f} GFLOP/s",
+        f"batch {args.batch_size}; {args.device}, threads {args.threads}; {args.precision}, "
+        f"matmul peak {peak / 1e9:.1f} GFLOP/s; peak MB: "
+        + ("torch.cuda.max_memory_allocated" if args.device == "cuda" else "peak RSS of the side"),
         *side_rows(results, peak),
     ]
     disturbed = [side for side, r in results.items() if r["stolen_share"] > STOLEN_LIMIT]
@@ -252,12 +263,12 @@ def main(argv: list[str] | None = None) -> None:
     references, notes = chosen_references(args)
     sides = [f"reference:{name}" for name in references]
     sides += [f"tunelab:{variant}" for variant in args.variants]
-    peak = matmul_peak_flops(args.threads, args.precision)
+    peak = matmul_peak_flops(args.threads, args.precision, device=args.device)
     runs: dict[str, list[dict]] = {side: [] for side in sides}
     for _ in range(args.repeats):
         for side in sides:
             runs[side].append(run_side_process(side, argv, args.threads))
-    peak = max(peak, matmul_peak_flops(args.threads, args.precision))
+    peak = max(peak, matmul_peak_flops(args.threads, args.precision, device=args.device))
     results = {side: median_result(side_runs) for side, side_runs in runs.items()}
     print("\n".join([*notes, *report(args, results, peak)]), flush=True)
 

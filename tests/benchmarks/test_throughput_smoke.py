@@ -141,6 +141,16 @@ def test_bf16_autocast_on_both_sides(tmp_path):
     assert abs(float(match.group(5))) < 0.05
 
 
+def test_device_cuda_without_a_gpu_is_refused_before_any_work(bench, capsys, monkeypatch):
+    throughput, _, _ = bench
+    monkeypatch.setattr(throughput.torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as stopped:
+        throughput.parse_args(["--device", "cuda", "--precision", "bf16"])
+    assert stopped.value.code == 2
+    assert "--device cuda: torch sees no CUDA GPU" in capsys.readouterr().err
+    assert throughput.parse_args([]).device == "cpu"
+
+
 def test_prompt_style_methods_refuse_flattened_references(bench, capsys):
     throughput, _, _ = bench
     with pytest.raises(SystemExit) as stopped:
