@@ -168,7 +168,7 @@ def test_prefix_default_init_reads_vocabulary_tokens():
 def test_prompt_learning_does_not_merge(name):
     method = METHODS[name]
     assert not method.mergeable and method.prompt_learning
-    assert method.supports_packing is (name != "prefix")  # prefix tuning's KV prefix cannot
+    assert method.supports_packing  # on packed rows (tests/training/test_packed_virtual_tokens)
     model, cfg, _, _ = applied(name, "gpt2")
     with pytest.raises(MergeNotSupported, match=name):
         method.merge(model, cfg)

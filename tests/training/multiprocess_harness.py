@@ -37,7 +37,7 @@ def config(method: str, world: int, root: Path, name: str, accum: int = 1, **tra
                  "max_eval_examples": 2,
                  # prompt learning packs in one process only (training.plan): both sides
                  # unpacked, so one process and two see the same batches
-                 "packing": method not in ("prompt", "ptuning")},
+                 "packing": method not in ("prompt", "ptuning", "prefix")},
         "method": {"name": method, **SMALL.get(method, {})},
         "train": {"max_steps": STEPS, "batch_size": 2, "grad_accum": accum * 2 // world, "lr": 1e-2,
                   "progress": False, "log_every": 1, "num_threads": 1, **train},

@@ -1,13 +1,20 @@
-"""Prompt tuning and p-tuning on packed rows: the virtual tokens are the row's shared prefix,
-so every example sees them exactly as it would alone behind its own copy. Loss and gradients
-equal one example per row (PEFT's own forward), inside the training fast paths and outside
-them (evaluation), with a shared prompt prefix stored once as well."""
+"""Prompt tuning, p-tuning and prefix tuning on packed rows: the virtual tokens (prefix
+tuning's cached keys and values) are the row's shared prefix, so every example sees them
+exactly as it would alone behind its own copy. Loss and gradients equal one example per row
+(PEFT's own forward), inside the training fast paths and outside them (evaluation), with a
+shared prompt prefix stored once as well."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from peft import PromptEncoderConfig, PromptTuningConfig, TaskType, get_peft_model
+from peft import (
+    PrefixTuningConfig,
+    PromptEncoderConfig,
+    PromptTuningConfig,
+    TaskType,
+    get_peft_model,
+)
 
 from tunelab.data.batching import packed_batch, padded_batch
 from tunelab.methods import get_method
@@ -25,6 +32,7 @@ CONFIGS = {
     "ptuning": lambda: PromptEncoderConfig(
         task_type=TaskType.CAUSAL_LM, num_virtual_tokens=VIRTUAL, encoder_hidden_size=16
     ),
+    "prefix": lambda: PrefixTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=VIRTUAL),
 }
 
 
@@ -50,7 +58,7 @@ def loss_and_gradients(model, batches, fast: bool):
     return total, grads
 
 
-@pytest.mark.parametrize("method", ["prompt", "ptuning"])
+@pytest.mark.parametrize("method", ["prompt", "ptuning", "prefix"])
 @pytest.mark.parametrize("arch", ["llama", "gemma3"])  # gemma3: a sliding-window layer
 @pytest.mark.parametrize("prefix", [0, 12], ids=["no-shared-prefix", "shared-prefix"])
 @pytest.mark.parametrize("fast", [True, False], ids=["fast-paths", "evaluation"])
@@ -65,13 +73,11 @@ def test_packed_row_equals_one_example_per_row(method, arch, prefix, fast):
         torch.testing.assert_close(grads[name], grad, atol=1e-5, rtol=1e-4, msg=name)
 
 
-@pytest.mark.parametrize(
-    ("method", "packs"), [("prompt", True), ("ptuning", True), ("prefix", False)]
-)
-def test_the_run_packs_prompt_and_ptuning_but_not_prefix(tmp_path, method, packs):
+@pytest.mark.parametrize("method", ["prompt", "ptuning", "prefix"])
+def test_the_run_packs_every_prompt_style_method(tmp_path, method):
     cfg = load_config({"model": {"name": "random:llama"}, "method": {"name": method},
                        "data": {"train": "builtin:reverse", "builtin_size": 16},
                        "output_dir": str(tmp_path)})  # fmt: skip
     model, tokenizer = random_model("llama")
     plan = plan_data(cfg, tokenizer, get_method(method), model)
-    assert plan.packing is packs
+    assert plan.packing

@@ -52,8 +52,8 @@ class PrefixTuning(PeftMethod):
     idea = "freeze the model, learn keys and values of virtual positions in every layer"
     default_lr = 3e-3
     mergeable = False
-    supports_packing = False  # PEFT hands the prefix over as a KV cache, which the packed
-    # attention does not split per example (benchmarks/RESULTS.md: prompt-style methods)
+    # packs: the packed attention puts the cached prefix before every example of a row
+    # (tunelab/training/packed.py, `prefix_tuning_row`)
     prompt_learning = True
     Config: ClassVar[type[MethodSettings]] = PrefixSettings
 

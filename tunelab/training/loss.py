@@ -26,6 +26,7 @@ from tunelab.compat import accepts_logits_to_keep, fast_paths_enabled
 from tunelab.data.types import IGNORE
 from tunelab.training.packed import (
     per_example_attention,
+    prefix_tuning_row,
     share_prefix,
     shares_prefixes,
     virtual_token_row,
@@ -53,8 +54,10 @@ def token_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[to
     mask = kept_targets != IGNORE  # (B, K)
     inner = unwrapped(model)  # what the model is; the forward still runs through `model`
     shift = _virtual_tokens(inner)  # outputs of prompt-tuned models start with V of them
-    if shift and "position_ids" in batch:  # a packed row: V virtual tokens for every example
-        base, inputs = virtual_token_row(inner, batch)
+    packed = "position_ids" in batch
+    if packed and (shift or _prefix_tuned(inner)):  # V virtual positions for every example
+        row = virtual_token_row if shift else prefix_tuning_row
+        base, inputs = row(inner, batch)
         with per_example_attention(base):
             return _loss_sum(base, inputs, positions + shift, kept_targets, mask), n_tokens
     loss = _loss_sum(model, model_inputs(batch), positions + shift, kept_targets, mask, inner)
@@ -215,6 +218,11 @@ def _virtual_tokens(model: nn.Module) -> int:
     if not getattr(config, "is_prompt_learning", False) or config.peft_type == "PREFIX_TUNING":
         return 0
     return config.num_virtual_tokens
+
+
+def _prefix_tuned(model: nn.Module) -> bool:
+    config = getattr(model, "active_peft_config", None)
+    return getattr(config, "peft_type", None) == "PREFIX_TUNING"
 
 
 def labelled_tokens(batch: dict[str, torch.Tensor]) -> int:

@@ -16,6 +16,11 @@ continuing from len(P), and the attention lets each S_i see P and itself. Output
 gradients are those of the full row (P's activations get the summed gradient of every example
 that reads them); only the duplicated work is gone. Such a row means something only to this
 attention, so the loss compacts a row only while the model runs under it (`shares_prefixes`).
+
+Prefix tuning. Its V learned keys and values per layer come in as a KV cache in front of the
+row (`prefix_tuning_row`): the keys are then V longer than the queries, every example's
+positions start at V, and each example attends to the V cached keys and itself — exactly one
+example per row behind its own prefix.
 """
 
 from __future__ import annotations
@@ -90,8 +95,11 @@ def packed_sdpa_forward(
     window = kwargs.get("sliding_window") or getattr(module, "sliding_window", None)
     groups = getattr(module, "num_key_value_groups", 1)
     key, value = repeat_kv(key, groups), repeat_kv(value, groups)  # CPU: faster than enable_gqa
+    cached = key.shape[2] - query.shape[2]  # a prefix-tuning prefix every example sees
+    prefix_key, prefix_value = key[:, :, :cached], value[:, :, :cached]
+    key, value = key[:, :, cached:], value[:, :, cached:]
     options = {"dropout_p": dropout, "scale": scaling}
-    fixed = not any(offsets) and lengths.count(lengths[0]) == len(lengths)
+    fixed = not any(offsets) and not cached and lengths.count(lengths[0]) == len(lengths)
     if fixed and (window is None or lengths[0] <= window):  # fixed-length data
         # (1, H, n*W, D) -> (n, H, W, D): one batched call, no splitting
         batched = [x[0].unflatten(1, (len(lengths), lengths[0])).transpose(0, 1)
@@ -101,12 +109,14 @@ def packed_sdpa_forward(
     pieces = list(zip(*(x.split(lengths, dim=2) for x in (query, key, value)), strict=True))
     outputs = []
     for (q, k, v), offset in zip(pieces, offsets, strict=True):
-        if offset == 0 and (window is None or q.shape[2] <= window):  # an example of its own
-            outputs.append(_attend(q, k, v, is_causal=True, **options))
+        if offset == 0 and not cached and (window is None or q.shape[2] <= window):
+            outputs.append(_attend(q, k, v, is_causal=True, **options))  # an example alone
             continue
         if offset:  # an example continuing the shared prefix (segment 0, `offset` tokens)
             k, v = torch.cat([pieces[0][1], k], dim=2), torch.cat([pieces[0][2], v], dim=2)
-        sees = _visible(offset, q.shape[2], window, q.device)
+        if cached:  # behind the cached prefix
+            k, v = torch.cat([prefix_key, k], dim=2), torch.cat([prefix_value, v], dim=2)
+        sees = _visible(cached + offset, q.shape[2], window, q.device)
         outputs.append(_attend(q, k, v, attn_mask=sees, **options))
     return torch.cat(outputs, dim=2).transpose(1, 2).contiguous(), None  # (1, L, H, D)
 
@@ -138,14 +148,17 @@ def _visible(offset: int, length: int, window: int | None, device) -> torch.Tens
 def _row_layout(query, key, position_ids) -> tuple[list[int], list[int]] | None:
     """(lengths, first positions) of the segments of a packed row, else None.
 
-    A packed row: batch 1, no cache, and position_ids counting up by one within each of at
-    least two segments. A segment starts at position 0 (an example) or at
-    P > 0 (an example continuing the shared prefix: the row's first P tokens, returned as a
-    segment of its own). Packed rows never hold padding: tunelab gives them no mask.
+    A packed row: batch 1, and position_ids counting up by one within each of at least two
+    segments. A segment starts at position 0 (an example) or at P > 0 (an example continuing
+    the shared prefix: the row's first P tokens, returned as a segment of its own). Packed rows
+    never hold padding: tunelab gives them no mask. Keys C longer than the queries are a cached
+    prefix in front of every example (prefix tuning): positions then count from C, and the
+    returned ones are counted from C as well.
     """
-    if position_ids is None or query.shape[0] != 1 or query.shape[2] != key.shape[2]:
+    cached = key.shape[2] - query.shape[2]
+    if position_ids is None or query.shape[0] != 1 or cached < 0:
         return None
-    positions = position_ids.reshape(-1)  # (L,)
+    positions = position_ids.reshape(-1) - cached  # (L,)
     if positions.shape[0] != query.shape[2] or int(positions[0]) != 0:
         return None
     starts = [0, *((positions.diff() != 1).nonzero().squeeze(-1) + 1).tolist()]
@@ -230,6 +243,22 @@ def virtual_token_row(model: nn.Module, inputs: dict) -> tuple[nn.Module, dict]:
     return model.get_base_model(), {
         "inputs_embeds": torch.cat([prompts, embeds], dim=1),  # (1, V + L, H)
         "position_ids": torch.cat([virtual, positions + prompts.shape[1]], dim=1),  # (1, V + L)
+    }
+
+
+def prefix_tuning_row(model: nn.Module, inputs: dict) -> tuple[nn.Module, dict]:
+    """A packed row (1, L) for a prefix-tuning PeftModel, as (the base model, its inputs):
+    PEFT's V learned keys and values per layer as the KV cache in front of the row, and every
+    position shifted by V, where PEFT's own forward puts one example's text (V, V+1, ...). The
+    packed attention reads the cache as a prefix each example sees and no example sees past;
+    PEFT's forward would put the prefix once before the whole row and drop `position_ids`."""
+    ids = inputs["input_ids"]  # (1, L)
+    virtual = model.active_peft_config.num_virtual_tokens
+    cache = model.get_prompt(batch_size=1, max_cache_len=virtual + ids.shape[1])
+    return model.get_base_model(), {
+        "input_ids": ids,
+        "position_ids": inputs["position_ids"] + virtual,  # (1, L)
+        "past_key_values": cache,
     }
 
 
