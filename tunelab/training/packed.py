@@ -25,6 +25,7 @@ example per row behind its own prefix.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
 from itertools import pairwise
@@ -107,15 +108,20 @@ def packed_sdpa_forward(
         out = _attend(*batched, is_causal=True, **options)
         return out.transpose(1, 2).reshape(1, query.shape[2], query.shape[1], query.shape[3]), None
     pieces = list(zip(*(x.split(lengths, dim=2) for x in (query, key, value)), strict=True))
+    # the keys and values a segment sees ahead of its own, by its offset, joined once a layer:
+    # the cached prefix, and for an example continuing the shared prefix segment 0 after it
+    ahead = {0: (prefix_key, prefix_value)}
+    for offset in {offset for offset in offsets if offset}:  # at most one (`_row_layout`)
+        ahead[offset] = (torch.cat([prefix_key, pieces[0][1]], dim=2),
+                         torch.cat([prefix_value, pieces[0][2]], dim=2))  # fmt: skip
     outputs = []
     for (q, k, v), offset in zip(pieces, offsets, strict=True):
         if offset == 0 and not cached and (window is None or q.shape[2] <= window):
             outputs.append(_attend(q, k, v, is_causal=True, **options))  # an example alone
             continue
-        if offset:  # an example continuing the shared prefix (segment 0, `offset` tokens)
-            k, v = torch.cat([pieces[0][1], k], dim=2), torch.cat([pieces[0][2], v], dim=2)
-        if cached:  # behind the cached prefix
-            k, v = torch.cat([prefix_key, k], dim=2), torch.cat([prefix_value, v], dim=2)
+        seen_key, seen_value = ahead[offset]
+        if seen_key.shape[2]:
+            k, v = torch.cat([seen_key, k], dim=2), torch.cat([seen_value, v], dim=2)
         sees = _visible(cached + offset, q.shape[2], window, q.device)
         outputs.append(_attend(q, k, v, attn_mask=sees, **options))
     return torch.cat(outputs, dim=2).transpose(1, 2).contiguous(), None  # (1, L, H, D)
@@ -133,10 +139,12 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **options) -> tor
     return out.to(q.dtype)
 
 
+@functools.lru_cache(maxsize=256)  # every layer of a forward asks for the same few
 def _visible(offset: int, length: int, window: int | None, device) -> torch.Tensor:
     """(length, offset + length) bool: which keys each query of an example sees. Queries sit at
     positions offset..offset+length-1 and keys at 0..offset+length-1 (the shared prefix, then
-    the example): causal, and within `window` positions where the layer has one."""
+    the example): causal, and within `window` positions where the layer has one. Shared
+    between calls: read only."""
     query = torch.arange(offset, offset + length, device=device)[:, None]  # (length, 1)
     key = torch.arange(offset + length, device=device)[None, :]  # (1, offset + length)
     sees = key <= query
