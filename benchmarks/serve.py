@@ -196,11 +196,15 @@ def describe_stats(before: dict, after: dict) -> str:
     runs = done["step_runs"] / done["steps"] if done["steps"] else 0.0
     forwards = (done["steps"] + done["prefills"]) / done["finished"] if done["finished"] else 0.0
     joined = done["prefill_rows"] / done["prefills"] if done["prefills"] else 0.0
+    seconds = {key: after.get(key, 0.0) - before.get(key, 0.0)
+               for key in ("step_s", "prefill_s", "classic_s", "idle_s")}  # fmt: skip
     return (
         f"{done['steps']} decoding forwards, {rows:.2f} rows of {runs:.2f} runs each; "
         f"{done['prefills']} prefills, "
         f"{joined:.2f} rows each; {done['classic']} generate() batches of "
-        f"{done['classic_rows']} requests; {forwards:.2f} continuous forwards per request"
+        f"{done['classic_rows']} requests; {forwards:.2f} continuous forwards per request\n"
+        f"  worker wall s: steps {seconds['step_s']:.2f}, prefills {seconds['prefill_s']:.2f}, "
+        f"generate {seconds['classic_s']:.2f}, idle {seconds['idle_s']:.2f}"
     )
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 
 import pytest
 import torch
@@ -158,14 +159,20 @@ def test_scheduler_fills_one_batch_and_rows_leave_when_done(served):
     options = {"no_repeat_ngram_size": 1, "min_new_tokens": 7}  # no EOS: every row runs out
     jobs = [Job("base", row, n, emit=emit, decoding=dict(options))
             for row, n in zip(ids, lengths, strict=True)]  # fmt: skip
+    started = time.perf_counter()
     try:
         for job in jobs:
             scheduler.submit(job)
         assert all_done.wait(30)
     finally:
         scheduler.close()
+    elapsed = time.perf_counter() - started
     stats = scheduler.stats.summary()
     assert (stats["prefills"], stats["prefill_rows"], stats["finished"]) == (1, 6, 6)
+    # the worker's time: waiting for the jobs (and the batch window), one prefill, the steps
+    assert stats["idle_s"] > 0 and stats["classic_s"] < 0.01
+    assert 0 < stats["prefill_s"] and 0 < stats["step_s"]
+    assert stats["prefill_s"] + stats["step_s"] < elapsed
     assert [len(job.tokens) for job in jobs] == lengths
     assert stats["steps"] == max(lengths) - 1
     assert stats["step_rows"] == sum(n - 1 for n in lengths)

@@ -70,6 +70,10 @@ class Stats:
     classic: int = 0  # batches decoded by `generate` (sampling, prompt learning, ...)
     classic_rows: int = 0
     finished: int = 0  # jobs done
+    step_s: float = 0.0  # wall seconds the worker spent in decoding steps,
+    prefill_s: float = 0.0  # in prefills (rows joining),
+    classic_s: float = 0.0  # in `generate` batches,
+    idle_s: float = 0.0  # and waiting for work (no job, or a batch filling)
 
     def summary(self) -> dict:
         forwards = self.steps + self.prefills

@@ -27,8 +27,9 @@ token by a stopping criterion, the worker busy until that batch ends.
 
 Each job hands deltas of its text to its `emit` callback (thread-safe, never blocking: a slow
 client cannot stall the worker), applies stop strings and its own `max_tokens`, and ends when
-its client went away (`cancelled`). `stats` counts forwards and rows per forward;
-`/tunelab/stats` serves it.
+its client went away (`cancelled`). `stats` counts forwards and rows per forward, and the
+worker's wall seconds in steps, prefills, `generate` batches and waiting; `/tunelab/stats`
+serves it.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ import threading
 import time
 import weakref
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from tunelab.evaluate.generation import stop_token_ids
 from tunelab.evaluate.modes import inference
@@ -111,17 +114,22 @@ class Scheduler:
     def _work(self) -> None:
         while True:
             with self.condition:
+                waited = time.perf_counter()
                 self._wait_for_work()
+                self.stats.idle_s += time.perf_counter() - waited
                 if self.closed and not self.batches:
                     return
                 joining, classic = self._admit()
                 self.running.extend(job for group in (*joining.values(), *classic) for job in group)
             try:
-                for slot, jobs in joining.items():
-                    self._join(slot, jobs)
-                for jobs in classic:
-                    self._classic(jobs)
-                self._step()
+                with self._timed("prefill_s"):
+                    for slot, jobs in joining.items():
+                        self._join(slot, jobs)
+                with self._timed("classic_s"):
+                    for jobs in classic:
+                        self._classic(jobs)
+                with self._timed("step_s"):
+                    self._step()
             except Exception as error:  # a bug must not kill the worker: report and go on
                 log.exception("generation failed")
                 for job in self.running:
@@ -131,6 +139,15 @@ class Scheduler:
                 self.batches.clear()
             finally:
                 self._forget_finished()
+
+    @contextmanager
+    def _timed(self, field: str) -> Iterator[None]:
+        """Add the block's wall seconds to `stats.<field>`."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            setattr(self.stats, field, getattr(self.stats, field) + time.perf_counter() - start)
 
     def _wait_for_work(self) -> None:
         """Block while there is nothing to do; an idle worker given a first job waits up to

@@ -4,8 +4,8 @@
 /tunelab/reports   the comparison and search reports found under --runs; each is served as
                    the file it is (/tunelab/reports/N/report.html), not redrawn
 /tunelab/stats     what the engine did so far: decoding forwards, rows and runs per forward,
-                   prefills, batches `generate` decoded, requests finished (the benchmark
-                   prints it)
+                   prefills, batches `generate` decoded, requests finished, and the
+                   worker's wall seconds in each and waiting (the benchmark prints it)
 """
 
 from __future__ import annotations
