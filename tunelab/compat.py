@@ -126,6 +126,18 @@ def _probe_fused_lora() -> str | None:
     fused = sum(plain_lora_layer(module) for module in model.modules())
     if fused != len(targets) or not torch.allclose(expected, got, atol=1e-5):
         return "the fused LoRA layers differ from PEFT's"
+    config = LoraConfig(r=2, target_modules=["q_proj", "up_proj"], use_dora=True)
+    model = inject_adapter_in_model(config, _tiny_llama())
+    for name, parameter in model.named_parameters():
+        if "lora_B" in name or "magnitude" in name:
+            nn.init.normal_(parameter)  # as above; and a magnitude that is not the norm
+    with torch.no_grad():
+        expected = model(input_ids=ids, use_cache=False).logits
+        with fused_lora(model):
+            got = model(input_ids=ids, use_cache=False).logits
+    fused = sum(dora_layer(module) for module in model.modules())
+    if fused != 2 or not torch.allclose(expected, got, atol=1e-5):
+        return "the fused DoRA layers differ from PEFT's"
     return None
 
 
@@ -206,6 +218,30 @@ def plain_lora_layer(module: nn.Module) -> bool:
         return False
     name = next(iter(module.lora_A))
     return isinstance(module.lora_dropout[name], nn.Identity) and module.lora_B[name].bias is None
+
+
+def dora_layer(module: nn.Module) -> bool:
+    """A PEFT DoRA linear with one adapter, no dropout, an nn.Linear base (not transposed) and
+    no bias on B: the case the fused DoRA linear computes."""
+    from peft.tuners.lora.layer import Linear as LoraLinear
+    from peft.tuners.lora.variants import DoraLinearVariant
+
+    if not isinstance(module, LoraLinear) or type(module.base_layer) is not nn.Linear:
+        return False
+    if len(module.lora_A) != 1 or module.fan_in_fan_out:
+        return False
+    name = next(iter(module.lora_A))
+    return (
+        type(module.lora_variant.get(name)) is DoraLinearVariant
+        and name in module.lora_magnitude_vector
+        and isinstance(module.lora_dropout[name], nn.Identity)
+        and module.lora_B[name].bias is None
+    )
+
+
+def dora_magnitude(module: nn.Module) -> nn.Parameter:
+    """The trained magnitude vector (out,) of a `dora_layer`'s active adapter."""
+    return module.lora_magnitude_vector[module.active_adapters[0]].weight
 
 
 def lora_parts(module: nn.Module) -> tuple | None:

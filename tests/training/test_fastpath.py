@@ -34,9 +34,10 @@ def rows(lengths: list[int], seed: int = 0, prefix: int = 0) -> list[Tokenized]:
     return items
 
 
-def with_lora(arch: str):
+def with_lora(arch: str, dora: bool = False):
     model, _ = random_model(arch, seed=0)
-    config = LoraConfig(r=4, lora_alpha=8, target_modules=resolve_targets(model, "all"))
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=resolve_targets(model, "all"),
+                        use_dora=dora)  # fmt: skip
     model = get_peft_model(model.eval(), config)
     for name, param in model.named_parameters():
         if "lora_B" in name:  # zero at init: make the adapter matter
@@ -107,6 +108,43 @@ def test_swiglu_mlps_run_fused_with_peft_gradients(arch):
     assert grads.keys() == reference.keys()
     for name, grad in reference.items():
         torch.testing.assert_close(grads[name], grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("arch", ("llama", "bloom"))  # bloom: linear layers with biases
+def test_fused_dora_same_loss_and_gradients_as_peft(arch, monkeypatch):
+    """DoRA layers run as one function that keeps no (N, out) tensor for backward; loss and
+    the gradients of A, B and the magnitude are PEFT's."""
+    calls = []
+    original = fastpath._DoraLinear.apply
+    monkeypatch.setattr(fastpath._DoraLinear, "apply", lambda *a: calls.append(1) or original(*a))
+    model = with_lora(arch, dora=True)
+    items = rows([7, 11, 4])
+    batch = packed_batch(items) if arch == "llama" else padded_batch(items, pad_id=259)
+    reference_loss, reference = loss_and_gradients(model, batch, fast=False)
+    assert not calls
+    loss, grads = loss_and_gradients(model, batch, fast=True)
+    layers = sum(1 for name, _ in model.named_modules() if name.endswith("lora_magnitude_vector"))
+    assert len(calls) == layers > 0  # every DoRA layer, once
+    torch.testing.assert_close(loss, reference_loss, atol=1e-5, rtol=1e-5)
+    assert grads.keys() == reference.keys()
+    assert any("magnitude" in name for name in grads)
+    for name, grad in reference.items():
+        torch.testing.assert_close(grads[name], grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_fused_dora_under_bf16_autocast_is_as_close_as_peft():
+    torch.manual_seed(0)
+    model = with_lora("llama", dora=True)
+    batch = packed_batch(rows([7, 11, 4]))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        reference_loss, reference = loss_and_gradients(model, batch, fast=False)
+        loss, grads = loss_and_gradients(model, batch, fast=True)
+    full_loss, full = loss_and_gradients(model, batch, fast=False)
+    assert abs(loss - full_loss) <= 2 * abs(reference_loss - full_loss) + 1e-3 * full_loss
+    for name, exact in full.items():
+        assert grads[name].dtype == torch.float32, name
+        bound = 1.5 * _relative_error(reference[name], exact) + 1e-2
+        assert _relative_error(grads[name], exact) <= bound, name
 
 
 def _relative_error(value: torch.Tensor, reference: torch.Tensor) -> float:

@@ -14,7 +14,10 @@ what costs most when elementwise passes are memory-bound and threads share cores
    as one function that keeps x, gate(x) and up(x) for backward and recomputes silu(gate)·up
    there, instead of also keeping silu(gate) and the product (two of the five widest
    activations of a layer).
-4. Under mixed precision (bf16 / fp16 autocast) 2 and 3 compute in autocast's dtype, as
+4. Fused DoRA linear: c ⊙ (xWᵀ + s·(xAᵀ)Bᵀ) + b with c = m / ||W + s·BA|| as one function
+   that keeps x and xAᵀ for backward and recomputes the product there for m's gradient, where
+   PEFT keeps two full-width outputs per layer (base(x) and B(A(x))).
+5. Under mixed precision (bf16 / fp16 autocast) 2-4 compute in autocast's dtype, as
    autocast would, but cast each frozen base weight once per run instead of at every call,
    and the input q, k and v share once instead of three times (one low-dtype copy saved for
    backward, not three).
@@ -31,6 +34,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from tunelab.compat import (
+    dora_layer,
+    dora_magnitude,
     fast_paths_enabled,
     lora_parts,
     patch_forward,
@@ -65,8 +70,9 @@ def fast_paths(
 @contextmanager
 def fused_lora(model: nn.Module) -> Iterator[None]:
     """Within the block, plain LoRA layers (one adapter, no dropout, no DoRA, nn.Linear base)
-    run as `_LoraLinear`, and SwiGLU MLPs made of three of them as `_LoraSwiGLU`; any layer or
-    call outside that case keeps PEFT's forward. Under mixed precision (autocast) they compute
+    run as `_LoraLinear`, SwiGLU MLPs made of three of them as `_LoraSwiGLU`, and DoRA layers
+    (the same conditions) as `_DoraLinear`; any layer or call outside that case keeps PEFT's
+    forward. Under mixed precision (autocast) they compute
     in autocast's dtype, as autocast would, with the frozen weights cast once, not per call."""
     lowered = _Lowered()
     patched = [m for m in model.modules() if plain_lora_layer(m)]
@@ -75,10 +81,13 @@ def fused_lora(model: nn.Module) -> Iterator[None]:
     mlps = _swiglu_mlps(model, {id(m) for m in patched})
     for module in mlps:
         patch_forward(module, functools.partial(_fused_mlp_forward, lowered))
+    doras = [m for m in model.modules() if dora_layer(m)]
+    for module in doras:
+        patch_forward(module, functools.partial(_fused_dora_forward, lowered))
     try:
         yield
     finally:
-        for module in patched + mlps:
+        for module in patched + mlps + doras:
             restore_forward(module)
 
 
@@ -258,6 +267,73 @@ class _LoraLinear(torch.autograd.Function):
         if want_bias:
             grad_bias = grad.sum(0)
         return grad_x, grad_w, grad_bias, grad_a, grad_b, None
+
+
+# ---------------------------------------------------------------- fused DoRA
+
+
+def _fused_dora_forward(
+    lowered: _Lowered, module, peft_forward, x: torch.Tensor, *args, **kwargs
+) -> torch.Tensor:
+    parts = None if args or kwargs else lora_parts(module)
+    if parts is None or parts[0].requires_grad or (parts[1] is not None and parts[1].requires_grad):
+        return peft_forward(x, *args, **kwargs)  # (only the adapter trains here)
+    weight, bias, lora_a, lora_b, scaling = parts
+    magnitude = dora_magnitude(module)
+    with torch.no_grad():  # ||W + s·BA|| per output row, a constant in backward (as PEFT's)
+        norm = torch.linalg.norm(weight + scaling * (lora_b @ lora_a), dim=1)  # (out,)
+    low = _autocast_dtype(x)
+    if low is None:
+        if any(t is not None and t.dtype != x.dtype for t in (weight, bias, lora_a, magnitude)):
+            return peft_forward(x)
+        return _DoraLinear.apply(x, weight, bias, lora_a, lora_b, magnitude, norm, scaling)
+    with torch.autocast(x.device.type, enabled=False):  # the products in autocast's dtype
+        x, weight, bias, lora_a, lora_b = (lowered(t, low) for t in (x, weight, bias, lora_a,
+                                                                       lora_b))  # fmt: skip
+        return _DoraLinear.apply(x, weight, bias, lora_a, lora_b, magnitude, norm, scaling)
+
+
+class _DoraLinear(torch.autograd.Function):
+    """y = c ⊙ (x Wᵀ + s·(x Aᵀ) Bᵀ) + b, c = m / ||W + s·BA|| per output row (DoRA; the norm
+    a constant in backward, as in the paper and PEFT) — what PEFT computes as base(x) +
+    (c - 1) ⊙ (base(x) - b) + c ⊙ s·B(A(x)).
+
+    PEFT keeps two (N, out) tensors per layer for backward (base(x) and B(A(x))); this keeps
+    x and the rank-r x Aᵀ and recomputes x Wᵀ + s·(x Aᵀ) Bᵀ in backward for m's gradient: one
+    more product there, and none of those tensors held from forward to backward. c and m's
+    gradient stay in m's dtype (fp32 under autocast, where PEFT's sum is fp32 too)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, lora_a, lora_b, magnitude, norm, scaling):
+        flat = x.reshape(-1, x.shape[-1])  # (N, in)
+        out, down = _lora_linear(flat, weight, None, lora_a, lora_b, scaling)  # (N, out), (N, r)
+        scale = magnitude / norm  # (out,)
+        y = out.to(scale.dtype).mul_(scale) if out.dtype != scale.dtype else out.mul_(scale)
+        if bias is not None:
+            y = y.add_(bias)
+        ctx.save_for_backward(flat, down, weight, lora_a, lora_b, scale, norm)
+        ctx.scaling, ctx.shape = scaling, x.shape
+        return y.view(*x.shape[:-1], y.shape[-1])
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        flat, down, weight, lora_a, lora_b, scale, norm = ctx.saved_tensors
+        want_x, _, want_bias, want_a, want_b, want_m, _, _ = ctx.needs_input_grad
+        grad_y = grad_y.reshape(-1, grad_y.shape[-1])  # (N, out)
+        grad_out = (grad_y * scale).to(flat.dtype)  # at x Wᵀ + s·(x Aᵀ) Bᵀ
+        grad_down, grad_a, grad_b = _lora_grads(
+            grad_out, flat, down, lora_a, lora_b, ctx.scaling, want_a, want_b
+        )
+        grad_x = grad_bias = grad_m = None
+        if want_m:  # dy/dm = (x Wᵀ + s·(x Aᵀ) Bᵀ) / ||W + s·BA||: recomputed, not kept
+            out = F.linear(flat, weight).addmm_(down, lora_b.t(), alpha=ctx.scaling)
+            grad_m = (grad_y * out.to(grad_y.dtype)).sum(0).div_(norm).to(scale.dtype)
+            del out
+        if want_x:
+            grad_x = (grad_out @ weight).addmm_(grad_down, lora_a).view(ctx.shape)
+        if want_bias:
+            grad_bias = grad_y.sum(0)
+        return grad_x, None, grad_bias, grad_a, grad_b, grad_m, None, None
 
 
 def _lora_linear(flat, weight, bias, lora_a, lora_b, scaling):
