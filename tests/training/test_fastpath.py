@@ -110,14 +110,22 @@ def test_swiglu_mlps_run_fused_with_peft_gradients(arch):
         torch.testing.assert_close(grads[name], grad, atol=1e-5, rtol=1e-4, msg=name)
 
 
+@pytest.mark.parametrize("zeros", [False, True], ids=["magnitude", "some-magnitude-zero"])
 @pytest.mark.parametrize("arch", ("llama", "bloom"))  # bloom: linear layers with biases
-def test_fused_dora_same_loss_and_gradients_as_peft(arch, monkeypatch):
-    """DoRA layers run as one function that keeps no (N, out) tensor for backward; loss and
-    the gradients of A, B and the magnitude are PEFT's."""
+def test_fused_dora_same_loss_and_gradients_as_peft(arch, zeros, monkeypatch):
+    """DoRA layers run as one function that keeps neither base(x) nor B(A(x)) for backward;
+    loss and the gradients of A, B and the magnitude are PEFT's, also where a magnitude is
+    zero (its gradient then comes from the recomputed product, not from the output)."""
+    assert fast_paths_enabled()  # probed before the spying starts
     calls = []
     original = fastpath._DoraLinear.apply
     monkeypatch.setattr(fastpath._DoraLinear, "apply", lambda *a: calls.append(1) or original(*a))
     model = with_lora(arch, dora=True)
+    if zeros:
+        with torch.no_grad():
+            for name, parameter in model.named_parameters():
+                if "magnitude" in name:
+                    parameter[::3] = 0.0
     items = rows([7, 11, 4])
     batch = packed_batch(items) if arch == "llama" else padded_batch(items, pad_id=259)
     reference_loss, reference = loss_and_gradients(model, batch, fast=False)

@@ -283,14 +283,14 @@ def _fused_dora_forward(
     with torch.no_grad():  # ||W + s·BA|| per output row, a constant in backward (as PEFT's)
         norm = torch.linalg.norm(weight + scaling * (lora_b @ lora_a), dim=1)  # (out,)
     low = _autocast_dtype(x)
+    products = (x, weight, bias, lora_a, lora_b)
     if low is None:
-        if any(t is not None and t.dtype != x.dtype for t in (weight, bias, lora_a, magnitude)):
+        if any(t is not None and t.dtype != x.dtype for t in (*products, magnitude)):
             return peft_forward(x)
-        return _DoraLinear.apply(x, weight, bias, lora_a, lora_b, magnitude, norm, scaling)
+        return _DoraLinear.apply(*products, magnitude, norm, scaling)
     with torch.autocast(x.device.type, enabled=False):  # the products in autocast's dtype
-        x, weight, bias, lora_a, lora_b = (lowered(t, low) for t in (x, weight, bias, lora_a,
-                                                                       lora_b))  # fmt: skip
-        return _DoraLinear.apply(x, weight, bias, lora_a, lora_b, magnitude, norm, scaling)
+        lowered_products = [lowered(t, low) for t in products]
+        return _DoraLinear.apply(*lowered_products, magnitude, norm, scaling)
 
 
 class _DoraLinear(torch.autograd.Function):
@@ -299,36 +299,43 @@ class _DoraLinear(torch.autograd.Function):
     (c - 1) ⊙ (base(x) - b) + c ⊙ s·B(A(x)).
 
     PEFT keeps two (N, out) tensors per layer for backward (base(x) and B(A(x))); this keeps
-    x and the rank-r x Aᵀ and recomputes x Wᵀ + s·(x Aᵀ) Bᵀ in backward for m's gradient: one
-    more product there, and none of those tensors held from forward to backward. c and m's
-    gradient stay in m's dtype (fp32 under autocast, where PEFT's sum is fp32 too)."""
+    x, the rank-r x Aᵀ and y itself, which the next op often keeps anyway (SiLU and the
+    product of a gated MLP keep gate(x) and up(x)). m's gradient, Σₙ g ⊙ (x Wᵀ + s·(x Aᵀ) Bᵀ)
+    / ||W + s·BA||, is then Σₙ g ⊙ (y - b) / m; where some m is (near) zero the product is
+    recomputed instead. c and m's gradient stay in m's dtype (fp32 under autocast, where PEFT's
+    sum is fp32 too)."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, lora_a, lora_b, magnitude, norm, scaling):
         flat = x.reshape(-1, x.shape[-1])  # (N, in)
         out, down = _lora_linear(flat, weight, None, lora_a, lora_b, scaling)  # (N, out), (N, r)
         scale = magnitude / norm  # (out,)
-        y = out.to(scale.dtype).mul_(scale) if out.dtype != scale.dtype else out.mul_(scale)
+        y = out.to(scale.dtype).mul_(scale)  # in place where the dtypes agree
         if bias is not None:
             y = y.add_(bias)
-        ctx.save_for_backward(flat, down, weight, lora_a, lora_b, scale, norm)
+        ctx.save_for_backward(flat, down, weight, bias, lora_a, lora_b, magnitude, norm, y)
         ctx.scaling, ctx.shape = scaling, x.shape
         return y.view(*x.shape[:-1], y.shape[-1])
 
     @staticmethod
     def backward(ctx, grad_y):
-        flat, down, weight, lora_a, lora_b, scale, norm = ctx.saved_tensors
+        flat, down, weight, bias, lora_a, lora_b, magnitude, norm, y = ctx.saved_tensors
         want_x, _, want_bias, want_a, want_b, want_m, _, _ = ctx.needs_input_grad
         grad_y = grad_y.reshape(-1, grad_y.shape[-1])  # (N, out)
-        grad_out = (grad_y * scale).to(flat.dtype)  # at x Wᵀ + s·(x Aᵀ) Bᵀ
+        grad_out = (grad_y * (magnitude / norm)).to(flat.dtype)  # at x Wᵀ + s·(x Aᵀ) Bᵀ
         grad_down, grad_a, grad_b = _lora_grads(
             grad_out, flat, down, lora_a, lora_b, ctx.scaling, want_a, want_b
         )
         grad_x = grad_bias = grad_m = None
-        if want_m:  # dy/dm = (x Wᵀ + s·(x Aᵀ) Bᵀ) / ||W + s·BA||: recomputed, not kept
+        if want_m and bool((magnitude.abs() > 1e-6 * norm).all()):  # from y: Σ g(y - b) / m
+            grad_m = torch.linalg.vecdot(grad_y, y, dim=0)  # (out,)
+            if bias is not None:
+                grad_m -= grad_y.sum(0) * bias.to(grad_m.dtype)
+            grad_m = grad_m.div_(magnitude).to(magnitude.dtype)
+        elif want_m:  # recomputed: Σ g(x Wᵀ + s·(x Aᵀ) Bᵀ) / ||W + s·BA||
             out = F.linear(flat, weight).addmm_(down, lora_b.t(), alpha=ctx.scaling)
-            grad_m = (grad_y * out.to(grad_y.dtype)).sum(0).div_(norm).to(scale.dtype)
-            del out
+            grad_m = torch.linalg.vecdot(grad_y, out.to(grad_y.dtype), dim=0)
+            grad_m = grad_m.div_(norm).to(magnitude.dtype)
         if want_x:
             grad_x = (grad_out @ weight).addmm_(grad_down, lora_a).view(ctx.shape)
         if want_bias:
