@@ -15,8 +15,8 @@ what costs most when elementwise passes are memory-bound and threads share cores
    there, instead of also keeping silu(gate) and the product (two of the five widest
    activations of a layer).
 4. Fused DoRA linear: c ⊙ (xWᵀ + s·(xAᵀ)Bᵀ) + b with c = m / ||W + s·BA|| as one function
-   that keeps x and xAᵀ for backward and recomputes the product there for m's gradient, where
-   PEFT keeps two full-width outputs per layer (base(x) and B(A(x))).
+   that keeps x, xAᵀ and its output for backward (m's gradient comes from the output), where
+   PEFT keeps two more full-width tensors per layer (base(x) and B(A(x))).
 5. Under mixed precision (bf16 / fp16 autocast) 2-4 compute in autocast's dtype, as
    autocast would, but cast each frozen base weight once per run instead of at every call,
    and the input q, k and v share once instead of three times (one low-dtype copy saved for
