@@ -29,10 +29,17 @@ import argparse
 import tempfile
 
 import torch
-from sides import Clock, Trained, Workload, build_workload, count_work, method_context
+from sides import (
+    Clock,
+    Trained,
+    Workload,
+    build_workload,
+    count_work,
+    method_context,
+    training_window,
+)
 
 from tunelab.data.types import IGNORE
-from tunelab.training.memory import PeakMemory
 
 
 def reference_model(name: str, seed: int):
@@ -149,7 +156,7 @@ def run_reference(args: argparse.Namespace, reference: str) -> Trained:
         else:
             trainer = trainer_for(reference, args, model, tokenizer, work, scratch)
         with count_work(trainer.model) as counted:
-            memory = PeakMemory.start(args.device)
+            memory = training_window(args.device)
             clock = Clock(args.device)
             trainer.train()
             seconds, cpu = clock.read()
