@@ -45,7 +45,7 @@ class Method:
     idea: ClassVar[str] = ""
     default_lr: ClassVar[float] = 1e-4
     mergeable: ClassVar[bool] = True
-    supports_packing: ClassVar[bool] = True
+    supports_packing: ClassVar[bool] = True  # False: each example needs a row of its own
     Config: ClassVar[type[MethodSettings]] = MethodSettings
     artifact_files: ClassVar[tuple[str, ...]] = (ADAPTER_WEIGHTS,)  # what `load` reads
 

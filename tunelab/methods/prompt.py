@@ -36,7 +36,6 @@ class PromptTuning(PeftMethod):
     idea = "freeze the model, learn embeddings of virtual tokens put before every input"
     default_lr = 3e-2
     mergeable = False
-    supports_packing = True  # each example sees the virtual tokens (training/packed.py)
     prompt_learning = True
     Config: ClassVar[type[MethodSettings]] = PromptSettings
 

@@ -31,7 +31,6 @@ class Ptuning(PeftMethod):
     idea = "virtual tokens before every input, produced by a small trainable MLP or LSTM"
     default_lr = 1e-2
     mergeable = False
-    supports_packing = True  # each example sees the virtual tokens (training/packed.py)
     prompt_learning = True
     Config: ClassVar[type[MethodSettings]] = PtuningSettings
 

@@ -114,9 +114,8 @@ class Scheduler:
     def _work(self) -> None:
         while True:
             with self.condition:
-                waited = time.perf_counter()
-                self._wait_for_work()
-                self.stats.idle_s += time.perf_counter() - waited
+                with self._timed("idle_s"):
+                    self._wait_for_work()
                 if self.closed and not self.batches:
                     return
                 joining, classic = self._admit()

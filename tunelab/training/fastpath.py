@@ -276,8 +276,8 @@ def _fused_dora_forward(
     lowered: _Lowered, module, peft_forward, x: torch.Tensor, *args, **kwargs
 ) -> torch.Tensor:
     parts = None if args or kwargs else lora_parts(module)
-    if parts is None or parts[0].requires_grad or (parts[1] is not None and parts[1].requires_grad):
-        return peft_forward(x, *args, **kwargs)  # (only the adapter trains here)
+    if parts is None or any(p is not None and p.requires_grad for p in parts[:2]):
+        return peft_forward(x, *args, **kwargs)  # only the adapter trains here, not W or b
     weight, bias, lora_a, lora_b, scaling = parts
     magnitude = dora_magnitude(module)
     with torch.no_grad():  # ||W + s·BA|| per output row, a constant in backward (as PEFT's)
