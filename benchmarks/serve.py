@@ -1,28 +1,35 @@
 """`tunelab serve` under load, against the server a competent user writes in an afternoon.
 
-    python benchmarks/serve.py --runs runs/demo-compare [--clients 8] [--requests 4]
+    python benchmarks/serve.py --runs runs/demo-compare [--clients 8] [--requests 4] [--rounds 2]
                                [--max-tokens 32] [--workloads one,uniform,skewed,distinct]
     python benchmarks/serve.py --engine-only embedded:smollm2-135m   # CPU cost of batching
     python benchmarks/serve.py --engine-mixed runs/demo-compare      # mixed batches vs turns
 
-Both servers run in their own process, one after the other, on the same runs: `tunelab serve`
-(one worker, micro-batching per adapter) and the reference (FastAPI + transformers `generate`
-with a `TextIteratorStreamer`, one model per run, one request at a time under a lock). Each
-workload sends `--clients` concurrent streaming clients, each `--requests` chat requests in a
-row (greedy, `max_tokens` fixed, `no_repeat_ngram_size=3` so answers run long):
+Both servers run at once, each in its own process, on the same runs, and every workload is driven
+on one and then the other (the order alternating over `--rounds`, so that a slower spell of a
+shared host falls on both): `tunelab serve` (one worker, continuous mixed-adapter batches) and the
+reference (FastAPI + transformers `generate` with a `TextIteratorStreamer`, one model per run, one
+request at a time under a lock). Each workload sends `--clients` concurrent streaming clients, each
+`--requests` chat requests in a row (greedy, `max_tokens` fixed, `no_repeat_ngram_size=3` so
+answers run long) over one kept-alive connection, as the `openai` client does (`httpx.stream` per
+request builds a client each time: ~60 CPU ms, 50 of them its default TLS context, which on two
+shared cores the load generator took from the server under test, the faster server the more):
 
   one       every request to the first adapter
   uniform   requests cycle over all adapters
   skewed    70 % to the first adapter, the rest spread over the others
   distinct  client i always asks model i (base and the adapters, in turn)
 
-Printed per server and workload: output tokens/s (all clients together), p50/p95 request
-latency, p50 time to first token, and output tokens per CPU second of the server process (on a
-shared machine the wall-clock figures move with other load; CPU time much less); for tunelab
-also what the engine did (decoding forwards, rows per forward, prefills); then tunelab /
-reference ratios of both. Last, the per-token CPU cost of an unmerged LoRA as a served view
-(lean LoRA forward) and as PEFT's own model against the same LoRA merged into the weights
-(greedy decoding of one prompt, one thread, median of `--repeats`).
+Printed per server and workload: output tokens/s (all clients together), p50/p95 request latency,
+p50 time to first token, and output tokens per CPU second of the server process (on a shared
+machine the wall-clock figures move with other load; CPU time much less) and the CPU seconds the
+clients themselves used (`clients_cpu_s`, taken from the same cores), and the share of the
+machine's CPU time stolen by other guests meanwhile (`stolen_share`); for tunelab also what the
+engine did (decoding forwards, rows per forward, prefills); then tunelab / reference ratios of
+both, each from the tokens, wall and CPU seconds summed over the rounds. Last, the per-token CPU
+cost of an unmerged LoRA as a served view (lean LoRA forward) and as PEFT's own model against the
+same LoRA merged into the weights (greedy decoding of one prompt, one thread, median of
+`--repeats`).
 """
 
 from __future__ import annotations
@@ -106,12 +113,12 @@ def reference_app(runs_dir: Path):
     return app
 
 
-def one_request(url: str, model: str, prompt: str, max_tokens: int) -> dict:
+def one_request(client: httpx.Client, url: str, model: str, prompt: str, max_tokens: int) -> dict:
     body = {"model": model, "messages": [{"role": "user", "content": prompt}], "stream": True,
             "max_tokens": max_tokens, "no_repeat_ngram_size": 3,
             "stream_options": {"include_usage": True}}  # fmt: skip
     start, first, tokens = time.perf_counter(), None, 0
-    with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=600) as reply:
+    with client.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=600) as reply:
         for line in reply.iter_lines():
             if not line.startswith("data: {"):
                 continue
@@ -151,22 +158,26 @@ def drive(url: str, workload: str, names: list[str], args, pid: int) -> dict:
     results: list[dict] = []
 
     def client(index: int) -> None:
-        for number, model in enumerate(asks[index]):
-            prompt = PROMPTS[(index + number) % len(PROMPTS)]
-            results.append(one_request(url, model, prompt, args.max_tokens))
+        with httpx.Client() as connection:  # one kept-alive connection per client, as openai's
+            for number, model in enumerate(asks[index]):
+                prompt = PROMPTS[(index + number) % len(PROMPTS)]
+                results.append(one_request(connection, url, model, prompt, args.max_tokens))
 
-    start, cpu = time.perf_counter(), cpu_seconds(pid)
+    start, cpu, mine = time.perf_counter(), cpu_seconds(pid), cpu_seconds(os.getpid())
     threads = [threading.Thread(target=client, args=(i,)) for i in range(args.clients)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     wall, cpu = time.perf_counter() - start, cpu_seconds(pid) - cpu
+    clients_cpu = cpu_seconds(os.getpid()) - mine
     latencies = sorted(r["latency"] for r in results)
     tokens = sum(r["tokens"] for r in results)
-    return {"tokens_per_s": tokens / wall, "tokens_per_cpu_s": tokens / cpu,
+    return {"tokens_per_s": tokens / wall, "tokens_per_cpu_s": tokens / cpu, "tokens": tokens,
+            "cpu_s": cpu,
             "p50": statistics.median(latencies), "p95": latencies[int(0.95 * (len(latencies) - 1))],
-            "ttft_p50": statistics.median(r["ttft"] for r in results), "wall": wall}  # fmt: skip
+            "ttft_p50": statistics.median(r["ttft"] for r in results), "wall": wall,
+            "clients_cpu_s": clients_cpu}  # fmt: skip
 
 
 def start_server(command: list[str], port: int) -> subprocess.Popen:
@@ -187,8 +198,9 @@ def engine_stats(url: str) -> dict:
     return httpx.get(f"{url}/tunelab/stats", timeout=30).json()
 
 
-def describe_stats(before: dict, after: dict) -> str:
-    """What the engine did between two /tunelab/stats readings."""
+def describe_stats(before: dict, after: dict, wall: float) -> str:
+    """What the engine did between two /tunelab/stats readings `wall` seconds apart (idle: the
+    rest of that time; the engine's own idle count also holds the wait before the first job)."""
     keys = ("steps", "step_rows", "step_runs", "prefills", "prefill_rows", "classic",
             "classic_rows", "finished")  # fmt: skip
     done = {key: after.get(key, 0) - before.get(key, 0) for key in keys}
@@ -197,7 +209,8 @@ def describe_stats(before: dict, after: dict) -> str:
     forwards = (done["steps"] + done["prefills"]) / done["finished"] if done["finished"] else 0.0
     joined = done["prefill_rows"] / done["prefills"] if done["prefills"] else 0.0
     seconds = {key: after.get(key, 0.0) - before.get(key, 0.0)
-               for key in ("step_s", "prefill_s", "classic_s", "idle_s")}  # fmt: skip
+               for key in ("step_s", "prefill_s", "classic_s")}  # fmt: skip
+    seconds["idle_s"] = max(0.0, wall - sum(seconds.values()))
     return (
         f"{done['steps']} decoding forwards, {rows:.2f} rows of {runs:.2f} runs each; "
         f"{done['prefills']} prefills, "
@@ -209,8 +222,9 @@ def describe_stats(before: dict, after: dict) -> str:
 
 
 def warm(url: str, names: list[str]) -> None:
-    for name in names:
-        one_request(url, name, PROMPTS[0], 4)
+    with httpx.Client() as connection:
+        for name in names:
+            one_request(connection, url, name, PROMPTS[0], 4)
 
 
 def merged_overhead(run: Path, repeats: int, tokens: int) -> dict[str, float]:
@@ -342,7 +356,67 @@ def _engine_once(adapters, asks: list[str], ids: list[list[int]], tokens: int, m
     return {"cpu_s_per_token": cost / made, "tokens": made, **scheduler.stats.summary()}
 
 
-def main() -> None:
+def start_both(args) -> dict[str, tuple[str, subprocess.Popen]]:
+    """Both servers, each in its own process and idle while the other is driven:
+    {label: (url, process)}."""
+    from tunelab.serve.server import free_port
+
+    servers = {}
+    try:
+        for label in ("tunelab", "reference"):
+            port = free_port()
+            command = [sys.executable, "-m", "tunelab.cli", "serve", "--runs", str(args.runs),
+                       "--port", str(port), "--max-tokens", str(args.max_tokens)]  # fmt: skip
+            if label == "reference":
+                command = [sys.executable, __file__, "--runs", str(args.runs),
+                           "--reference-port", str(port)]  # fmt: skip
+            servers[label] = (f"http://127.0.0.1:{port}", start_server(command, port))
+    except BaseException:
+        for _, process in servers.values():
+            process.kill()
+        raise
+    return servers
+
+
+def compare(servers: dict, names: list[str], args) -> dict[tuple[str, str], dict]:
+    """Every workload on both servers back to back, `--rounds` times, the order alternating
+    (tunelab first in odd rounds), so that a slower spell of a shared host falls on both;
+    {(server, workload): figures summed over the rounds}. Prints every side as it ends, with
+    the share of the machine's CPU the hypervisor gave to other guests meanwhile."""
+    from sides import Clock  # benchmarks/ is on sys.path when run as a script
+
+    parts: dict[tuple[str, str], list[dict]] = {}
+    for round_ in range(args.rounds):
+        for workload in args.workloads.split(","):
+            order = ["tunelab", "reference"] if round_ % 2 == 0 else ["reference", "tunelab"]
+            for label in order:
+                url, process = servers[label]
+                before = engine_stats(url) if label == "tunelab" else None
+                clock = Clock()
+                figures = drive(url, workload, names, args, process.pid)
+                clock.read()
+                figures["stolen_share"] = clock.stolen
+                parts.setdefault((label, workload), []).append(figures)
+                shown = {key: round(value, 3) for key, value in figures.items()}
+                print(label, workload, f"round {round_ + 1}", json.dumps(shown), flush=True)
+                if before is not None:
+                    print(
+                        "  engine:",
+                        describe_stats(before, engine_stats(url), figures["wall"]),
+                        flush=True,
+                    )
+    return {key: pooled(runs) for key, runs in parts.items()}
+
+
+def pooled(runs: list[dict]) -> dict:
+    """One side's rounds as one: tokens over wall and over CPU seconds summed."""
+    wall = sum(run["wall"] for run in runs)
+    tokens = sum(run["tokens"] for run in runs)
+    cpu = sum(run["cpu_s"] for run in runs)
+    return {"tokens_per_s": tokens / wall, "tokens_per_cpu_s": tokens / cpu}
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "demo-compare")
     parser.add_argument("--clients", type=int, default=8)
@@ -350,13 +424,19 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--workloads", default="one,uniform,skewed,distinct")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=2,
+        help="times every workload runs on both servers (order alternating)",
+    )
     parser.add_argument("--reference-port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--engine-only", metavar="MODEL",
                         help="only the CPU cost of batching on MODEL (no servers)")  # fmt: skip
     parser.add_argument("--engine-mixed", metavar="RUNS", type=Path,
                         help="only the engine's CPU cost per token for --clients prompts "
                              "over the runs under RUNS, mixed batches vs turns")  # fmt: skip
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.engine_mixed:
         costs = engine_mixed(args.engine_mixed, args.clients, args.max_tokens, args.repeats)
         for label, figures in costs.items():
@@ -383,29 +463,13 @@ def main() -> None:
         return
     runs = discover([args.runs])
     names = ["base", *runs]
-    table = {}
-    for label in ("tunelab", "reference"):
-        from tunelab.serve.server import free_port
-
-        port = free_port()
-        command = [sys.executable, "-m", "tunelab.cli", "serve", "--runs", str(args.runs),
-                   "--port", str(port), "--max-tokens", str(args.max_tokens)]  # fmt: skip
-        if label == "reference":
-            command = [sys.executable, __file__, "--runs", str(args.runs), "--reference-port",
-                       str(port)]  # fmt: skip
-        process = start_server(command, port)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            served = names
-            warm(url, served)
-            for workload in args.workloads.split(","):
-                before = engine_stats(url) if label == "tunelab" else None
-                table[label, workload] = drive(url, workload, served, args, process.pid)
-                figures = {key: round(value, 3) for key, value in table[label, workload].items()}
-                print(label, workload, json.dumps(figures), flush=True)
-                if before is not None:
-                    print("  engine:", describe_stats(before, engine_stats(url)), flush=True)
-        finally:
+    servers = start_both(args)
+    try:
+        for url, _ in servers.values():
+            warm(url, names)
+        table = compare(servers, names, args)
+    finally:
+        for _, process in servers.values():
             process.terminate()
             process.wait(30)
     for workload in args.workloads.split(","):
