@@ -8,13 +8,15 @@ from __future__ import annotations
 import threading
 
 import pytest
+import torch
 
 from tunelab.evaluate.generation import encode_prompts, generate
 from tunelab.evaluate.modes import inference
+from tunelab.serve import mixed
 from tunelab.serve.adapters import BASE, AdapterSet
 from tunelab.serve.batch import RunningBatch, Stats
 from tunelab.serve.engine import Job, Scheduler, Wordlike
-from tunelab.serve.mixed import Mixer, row_delta
+from tunelab.serve.mixed import Mixer, RowLinear, base_linear, row_delta
 
 JOINING = ["lora_a", "lora_r2", "ia3", "bitfit", "prompt", "ptuning"]
 APART = ["dora", "prefix", "adapter", "full", "ulmfit", "importance"]
@@ -50,11 +52,16 @@ def test_which_runs_join_a_mixed_batch(served):
     assert row_delta(served.runs["prompt"].model, "prompt", served.base).virtual is not None
 
 
-@pytest.mark.parametrize("options", [*OPTIONS, "alternating"])
-def test_mixed_rows_decode_what_each_run_decodes_alone(served, options):
+@pytest.mark.parametrize(
+    ("options", "wide"), [*((o, False) for o in [*OPTIONS, "alternating"]), ("alternating", True)]
+)
+def test_mixed_rows_decode_what_each_run_decodes_alone(served, options, wide, monkeypatch):
     """Eight rows of seven runs (the first LoRA's two apart, so gathered by index) join one
     batch in three groups and leave at their own max_tokens; every row's text is its run's
-    lone greedy text (also with rows of different decoding options in the batch)."""
+    lone greedy text (also with rows of different decoding options in the batch, and with
+    every product of 4+ rows taken as W @ xᵀ, as the output layer of a real vocabulary is)."""
+    if wide:
+        monkeypatch.setattr(mixed, "WIDE", 1)
     names = [BASE, *JOINING, "lora_a"]
     per_row = [OPTIONS[i % 2] if options == "alternating" else options for i in range(8)]
     lengths = [8, 8, 3, 5, 8, 7, 6, 8]
@@ -88,6 +95,23 @@ def test_mixed_rows_decode_what_each_run_decodes_alone(served, options):
         assert job.finish_reason in ("stop", "length")
         text = served.tokenizer.decode(job.tokens, skip_special_tokens=True).strip()
         assert text == alone[0], (name, prompt, job.decoding)
+
+
+def test_wide_products_equal_f_linear_and_the_head_is_a_row_linear(served):
+    """`base_linear` takes W @ xᵀ for a wide weight at 4+ rows: the same values as F.linear
+    (to float32 rounding) at every row count, with and without a bias; the mixer's output
+    layer is a RowLinear over the base head's very weight."""
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(mixed.WIDE, 24, generator=generator)
+    bias = torch.randn(mixed.WIDE, generator=generator)
+    for rows in range(1, 18):
+        x = torch.randn(rows, 1, 24, generator=generator)
+        for b in (None, bias):
+            got, want = base_linear(x, weight, b), torch.nn.functional.linear(x, weight, b)
+            assert got.shape == want.shape
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    head = Mixer(served.base).model.get_output_embeddings()
+    assert type(head) is RowLinear and head.weight is served.base.get_output_embeddings().weight
 
 
 def test_scheduler_puts_joining_runs_in_one_batch_and_others_in_their_own(served):
