@@ -10,10 +10,11 @@ on one and then the other (the order alternating over `--rounds`, so that a slow
 shared host falls on both): `tunelab serve` (one worker, continuous mixed-adapter batches) and the
 reference (FastAPI + transformers `generate` with a `TextIteratorStreamer`, one model per run, one
 request at a time under a lock). Each workload sends `--clients` concurrent streaming clients, each
-`--requests` chat requests in a row (greedy, `max_tokens` fixed, `no_repeat_ngram_size=3` so
-answers run long) over one kept-alive connection, as the `openai` client does (`httpx.stream` per
-request builds a client each time: ~60 CPU ms, 50 of them its default TLS context, which on two
-shared cores the load generator took from the server under test, the faster server the more):
+`--requests` chat requests in a row, no two with the same prompt (`prompt_for`; greedy,
+`max_tokens` fixed, `no_repeat_ngram_size=3` so answers run long) over one kept-alive connection,
+as the `openai` client does (`httpx.stream` per request builds a client each time: ~60 CPU ms, 50
+of them its default TLS context, which on two shared cores the load generator took from the server
+under test, the faster server the more):
 
   one       every request to the first adapter
   uniform   requests cycle over all adapters
@@ -52,6 +53,24 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 PROMPTS = ["Give the record as JSON: name Ada, age 36.", "Write one sentence about rivers.",
            "List three colours.", "What is 12 times 7?"]  # fmt: skip
+NAMES = ["Ada", "Bongani", "Chen", "Dara", "Emeka", "Farah", "Gus", "Hana"]
+TOPICS = ["rivers", "mountains", "bread", "winter", "trains", "music", "bees", "the sea"]
+THINGS = ["colours", "fruits", "animals", "tools", "cities", "birds", "metals", "games"]
+
+
+def prompt_for(client: int, number: int, clients: int) -> str:
+    """The prompt of request `number` of `client`: the four kinds of PROMPTS in turn (clients
+    start at different kinds), their words changed per client and round of four, so that no two
+    of 8 clients' first 4 requests share a prompt (a repeated prompt would be served from
+    tunelab's prompt-prefix cache nearly whole; real traffic rarely repeats whole prompts)."""
+    kind, slot = (client + number) % 4, client + clients * (number // 4)
+    if kind == 0:
+        return f"Give the record as JSON: name {NAMES[slot % 8]}, age {20 + slot}."
+    if kind == 1:
+        return f"Write one sentence about {TOPICS[slot % 8]}."
+    if kind == 2:
+        return f"List three {THINGS[slot % 8]}."
+    return f"What is {slot + 3} times 7?"
 
 
 def reference_app(runs_dir: Path):
@@ -160,7 +179,7 @@ def drive(url: str, workload: str, names: list[str], args, pid: int) -> dict:
     def client(index: int) -> None:
         with httpx.Client() as connection:  # one kept-alive connection per client, as openai's
             for number, model in enumerate(asks[index]):
-                prompt = PROMPTS[(index + number) % len(PROMPTS)]
+                prompt = prompt_for(index, number, args.clients)
                 results.append(one_request(connection, url, model, prompt, args.max_tokens))
 
     start, cpu, mine = time.perf_counter(), cpu_seconds(pid), cpu_seconds(os.getpid())
