@@ -1,6 +1,6 @@
 """`tunelab serve` under load, against the server a competent user writes in an afternoon.
 
-    python benchmarks/serve.py --runs runs/demo-compare [--clients 8] [--requests 4] [--rounds 2]
+    python benchmarks/serve.py --runs runs/demo-compare [--clients 8] [--seconds 20] [--rounds 2]
                                [--max-tokens 32] [--workloads one,uniform,skewed,distinct]
     python benchmarks/serve.py --engine-only embedded:smollm2-135m   # CPU cost of batching
     python benchmarks/serve.py --engine-mixed runs/demo-compare      # mixed batches vs turns
@@ -9,8 +9,10 @@ Both servers run at once, each in its own process, on the same runs, and every w
 on one and then the other (the order alternating over `--rounds`, so that a slower spell of a
 shared host falls on both): `tunelab serve` (one worker, continuous mixed-adapter batches) and the
 reference (FastAPI + transformers `generate` with a `TextIteratorStreamer`, one model per run, one
-request at a time under a lock). Each workload sends `--clients` concurrent streaming clients, each
-`--requests` chat requests in a row, no two with the same prompt (`prompt_for`; greedy,
+request at a time under a lock). Each workload keeps `--clients` streaming clients busy for
+`--seconds`, each sending chat requests one after another (its last one then finishes; a fixed
+number of requests per client instead left a tail in which a few slow answers ran nearly alone,
+which measured the tail, not 8 clients), no two with the same prompt (`prompt_for`; greedy,
 `max_tokens` fixed, `no_repeat_ngram_size=3` so answers run long) over one kept-alive connection,
 as the `openai` client does (`httpx.stream` per request builds a client each time: ~60 CPU ms, 50
 of them its default TLS context, which on two shared cores the load generator took from the server
@@ -61,15 +63,18 @@ THINGS = ["colours", "fruits", "animals", "tools", "cities", "birds", "metals", 
 def prompt_for(client: int, number: int, clients: int) -> str:
     """The prompt of request `number` of `client`: the four kinds of PROMPTS in turn (clients
     start at different kinds), their words changed per client and round of four, so that no two
-    of 8 clients' first 4 requests share a prompt (a repeated prompt would be served from
-    tunelab's prompt-prefix cache nearly whole; real traffic rarely repeats whole prompts)."""
+    requests of 8 clients share a prompt up to 30 requests each (a repeated prompt would be
+    served from tunelab's prompt-prefix cache nearly whole; real traffic rarely repeats)."""
     kind, slot = (client + number) % 4, client + clients * (number // 4)
+    other = (slot + slot // 8) % 8  # from the ninth round on, a second subject
     if kind == 0:
         return f"Give the record as JSON: name {NAMES[slot % 8]}, age {20 + slot}."
     if kind == 1:
-        return f"Write one sentence about {TOPICS[slot % 8]}."
+        pair = f" and {TOPICS[other]}" if slot >= 8 else ""
+        return f"Write one sentence about {TOPICS[slot % 8]}{pair}."
     if kind == 2:
-        return f"List three {THINGS[slot % 8]}."
+        pair = f" and three {THINGS[other]}" if slot >= 8 else ""
+        return f"List three {THINGS[slot % 8]}{pair}."
     return f"What is {slot + 3} times 7?"
 
 
@@ -150,20 +155,17 @@ def one_request(client: httpx.Client, url: str, model: str, prompt: str, max_tok
     return {"latency": end - start, "ttft": (first or end) - start, "tokens": tokens}
 
 
-def plan(workload: str, names: list[str], clients: int, requests: int) -> list[list[str]]:
-    """The model each client asks in each of its requests."""
-    pick = random.Random(0)
+def model_for(workload: str, names: list[str], client: int, number: int) -> str:
+    """The model `client` asks in its request `number` (the same on every server)."""
     adapters = [name for name in names if name != "base"]
     if workload == "one":
-        return [[adapters[0]] * requests for _ in range(clients)]
+        return adapters[0]
     if workload == "uniform":
-        return [
-            [adapters[(c + r) % len(adapters)] for r in range(requests)] for c in range(clients)
-        ]
+        return adapters[(client + number) % len(adapters)]
     if workload == "skewed":
-        choose = lambda: adapters[0] if pick.random() < 0.7 else pick.choice(adapters[1:])  # noqa: E731
-        return [[choose() for _ in range(requests)] for _ in range(clients)]
-    return [[names[c % len(names)]] * requests for c in range(clients)]
+        pick = random.Random(client * 1_000_003 + number)
+        return adapters[0] if pick.random() < 0.7 else pick.choice(adapters[1:])
+    return names[client % len(names)]
 
 
 def cpu_seconds(pid: int) -> float:
@@ -173,16 +175,18 @@ def cpu_seconds(pid: int) -> float:
 
 
 def drive(url: str, workload: str, names: list[str], args, pid: int) -> dict:
-    asks = plan(workload, names, args.clients, args.requests)
     results: list[dict] = []
+    start, cpu, mine = time.perf_counter(), cpu_seconds(pid), cpu_seconds(os.getpid())
 
     def client(index: int) -> None:
         with httpx.Client() as connection:  # one kept-alive connection per client, as openai's
-            for number, model in enumerate(asks[index]):
+            number = 0
+            while time.perf_counter() - start < args.seconds:
+                model = model_for(workload, names, index, number)
                 prompt = prompt_for(index, number, args.clients)
                 results.append(one_request(connection, url, model, prompt, args.max_tokens))
+                number += 1
 
-    start, cpu, mine = time.perf_counter(), cpu_seconds(pid), cpu_seconds(os.getpid())
     threads = [threading.Thread(target=client, args=(i,)) for i in range(args.clients)]
     for thread in threads:
         thread.start()
@@ -193,7 +197,7 @@ def drive(url: str, workload: str, names: list[str], args, pid: int) -> dict:
     latencies = sorted(r["latency"] for r in results)
     tokens = sum(r["tokens"] for r in results)
     return {"tokens_per_s": tokens / wall, "tokens_per_cpu_s": tokens / cpu, "tokens": tokens,
-            "cpu_s": cpu,
+            "requests": len(results), "cpu_s": cpu,
             "p50": statistics.median(latencies), "p95": latencies[int(0.95 * (len(latencies) - 1))],
             "ttft_p50": statistics.median(r["ttft"] for r in results), "wall": wall,
             "clients_cpu_s": clients_cpu}  # fmt: skip
@@ -439,7 +443,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "demo-compare")
     parser.add_argument("--clients", type=int, default=8)
-    parser.add_argument("--requests", type=int, default=4)
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        default=20.0,
+        help="each client asks again and again for this long (its last request then finishes)",
+    )
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--workloads", default="one,uniform,skewed,distinct")
     parser.add_argument("--repeats", type=int, default=3)
