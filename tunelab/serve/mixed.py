@@ -203,11 +203,10 @@ class RowLinear(nn.Module):
 
 def base_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """`F.linear(x, weight, bias)`; for a wide layer (the output layer: 49,152 × 576 on SmolLM2)
-    on the CPU with 4 or more rows, computed as `weight @ xᵀ`. MKL takes `x @ Wᵀ` with 4–15 rows
-    down a path that repacks the whole weight on every call: on 2 cores, 7 rows cost 18.8 ms
-    that way against 13.0 ms as `W @ xᵀ` and 7.2 ms for one row (12 rows 32.2 against 14.5;
-    from 16 rows on the two are within 15 %; 1–3 rows are fastest as they are). The same sums,
-    another order of rounding: logits agree to float32 precision, not bit for bit."""
+    on the CPU with 4 or more rows, computed as `weight @ xᵀ`. MKL's `x @ Wᵀ` there costs, on 2
+    cores, 7.2 ms for 1 row, 12.9–15.4 ms for 4–6, 18.8 for 7, 32.2 for 12, 36.1 for 15 (and 14.8
+    for 16); `W @ xᵀ` 13.0–14.7 ms from 4 rows to 32. The same sums, another order of rounding:
+    logits agree to float32 precision, not bit for bit."""
     rows = x.numel() // x.shape[-1]
     if weight.shape[0] < WIDE or rows < 4 or x.device.type != "cpu":
         return F.linear(x, weight, bias)
