@@ -17,6 +17,7 @@ from tunelab.serve.adapters import BASE, AdapterSet
 from tunelab.serve.batch import RunningBatch, Stats
 from tunelab.serve.engine import Job, Scheduler, Wordlike
 from tunelab.serve.mixed import Mixer, RowLinear, base_linear, row_delta
+from tunelab.serve.prefix import PrefixCache
 
 JOINING = ["lora_a", "lora_r2", "ia3", "bitfit", "prompt", "ptuning"]
 APART = ["dora", "prefix", "adapter", "full", "ulmfit", "importance"]
@@ -145,3 +146,83 @@ def test_scheduler_puts_joining_runs_in_one_batch_and_others_in_their_own(served
                          batch_size=1, **options)  # fmt: skip
         text = served.tokenizer.decode(job.tokens, skip_special_tokens=True).strip()
         assert text == alone[0], name
+
+
+@pytest.mark.parametrize("cached", [False, True])
+def test_prompts_folded_into_a_step_decode_what_each_run_decodes_alone(served, cached):
+    """Joiners of five runs folded into the running batch's decoding step (one forward of
+    one-token rows, tunelab.serve.fold), with and without a cached prompt prefix in front of
+    theirs: every row's text is its run's lone greedy text."""
+    names = [BASE, "lora_a", "lora_r2", "ia3", "bitfit", BASE, "lora_a", "ia3"]
+    prompts = [f"reverse: the words {word}" for word in
+               ["abc", "served", "tunelab", "x", "hello there", "ok", "abcabc", "hi"]]  # fmt: skip
+    lengths = [8, 7, 3, 8, 6, 8, 5, 8]
+    options = {"no_repeat_ngram_size": 1}
+    mixer, of_run = Mixer(served.base), {BASE: None}
+    for name in set(names) - {BASE}:  # one delta per run, as the engine keeps them
+        run = served.runs[name]
+        of_run[name] = row_delta(run.model, run.method, served.base)
+        assert mixer.accept(of_run[name])
+    deltas = [of_run[name] for name in names]
+    ids = encode_prompts(served.tokenizer, prompts)
+    jobs = [Job(name, row, n, emit=lambda event: None, decoding=dict(options))
+            for name, row, n in zip(names, ids, lengths, strict=True)]  # fmt: skip
+    stats = Stats()
+    prefixes = PrefixCache() if cached else None
+    batch = RunningBatch(mixer.model, served.tokenizer, Wordlike(served.tokenizer), stats, mixer,
+                         prefixes)  # fmt: skip
+    with inference(mixer.model):
+        batch.join(jobs[:2], deltas[:2])
+        batch.step()
+        assert batch.can_fold(deltas[2:5])
+        batch.fold(jobs[2:5], deltas[2:5])
+        batch.step()
+        batch.fold(jobs[5:], deltas[5:])
+        while len(batch):
+            batch.step()
+    assert stats.folds == 2 and (stats.prefix_hits > 0) == cached
+    for job, name, prompt, length in zip(jobs, names, prompts, lengths, strict=True):
+        alone = generate(model_of(served, name), served.tokenizer, [prompt],
+                         max_new_tokens=length, batch_size=1, **options)  # fmt: skip
+        text = served.tokenizer.decode(job.tokens, skip_special_tokens=True).strip()
+        assert text == alone[0], (name, prompt)
+
+
+def test_a_fold_gives_the_logits_of_a_step_and_a_prefill(served, monkeypatch):
+    """The folded forward's logits equal, to float32 rounding, those of a decoding step of the
+    running rows followed by a separate prefill of the joiners (cached prefix in front)."""
+    names, joining = [BASE, "lora_a", "ia3"], ["ia3", "lora_a"]  # both with cached prompts
+    of_run = {BASE: None}
+    mixer = Mixer(served.base)
+    for name in {*names, *joining} - {BASE}:
+        run = served.runs[name]
+        of_run[name] = row_delta(run.model, run.method, served.base)
+        assert mixer.accept(of_run[name])
+    prompts = [f"reverse: the words {w}" for w in ["abc", "served", "x", "tunelab", "hello"]]
+    ids = encode_prompts(served.tokenizer, prompts)
+    seen: list[torch.Tensor] = []
+    take = RunningBatch._take
+    monkeypatch.setattr(RunningBatch, "_take",
+                        lambda self, logits, start: seen.append(logits.clone())
+                        or take(self, logits, start))  # fmt: skip
+
+    def batch_and_jobs():
+        jobs = [Job(name, row, 20, emit=lambda event: None, decoding={"min_new_tokens": 20})
+                for name, row in zip([*names, *joining], ids, strict=True)]  # fmt: skip
+        batch = RunningBatch(mixer.model, served.tokenizer, Wordlike(served.tokenizer), Stats(),
+                             mixer, PrefixCache())  # fmt: skip
+        with inference(mixer.model):
+            batch.join(jobs[:3], [of_run[name] for name in names])
+            batch.step()
+        return batch, jobs[3:]
+
+    folded, new = batch_and_jobs()
+    with inference(mixer.model):
+        folded.fold(new, [of_run[name] for name in joining])
+    together = seen[-1]
+    apart, new = batch_and_jobs()
+    with inference(mixer.model):
+        apart.step()
+        apart.join(new, [of_run[name] for name in joining])
+    assert folded.stats.prefix_hits == 2  # the joiners' prefix came from the cache
+    torch.testing.assert_close(together, torch.cat([seen[-2], seen[-1]]), rtol=1e-4, atol=1e-4)

@@ -15,6 +15,9 @@ sits in front of it, and its own decoding options.
   for its view (`tunelab.serve.prefix`: the chat template and system prompt, usually), only
   what follows it goes through the model, on a copy of those keys and values.
 - `step()`: one forward of every row's last token against the cache: one new token per row.
+- `fold(jobs)`: both in one forward (a mixed batch on a Llama-style model, no prompt-tuning
+  joiner: `can_fold`): the running rows' last tokens and the joiners' new tokens as one-token
+  rows, attention in two groups (`tunelab.serve.fold`); the engine then skips that batch's step.
 - Rows whose job finished (EOS, stop string, newline stop, their own `max_tokens`, client gone)
   are dropped from the cache at once, and columns that are padding in every remaining row are
   cut, so no forward is spent on finished rows.
@@ -39,6 +42,7 @@ from transformers.cache_utils import DynamicLayer
 
 from tunelab.evaluate.generation import left_pad, stop_token_ids
 from tunelab.methods.prompt_cache import is_prompt_learning
+from tunelab.serve.fold import Fold, fold_ok, folding
 from tunelab.serve.mixed import Mixer, RowDelta
 from tunelab.serve.prefix import PrefixCache
 from tunelab.serve.rowguards import GuardOptions, RowGuards
@@ -67,6 +71,7 @@ class Stats:
     prefill_rows: int = 0
     prefix_hits: int = 0  # rows prefilled on a cached prompt prefix
     prefix_tokens: int = 0  # prompt tokens those rows took from the prefix cache
+    folds: int = 0  # prefills folded into a decoding step (counted as both)
     classic: int = 0  # batches decoded by `generate` (sampling, prompt learning, ...)
     classic_rows: int = 0
     finished: int = 0  # jobs done
@@ -136,9 +141,11 @@ class RunningBatch:
         if self.mixer is not None:
             self.mixer.use(deltas)
         name = "inputs_embeds" if inputs.dim() == 3 else "input_ids"
+        mask = None if mask is None else mask.to(self.device)  # None: a fold's own groups
         out = self.model(
-            **{name: inputs.to(self.device)}, attention_mask=mask.to(self.device),
-            position_ids=positions.to(self.device), cache=cache, use_cache=True, logits_to_keep=1,
+            **{name: inputs.to(self.device)}, attention_mask=mask,
+            position_ids=positions.to(self.device), cache=cache, use_cache=cache is not None,
+            logits_to_keep=1,
         )  # fmt: skip
         return out.logits[:, -1, :].to(dtype=torch.float32)
 
@@ -160,6 +167,64 @@ class RunningBatch:
         self.seen.extend(jobs)
         self._merge(cache, mask)
         self._take(logits, start)
+
+    def can_fold(self, deltas: list[RowDelta | None]) -> bool:
+        """True when joiners with `deltas` can be folded into this batch's next step: a running
+        mixed batch on a model `tunelab.serve.fold` serves, no prompt-tuning row."""
+        return (self.mixer is not None and len(self.jobs) > 0 and self.cache is not None
+                and fold_ok(self.model)
+                and all(d is None or d.virtual is None for d in deltas))  # fmt: skip
+
+    def fold(self, jobs: list, deltas: list[RowDelta | None]) -> None:
+        """One forward: a decoding step of the running rows and the prefill of `jobs`' prompts
+        (`tunelab.serve.fold`); every row takes its next token, the new rows their first."""
+        prompts = [job.prompt_ids for job in jobs]
+        shared, entries = self._cached_prefix(prompts, deltas)
+        news = [prompt[shared:] for prompt in prompts]
+        rows, length = len(self.jobs), max(len(new) for new in news)
+        where = torch.full((len(jobs), length), -1, dtype=torch.long)
+        ids, positions = self.last.tolist(), self.mask.sum(dim=1).tolist()
+        row_deltas, row = list(self.deltas), rows
+        for index, (new, delta) in enumerate(zip(news, deltas, strict=True)):
+            where[index, length - len(new) :] = torch.arange(row, row + len(new))
+            row += len(new)
+            ids += new
+            positions += range(shared, shared + len(new))
+            row_deltas += [delta] * len(new)
+        prefix = None
+        if shared:
+            prefix = [(torch.cat([entry.keys[index][:, :, :shared] for entry in entries]),
+                       torch.cat([entry.values[index][:, :, :shared] for entry in entries]))
+                      for index in range(len(self.cache.layers))]  # fmt: skip
+            self.stats.prefix_hits += len(prompts)
+            self.stats.prefix_tokens += shared * len(prompts)
+        self.mask = torch.cat([self.mask, torch.ones(rows, 1, dtype=torch.long)], dim=1)
+        fold = Fold(self.cache.layers, self.mask.bool(), where, prefix)
+        with folding(fold):
+            logits = self._forward(torch.tensor(ids)[:, None], None,
+                                   torch.tensor(positions)[:, None], None, row_deltas)  # fmt: skip
+        logits = torch.cat([logits[:rows], logits[where[:, -1].to(logits.device)]])
+        cache = DynamicCache(config=self.model.config)
+        for index, (keys, values) in enumerate(zip(fold.keys, fold.values, strict=True)):
+            if prefix:
+                keys, values = torch.cat([prefix[index][0], keys], 2), torch.cat(
+                    [prefix[index][1], values], 2)  # fmt: skip
+            cache.update(keys, values, index)
+        mask = torch.cat([torch.ones(len(jobs), shared, dtype=torch.long),
+                          (where >= 0).to(torch.long)], dim=1)  # fmt: skip
+        self.stats.steps += 1
+        self.stats.step_rows += rows
+        self.stats.step_runs += len({job.adapter for job in self.jobs})
+        self.stats.prefills += 1
+        self.stats.prefill_rows += len(jobs)
+        self.stats.folds += 1
+        self._remember(prompts, deltas, cache, mask)
+        self.guards.add(prompts, prompts, [guard_options(job.decoding) for job in jobs])
+        self.jobs.extend(jobs)
+        self.deltas.extend(deltas)
+        self.seen.extend(jobs)
+        self._merge(cache, mask)
+        self._take(logits, 0)
 
     def _prefill(self, prompts: list[list[int]], deltas: list) -> tuple:
         """(cache, mask, logits) of the prompts: on the shared prefix's cached K/V when every

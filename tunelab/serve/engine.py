@@ -12,11 +12,12 @@ Requests are instead *batched*, continuously, into `RunningBatch`es (`tunelab.se
 - the rest (sampling, sliding-window caches, options the running batch does not apply, prefix
   tuning's KV prefix) are decoded by `generate`, one batch of one key at a time.
 
-Between two decoding steps the worker admits waiting jobs, oldest first: a job joins its
-batch while that has fewer than `max_batch` rows, or starts one. Rows leave the batch the step
-they finish, so no forward is spent on them. Running batches take one step each in turn. An
-idle worker that is handed a first job waits up to `window` seconds (default 10 ms) for more
-of its batch, so that requests sent together start together.
+Between two decoding steps the worker admits waiting jobs, oldest first: a job joins its batch
+while that has fewer than `max_batch` rows, or starts one. Joiners of a running mixed batch are
+folded into its next step (one forward: `RunningBatch.fold`) where the model allows. Rows leave
+the batch the step they finish, so no forward is spent on them. Running batches take one step
+each in turn. An idle worker that is handed a first job waits up to `window` seconds (default
+10 ms) for more of its batch, so that requests sent together start together.
 
 Greedy decoding runs through the running batch's own loop, which computes what offline
 `generate` computes for each row alone (tests compare them token for token). Jobs that loop
@@ -79,6 +80,7 @@ class Scheduler:
         self.mixer: Mixer | None = None  # the view of the base that mixed batches run on
         self.stop_ids: list[int] = []
         self.turn = 0  # round robin over running batches, one step each
+        self.folded: set[tuple] = set()  # slots whose step this turn was a fold
         self.stats = Stats()
         self.prefixes = PrefixCache()  # prompt-prefix K/V shared by the running batches
         self.wordlike = Wordlike(adapters.tokenizer)
@@ -137,6 +139,7 @@ class Scheduler:
                         job.finish_reason = "error"
                 self.batches.clear()
             finally:
+                self.folded.clear()
                 self._forget_finished()
 
     @contextmanager
@@ -247,15 +250,20 @@ class Scheduler:
                 model, self.adapters.tokenizer, self.wordlike, self.stats, mixer, self.prefixes
             )
             self.batches[slot] = batch
+        deltas = [job.delta for job in jobs] if batch.mixer else None
         with inference(batch.model):
-            batch.join(jobs, [job.delta for job in jobs] if batch.mixer else None)
+            if deltas is not None and batch.can_fold(deltas):
+                batch.fold(jobs, deltas)  # this turn's step of the batch too
+                self.folded.add(slot)
+            else:
+                batch.join(jobs, deltas)
         self._end_if_empty(slot)
 
     def _step(self) -> None:
         """One decoding step of the next running batch (round robin)."""
-        if not self.batches:
+        slots = [slot for slot in self.batches if slot not in self.folded]
+        if not slots:
             return
-        slots = list(self.batches)
         slot = slots[self.turn % len(slots)]
         self.turn += 1
         batch = self.batches[slot]
