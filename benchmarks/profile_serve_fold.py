@@ -3,22 +3,20 @@
     python benchmarks/profile_serve_fold.py [MODEL] [--rows 7] [--tries 6] [--threads 2]
     (default embedded:smollm2-135m; random:llama for a tiny model; run from the repository root)
 
-The serving engine now spends a third of its time in prefills of one or two joining prompts,
+The serving engine spent a third of its time in prefills of one or two joining prompts,
 each a forward of its own beside the decoding step (benchmarks/RESULTS.md, "Serving"). This
 measures the design proposed there, on the base model, outside the engine:
 
 - **separate** (what the engine does): a decoding step of `--rows` rows against their cache,
   then a prefill of two chat prompts, left-padded, in a forward of its own;
-- **folded**: one forward of N one-token rows — the decoding rows' last tokens, then every
-  prompt token — each with its own position id, so the linears, norms and rotary embeddings need
-  nothing new (and a mixed batch's per-row deltas would become per-token ones). Only attention
-  knows the groups: a custom attention function (transformers' `AttentionInterface`) runs the
-  decoding rows against their cache and gathers the prompt tokens into (prompts, length),
-  left-padded, with a causal and padding mask; the outputs go back to their rows.
+- **folded**: what the engine now does (`RunningBatch.fold`, tunelab/serve/fold.py): one
+  forward of N one-token rows — the decoding rows' last tokens, then every prompt token — each
+  with its own position id; only attention knows the groups (the decoding rows against their
+  cache, the prompt tokens gathered into (prompts, length), causally among themselves).
 
-It prints the wall ms of each (median of `--tries`), what folding saves, and how far the folded
-logits are from the separate ones (float32 rounding: another order of sums) with whether every
-greedy token agrees. Nothing here changes the engine.
+It prints the wall ms of each (median of `--tries`, the three taken in turn), what folding saves,
+and how far the folded logits are from the separate ones (float32 rounding: another order of sums)
+with whether every greedy token agrees.
 """
 
 from __future__ import annotations
@@ -29,78 +27,27 @@ import statistics
 import time
 
 import torch
-import torch.nn.functional as F
-from transformers import AttentionInterface, DynamicCache
-from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+from transformers import DynamicCache
 
 from tunelab.config import DataConfig, ModelConfig
 from tunelab.data.templates import render_prompt
 from tunelab.evaluate.generation import left_pad
 from tunelab.models import load_model_and_tokenizer
+from tunelab.serve.fold import Fold, folding, install
 
 JOINING = ["Give the record as JSON: name Ada, age 36.", "List three fruits."]
 
 
-class Groups:
-    """What the folded forward's attention needs to know: the decoding rows' cache and mask,
-    and where each prompt's tokens sit among the rows."""
-
-    def __init__(self, cache: DynamicCache, mask: torch.Tensor, prompts: list[list[int]]) -> None:
-        self.cache, self.rows = cache, mask.shape[0]
-        self.mask = torch.cat([mask, torch.ones(self.rows, 1, dtype=mask.dtype)], 1).bool()
-        length = max(len(prompt) for prompt in prompts)
-        where = torch.full((len(prompts), length), -1)  # row of each (prompt, slot); -1: padding
-        row = self.rows
-        for index, prompt in enumerate(prompts):
-            where[index, length - len(prompt) :] = torch.arange(row, row + len(prompt))
-            row += len(prompt)
-        self.source = where.clamp(min=0).flatten()  # padding slots read row 0, masked out
-        self.slots = (where.flatten() >= 0).nonzero().squeeze(1)
-        self.targets = where.flatten()[self.slots]
-        self.shape = where.shape
-        real = where >= 0
-        causal = torch.tril(torch.ones(length, length, dtype=torch.bool))
-        keep = causal[None] & real[:, None, :] | torch.eye(length, dtype=torch.bool)[None]
-        self.prompt_mask = keep[:, None]  # a padding query attends to itself: no empty row
-        self.last = where[:, -1]  # each prompt's last token: the row whose logits it needs
-
-
-ACTIVE: list[Groups] = []
-
-
-def folded_attention(module, query, key, value, attention_mask, scaling=None, **kwargs):
-    """Attention of N one-token rows in two groups (see the module docstring); query, key and
-    value are (N, heads, 1, dim)."""
-    groups, rows = ACTIVE[-1], ACTIVE[-1].rows
-    layer = groups.cache.layers[module.layer_idx]
-    keys = torch.cat([layer.keys, key[:rows]], dim=2)
-    values = torch.cat([layer.values, value[:rows]], dim=2)
-    out = torch.empty_like(query)
-    out[:rows] = F.scaled_dot_product_attention(
-        query[:rows], keys, values, attn_mask=groups.mask[:, None, None, :], scale=scaling,
-        enable_gqa=True,
-    )  # fmt: skip
-
-    def gather(tensor: torch.Tensor) -> torch.Tensor:  # (N, H, 1, D) -> (prompts, H, T, D)
-        picked = tensor[groups.source].squeeze(2)
-        return picked.reshape(*groups.shape, tensor.shape[1], -1).transpose(1, 2)
-
-    prompt_out = F.scaled_dot_product_attention(
-        gather(query), gather(key), gather(value), attn_mask=groups.prompt_mask, scale=scaling,
-        enable_gqa=True,
-    )  # fmt: skip
-    flat = prompt_out.transpose(1, 2).reshape(-1, query.shape[1], query.shape[-1])
-    out[groups.targets] = flat[groups.slots].unsqueeze(2)
-    return out.transpose(1, 2), None
-
-
-def median_ms(run, tries: int) -> tuple[float, object]:
-    times, result = [], None
+def interleaved_ms(runs: dict, tries: int) -> tuple[dict[str, float], dict]:
+    """Each of `runs` once per try, in turn (so that a slower spell of a shared host falls on
+    all): ({label: median wall ms}, {label: last result})."""
+    times, results = {label: [] for label in runs}, {}
     for _ in range(tries):
-        start = time.perf_counter()
-        result = run()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times), result
+        for label, run in runs.items():
+            start = time.perf_counter()
+            results[label] = run()
+            times[label].append(time.perf_counter() - start)
+    return {label: 1e3 * statistics.median(values) for label, values in times.items()}, results
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -112,12 +59,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     model, tokenizer = load_model_and_tokenizer(ModelConfig(name=args.model))
-    AttentionInterface.register("tunelab_fold", folded_attention)
-    AttentionMaskInterface.register("tunelab_fold", sdpa_mask)
-    folding = copy.deepcopy(model)
-    for module in folding.modules():
-        if hasattr(module, "config"):
-            module.config._attn_implementation = "tunelab_fold"
+    folded_model = copy.deepcopy(model)
+    install(folded_model)  # the engine's folded attention (tunelab/serve/fold.py)
     encode = lambda text: tokenizer(render_prompt(text, tokenizer, DataConfig()),  # noqa: E731
                                     add_special_tokens=False)["input_ids"]  # fmt: skip
     running = [encode(f"Tell me about item {i} and its long story") for i in range(args.rows)]
@@ -145,26 +88,31 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                          cache=DynamicCache(config=model.config), use_cache=True,
                          logits_to_keep=1)  # fmt: skip
 
-        groups = Groups(cache, mask, joining)
+        length = max(len(prompt) for prompt in joining)
+        where = torch.full((len(joining), length), -1, dtype=torch.long)
+        row = args.rows
+        for index, prompt in enumerate(joining):
+            where[index, length - len(prompt) :] = torch.arange(row, row + len(prompt))
+            row += len(prompt)
         ids = torch.tensor(last.tolist() + [token for prompt in joining for token in prompt])
-        where = mask.sum(1).tolist() + [p for prompt in joining for p in range(len(prompt))]
+        positions = mask.sum(1).tolist() + [p for prompt in joining for p in range(len(prompt))]
 
-        def folded():
-            ACTIVE.append(groups)
-            try:
-                return folding(input_ids=ids[:, None], position_ids=torch.tensor(where)[:, None],
-                               use_cache=False, logits_to_keep=1)  # fmt: skip
-            finally:
-                ACTIVE.pop()
+        def folded():  # appends the step's K/V to the layers it is given: a copy each time
+            layers = copy.deepcopy(cache).layers
+            with folding(Fold(layers, step_mask.bool(), where)):
+                return folded_model(input_ids=ids[:, None],
+                                    position_ids=torch.tensor(positions)[:, None],
+                                    use_cache=False, logits_to_keep=1)  # fmt: skip
 
         step()
         prefill()
         folded()  # warm
-        step_ms, stepped = median_ms(step, args.tries)
-        prefill_ms, prefilled = median_ms(prefill, args.tries)
-        folded_ms, together = median_ms(folded, args.tries)
+        ms, results = interleaved_ms({"step": step, "prefill": prefill, "folded": folded},
+                                     args.tries)  # fmt: skip
+    step_ms, prefill_ms, folded_ms = ms["step"], ms["prefill"], ms["folded"]
+    stepped, prefilled, together = results["step"], results["prefill"], results["folded"]
     separate = torch.cat([stepped.logits[:, -1], prefilled.logits[:, -1]])
-    mine = torch.cat([together.logits[: args.rows, -1], together.logits[groups.last, -1]])
+    mine = torch.cat([together.logits[: args.rows, -1], together.logits[where[:, -1], -1]])
     figures = {"step_ms": step_ms, "prefill_ms": prefill_ms, "folded_ms": folded_ms,
                "saved_ms": step_ms + prefill_ms - folded_ms,
                "max_logit_diff": float((mine - separate).abs().max()),

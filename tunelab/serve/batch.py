@@ -161,11 +161,7 @@ class RunningBatch:
         # generate() decodes a prompt-tuning row from embeddings: its processors see no prompt
         embedded = [delta is not None and delta.virtual is not None for delta in deltas]
         contexts = [[] if e else p for p, e in zip(prompts, embedded, strict=True)]
-        self.guards.add(prompts, contexts, [guard_options(job.decoding) for job in jobs])
-        self.jobs.extend(jobs)
-        self.deltas.extend(deltas)
-        self.seen.extend(jobs)
-        self._merge(cache, mask)
+        self._add_rows(jobs, deltas, contexts, cache, mask)
         self._take(logits, start)
 
     def can_fold(self, deltas: list[RowDelta | None]) -> bool:
@@ -219,12 +215,18 @@ class RunningBatch:
         self.stats.prefill_rows += len(jobs)
         self.stats.folds += 1
         self._remember(prompts, deltas, cache, mask)
-        self.guards.add(prompts, prompts, [guard_options(job.decoding) for job in jobs])
+        self._add_rows(jobs, deltas, prompts, cache, mask)
+        self._take(logits, 0)
+
+    def _add_rows(self, jobs: list, deltas: list, contexts: list, cache, mask) -> None:
+        """Append `jobs` as rows (their runs `deltas`, the ids their guards see before the
+        output `contexts`, their `cache` and `mask`)."""
+        prompts = [job.prompt_ids for job in jobs]
+        self.guards.add(prompts, contexts, [guard_options(job.decoding) for job in jobs])
         self.jobs.extend(jobs)
         self.deltas.extend(deltas)
         self.seen.extend(jobs)
         self._merge(cache, mask)
-        self._take(logits, 0)
 
     def _prefill(self, prompts: list[list[int]], deltas: list) -> tuple:
         """(cache, mask, logits) of the prompts: on the shared prefix's cached K/V when every
