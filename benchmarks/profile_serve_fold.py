@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
         def folded():  # appends the step's K/V to the layers it is given: a copy each time
             layers = copy.deepcopy(cache).layers
-            with folding(Fold(layers, step_mask.bool(), where)):
+            with folding(Fold(layers, step_mask.bool(), where, where >= 0)):
                 return folded_model(input_ids=ids[:, None],
                                     position_ids=torch.tensor(positions)[:, None],
                                     use_cache=False, logits_to_keep=1)  # fmt: skip

@@ -150,10 +150,11 @@ def test_scheduler_puts_joining_runs_in_one_batch_and_others_in_their_own(served
 
 @pytest.mark.parametrize("cached", [False, True])
 def test_prompts_folded_into_a_step_decode_what_each_run_decodes_alone(served, cached):
-    """Joiners of five runs folded into the running batch's decoding step (one forward of
-    one-token rows, tunelab.serve.fold), with and without a cached prompt prefix in front of
-    theirs: every row's text is its run's lone greedy text."""
-    names = [BASE, "lora_a", "lora_r2", "ia3", "bitfit", BASE, "lora_a", "ia3"]
+    """Joiners of seven runs folded into the running batch's decoding step (one forward of
+    one-token rows, tunelab.serve.fold), prompt-tuning and p-tuning rows (virtual embeddings
+    first) among them, with and without cached prompt prefixes (of different lengths, and none
+    for some joiners of the same fold): every row's text is its run's lone greedy text."""
+    names = [BASE, "lora_a", "lora_r2", "prompt", "bitfit", "ptuning", "lora_a", "ia3"]
     prompts = [f"reverse: the words {word}" for word in
                ["abc", "served", "tunelab", "x", "hello there", "ok", "abcabc", "hi"]]  # fmt: skip
     lengths = [8, 7, 3, 8, 6, 8, 5, 8]
@@ -190,15 +191,17 @@ def test_prompts_folded_into_a_step_decode_what_each_run_decodes_alone(served, c
 
 def test_a_fold_gives_the_logits_of_a_step_and_a_prefill(served, monkeypatch):
     """The folded forward's logits equal, to float32 rounding, those of a decoding step of the
-    running rows followed by a separate prefill of the joiners (cached prefix in front)."""
-    names, joining = [BASE, "lora_a", "ia3"], ["ia3", "lora_a"]  # both with cached prompts
+    running rows followed by a separate prefill of the joiners (cached prefix in front for two,
+    virtual tokens for one), and so do the next step's (the joiners' cache and positions)."""
+    names, joining = [BASE, "lora_a", "ia3"], ["ia3", "prompt", "lora_a"]
     of_run = {BASE: None}
     mixer = Mixer(served.base)
     for name in {*names, *joining} - {BASE}:
         run = served.runs[name]
         of_run[name] = row_delta(run.model, run.method, served.base)
         assert mixer.accept(of_run[name])
-    prompts = [f"reverse: the words {w}" for w in ["abc", "served", "x", "tunelab", "hello"]]
+    words = ["abc", "served", "x", "tunelab", "hi", "hello"]
+    prompts = [f"reverse: the words {word}" for word in words]
     ids = encode_prompts(served.tokenizer, prompts)
     seen: list[torch.Tensor] = []
     take = RunningBatch._take
@@ -219,10 +222,14 @@ def test_a_fold_gives_the_logits_of_a_step_and_a_prefill(served, monkeypatch):
     folded, new = batch_and_jobs()
     with inference(mixer.model):
         folded.fold(new, [of_run[name] for name in joining])
-    together = seen[-1]
+        folded.step()
+    together, after = seen[-2:]
     apart, new = batch_and_jobs()
     with inference(mixer.model):
         apart.step()
         apart.join(new, [of_run[name] for name in joining])
-    assert folded.stats.prefix_hits == 2  # the joiners' prefix came from the cache
-    torch.testing.assert_close(together, torch.cat([seen[-2], seen[-1]]), rtol=1e-4, atol=1e-4)
+        apart.step()
+    assert folded.stats.folds == 1
+    assert folded.stats.prefix_hits == 2  # ia3's and lora_a's prefix from the cache, not prompt's
+    torch.testing.assert_close(together, torch.cat([seen[-3], seen[-2]]), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(after, seen[-1], rtol=1e-4, atol=1e-4)

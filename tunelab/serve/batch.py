@@ -15,9 +15,10 @@ sits in front of it, and its own decoding options.
   for its view (`tunelab.serve.prefix`: the chat template and system prompt, usually), only
   what follows it goes through the model, on a copy of those keys and values.
 - `step()`: one forward of every row's last token against the cache: one new token per row.
-- `fold(jobs)`: both in one forward (a mixed batch on a Llama-style model, no prompt-tuning
-  joiner: `can_fold`): the running rows' last tokens and the joiners' new tokens as one-token
-  rows, attention in two groups (`tunelab.serve.fold`); the engine then skips that batch's step.
+- `fold(jobs)`: both in one forward (a mixed batch on a Llama-style model: `can_fold`): the
+  running rows' last tokens and the joiners' new tokens (a prompt-tuning joiner's virtual
+  embeddings first) as one-token rows, attention in two groups (`tunelab.serve.fold`), each
+  joiner on its own cached prefix; the engine then skips that batch's step.
 - Rows whose job finished (EOS, stop string, newline stop, their own `max_tokens`, client gone)
   are dropped from the cache at once, and columns that are padding in every remaining row are
   cut, so no forward is spent on finished rows.
@@ -165,49 +166,29 @@ class RunningBatch:
         self._take(logits, start)
 
     def can_fold(self, deltas: list[RowDelta | None]) -> bool:
-        """True when joiners with `deltas` can be folded into this batch's next step: a running
-        mixed batch on a model `tunelab.serve.fold` serves, no prompt-tuning row."""
+        """True when joiners (of any runs) can be folded into this batch's next step: a running
+        mixed batch on a model `tunelab.serve.fold` serves."""
         return (self.mixer is not None and len(self.jobs) > 0 and self.cache is not None
-                and fold_ok(self.model)
-                and all(d is None or d.virtual is None for d in deltas))  # fmt: skip
+                and fold_ok(self.model))  # fmt: skip
 
     def fold(self, jobs: list, deltas: list[RowDelta | None]) -> None:
         """One forward: a decoding step of the running rows and the prefill of `jobs`' prompts
-        (`tunelab.serve.fold`); every row takes its next token, the new rows their first."""
+        (`tunelab.serve.fold`), each on its own cached prefix if it has one; every row takes its
+        next token, the new rows their first."""
         prompts = [job.prompt_ids for job in jobs]
-        shared, entries = self._cached_prefix(prompts, deltas)
-        news = [prompt[shared:] for prompt in prompts]
-        rows, length = len(self.jobs), max(len(new) for new in news)
-        where = torch.full((len(jobs), length), -1, dtype=torch.long)
-        ids, positions = self.last.tolist(), self.mask.sum(dim=1).tolist()
-        row_deltas, row = list(self.deltas), rows
-        for index, (new, delta) in enumerate(zip(news, deltas, strict=True)):
-            where[index, length - len(new) :] = torch.arange(row, row + len(new))
-            row += len(new)
-            ids += new
-            positions += range(shared, shared + len(new))
-            row_deltas += [delta] * len(new)
-        prefix = None
-        if shared:
-            prefix = [(torch.cat([entry.keys[index][:, :, :shared] for entry in entries]),
-                       torch.cat([entry.values[index][:, :, :shared] for entry in entries]))
-                      for index in range(len(self.cache.layers))]  # fmt: skip
-            self.stats.prefix_hits += len(prompts)
-            self.stats.prefix_tokens += shared * len(prompts)
+        matches = [self._match(p, d) for p, d in zip(prompts, deltas, strict=True)]
+        rows = len(self.jobs)
+        inputs, positions, row_deltas, where, seen = self._fold_rows(prompts, deltas, matches)
+        prefix = self._fold_prefix(matches, seen)
         self.mask = torch.cat([self.mask, torch.ones(rows, 1, dtype=torch.long)], dim=1)
-        fold = Fold(self.cache.layers, self.mask.bool(), where, prefix)
+        fold = Fold(self.cache.layers, self.mask.bool(), where, seen, prefix)
         with folding(fold):
-            logits = self._forward(torch.tensor(ids)[:, None], None,
-                                   torch.tensor(positions)[:, None], None, row_deltas)  # fmt: skip
+            logits = self._forward(inputs, None, positions, None, row_deltas)
         logits = torch.cat([logits[:rows], logits[where[:, -1].to(logits.device)]])
         cache = DynamicCache(config=self.model.config)
         for index, (keys, values) in enumerate(zip(fold.keys, fold.values, strict=True)):
-            if prefix:
-                keys, values = torch.cat([prefix[index][0], keys], 2), torch.cat(
-                    [prefix[index][1], values], 2)  # fmt: skip
             cache.update(keys, values, index)
-        mask = torch.cat([torch.ones(len(jobs), shared, dtype=torch.long),
-                          (where >= 0).to(torch.long)], dim=1)  # fmt: skip
+        mask = seen.to(torch.long)
         self.stats.steps += 1
         self.stats.step_rows += rows
         self.stats.step_runs += len({job.adapter for job in self.jobs})
@@ -215,8 +196,60 @@ class RunningBatch:
         self.stats.prefill_rows += len(jobs)
         self.stats.folds += 1
         self._remember(prompts, deltas, cache, mask)
-        self._add_rows(jobs, deltas, prompts, cache, mask)
+        contexts = [[] if len(_virtual(d)) else p for p, d in zip(prompts, deltas, strict=True)]
+        self._add_rows(jobs, deltas, contexts, cache, mask)
         self._take(logits, 0)
+
+    def _fold_rows(self, prompts: list, deltas: list, matches: list) -> tuple:
+        """A fold's one-token rows — the running rows' last tokens, then each joiner's new
+        tokens (after its cached prefix of P tokens; a prompt-tuning joiner's virtual ones
+        first) — as (inputs: ids (N, 1) or embeddings (N, 1, H), positions (N, 1), each row's
+        delta, `where`, `seen`: the joiners' columns, see `Fold`)."""
+        news = [prompt[shared:] for prompt, (shared, _) in zip(prompts, matches, strict=True)]
+        counts = [len(_virtual(d)) + len(new) for d, new in zip(deltas, news, strict=True)]
+        length = max(count + shared for count, (shared, _) in zip(counts, matches, strict=True))
+        where = torch.full((len(prompts), length), -1, dtype=torch.long)
+        seen = torch.zeros(len(prompts), length, dtype=torch.bool)
+        ids, positions = self.last.tolist(), self.mask.sum(dim=1).tolist()
+        row_deltas, embedded, row = list(self.deltas), [], len(self.jobs)
+        joiners = zip(news, counts, matches, deltas, strict=True)
+        for index, (new, count, (shared, _), delta) in enumerate(joiners):
+            where[index, length - count :] = torch.arange(row, row + count)
+            seen[index, length - count - shared :] = True
+            virtual = _virtual(delta)
+            if len(virtual):
+                embedded.append((row, virtual))
+            ids += [self.pad_id] * len(virtual) + new
+            positions += range(shared, shared + count)
+            row_deltas += [delta] * count
+            row += count
+        inputs = torch.tensor(ids)[:, None]
+        if embedded:  # prompt-tuning joiners: their virtual tokens' embeddings, then the prompt
+            inputs = self.model.get_input_embeddings()(inputs.to(self.device))
+            for start, vectors in embedded:
+                inputs[start : start + len(vectors), 0] = vectors.to(inputs.dtype)
+        return inputs, torch.tensor(positions)[:, None], row_deltas, where, seen
+
+    def _fold_prefix(self, matches: list, seen: torch.Tensor) -> list | None:
+        """Per layer the joiners' cached prefix (keys, values) in their first `seen` columns
+        (zeros elsewhere), or None when no joiner has one; counts the hits."""
+        if not any(shared for shared, _ in matches):
+            return None
+        starts = seen.to(torch.long).argmax(dim=1).tolist()  # each joiner's first column
+        layers = []
+        for index, layer in enumerate(self.cache.layers):
+            shape = (len(matches), layer.keys.shape[1], seen.shape[1])
+            keys = layer.keys.new_zeros(*shape, layer.keys.shape[3])
+            values = layer.values.new_zeros(*shape, layer.values.shape[3])
+            for row, ((shared, entry), start) in enumerate(zip(matches, starts, strict=True)):
+                if shared:
+                    keys[row, :, start : start + shared] = entry.keys[index][0, :, :shared]
+                    values[row, :, start : start + shared] = entry.values[index][0, :, :shared]
+            layers.append((keys, values))
+        hits = [shared for shared, _ in matches if shared]
+        self.stats.prefix_hits += len(hits)
+        self.stats.prefix_tokens += sum(hits)
+        return layers
 
     def _add_rows(self, jobs: list, deltas: list, contexts: list, cache, mask) -> None:
         """Append `jobs` as rows (their runs `deltas`, the ids their guards see before the
@@ -255,12 +288,18 @@ class RunningBatch:
 
     def _cached_prefix(self, prompts: list[list[int]], deltas: list) -> tuple[int, list]:
         """(P, each row's cache entry): the longest prefix every row has cached, or (0, [])."""
-        if self.prefixes is None or any(d is not None and d.virtual is not None for d in deltas):
-            return 0, []
-        matches = [self.prefixes.match(self.model, _view(delta), prompt)
-                   for prompt, delta in zip(prompts, deltas, strict=True)]  # fmt: skip
+        matches = [
+            self._match(prompt, delta) for prompt, delta in zip(prompts, deltas, strict=True)
+        ]
         shared = min(length for length, _ in matches)
         return (shared, [entry for _, entry in matches]) if shared else (0, [])
+
+    def _match(self, prompt: list[int], delta: RowDelta | None) -> tuple[int, object]:
+        """(P, entry): the longest cached prefix of `prompt` on its row's view, or (0, None)
+        (no prefix cache, or a prompt-tuning row: its virtual tokens come first)."""
+        if self.prefixes is None or (delta is not None and delta.virtual is not None):
+            return 0, None
+        return self.prefixes.match(self.model, _view(delta), prompt)
 
     def _remember(self, prompts: list[list[int]], deltas: list, cache, mask) -> None:
         """Store each prompt's K/V (its real columns) in the prefix cache."""
@@ -352,6 +391,11 @@ class RunningBatch:
         for layer in self.cache.layers:
             layer.keys = layer.keys.index_select(0, index)[:, :, cut:]
             layer.values = layer.values.index_select(0, index)[:, :, cut:]
+
+
+def _virtual(delta: RowDelta | None) -> torch.Tensor | list:
+    """A row's prompt-tuning embeddings (V, H) that go before its prompt; [] for other rows."""
+    return [] if delta is None or delta.virtual is None else delta.virtual
 
 
 def _view(delta: RowDelta | None) -> int | None:

@@ -5,10 +5,11 @@ the joining prompts, each with its own position id, so linears, norms and rotary
 a mixed batch's per-row deltas, per token) need nothing new. Only attention knows the groups
 (`Fold`, set around the forward): the decoding rows attend to their cache, to which their new
 keys and values are appended as `DynamicLayer.update` does; the prompt tokens are gathered into
-(prompts, length), left-padded, behind their cached prompt prefix (the `PrefixCache`'s, common
-length P), and attend causally among themselves. Their keys and values come back per layer for
-the batch to merge. `benchmarks/profile_serve_fold.py` measured the saving (442 → 322 ms for a
-7-row step and a 2-prompt prefill on SmolLM2-135M).
+(prompts, length), left-padded, each prompt's new tokens right behind its own cached prefix
+(the `PrefixCache`'s, of any length, none for a prompt-tuning row, whose new tokens start with
+its virtual ones), and attend causally to those columns. Their keys and values, prefix
+included, come back per layer as the joiners' cache. `benchmarks/profile_serve_fold.py`
+measured the saving (442 → 322 ms for a 7-row step and a 2-prompt prefill on SmolLM2-135M).
 
 Folding needs an attention that calls `attention_interface(module, q, k, v, mask, scaling=...)`
 with the layer's `layer_idx` (transformers' Llama-style models) on the sdpa implementation:
@@ -31,29 +32,30 @@ _active = threading.local()
 @dataclass
 class Fold:
     """One folded forward's groups: `rows` decoding rows (their cache `layers`, mask `mask` with
-    the new column), then prompt tokens laid out by `where` (prompts, length): the row of each
-    slot, -1 for padding; `prefix` per layer the prompts' cached (keys, values), or None."""
+    the new column), then the prompts laid out in (prompts, length) columns: `where` the row of
+    each new token, -1 elsewhere; `seen` True where a column holds a cached prefix token or a
+    new one; `prefix` per layer the (keys, values) of the cached prefixes in their columns,
+    zeros elsewhere, each (prompts, heads, length, dim), or None when no prompt has one."""
 
     layers: list  # the running batch's DynamicLayers
     mask: torch.Tensor  # (rows, L + 1) bool
     where: torch.Tensor  # (prompts, length) long
-    prefix: list | None = None  # per layer (keys, values), each (prompts, heads, P, dim)
-    keys: list = field(default_factory=list)  # per layer: the prompts' new keys (prompts, H, T, D)
+    seen: torch.Tensor  # (prompts, length) bool
+    prefix: list | None = None
+    keys: list = field(default_factory=list)  # per layer: the prompts' keys (prompts, H, T, D)
     values: list = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.rows = self.mask.shape[0]
         flat = self.where.flatten()
-        self.source = flat.clamp(min=0)  # a padding slot reads row 0; the mask hides it
+        self.source = flat.clamp(min=0)  # other columns read row 0, then hidden or replaced
         self.slots = (flat >= 0).nonzero().squeeze(1)
         self.targets = flat[self.slots]
-        real = self.where >= 0
+        self.new = (self.where >= 0)[:, None, :, None]  # (prompts, 1, T, 1)
         length = self.where.shape[1]
         causal = torch.tril(torch.ones(length, length, dtype=torch.bool))
-        own = causal[None] & real[:, None, :] | torch.eye(length, dtype=torch.bool)[None]
-        prefix = self.prefix[0][0].shape[2] if self.prefix else 0
-        seen = torch.ones(len(self.where), length, prefix, dtype=torch.bool)
-        self.prompt_mask = torch.cat([seen, own], dim=2)[:, None]  # (prompts, 1, T, P + T)
+        eye = torch.eye(length, dtype=torch.bool)  # no query row without a key: no NaN
+        self.prompt_mask = (causal[None] & self.seen[:, None, :] | eye[None])[:, None]
 
 
 def fold_ok(model) -> bool:
@@ -107,11 +109,12 @@ def attention(module, query, key, value, attention_mask, scaling=None, **kwargs)
         scale=scaling, enable_gqa=True,
     )  # fmt: skip
     queries, keys, values = (_gather(fold, tensor) for tensor in (query, key, value))
-    fold.keys.append(keys)
-    fold.values.append(values)
     if fold.prefix:
         before_keys, before_values = fold.prefix[module.layer_idx]
-        keys, values = torch.cat([before_keys, keys], 2), torch.cat([before_values, values], 2)
+        keys = torch.where(fold.new, keys, before_keys)
+        values = torch.where(fold.new, values, before_values)
+    fold.keys.append(keys)
+    fold.values.append(values)
     prompts = F.scaled_dot_product_attention(
         queries, keys, values, attn_mask=fold.prompt_mask, scale=scaling, enable_gqa=True
     )
