@@ -175,7 +175,7 @@ def test_prompts_folded_into_a_step_decode_what_each_run_decodes_alone(served, c
     with inference(mixer.model):
         batch.join(jobs[:2], deltas[:2])
         batch.step()
-        assert batch.can_fold(deltas[2:5])
+        assert batch.can_fold()
         batch.fold(jobs[2:5], deltas[2:5])
         batch.step()
         batch.fold(jobs[5:], deltas[5:])
@@ -233,3 +233,31 @@ def test_a_fold_gives_the_logits_of_a_step_and_a_prefill(served, monkeypatch):
     assert folded.stats.prefix_hits == 2  # ia3's and lora_a's prefix from the cache, not prompt's
     torch.testing.assert_close(together, torch.cat([seen[-3], seen[-2]]), rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(after, seen[-1], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["dora", "adapter", "full"])
+def test_own_view_batches_fold_joiners_and_decode_what_the_run_decodes_alone(served, name):
+    """A run that keeps a batch of its own view (no mixed batch) folds its joiners into its
+    decoding step too, on its own cached prompt prefix: every row decodes its lone text."""
+    model = served.runs[name].model
+    prompts = [f"reverse: the words {word}" for word in ["abc", "served", "x", "hello there"]]
+    lengths, options = [6, 4, 7, 5], {"no_repeat_ngram_size": 1}
+    ids = encode_prompts(served.tokenizer, prompts)
+    jobs = [Job(name, row, n, emit=lambda event: None, decoding=dict(options))
+            for row, n in zip(ids, lengths, strict=True)]  # fmt: skip
+    stats = Stats()
+    batch = RunningBatch(model, served.tokenizer, Wordlike(served.tokenizer), stats, None,
+                         PrefixCache())  # fmt: skip
+    with inference(model):
+        batch.join(jobs[:2])
+        batch.step()
+        assert batch.can_fold()
+        batch.fold(jobs[2:])
+        while len(batch):
+            batch.step()
+    assert stats.folds == 1 and stats.prefix_hits == 2
+    for job, prompt, length in zip(jobs, prompts, lengths, strict=True):
+        alone = generate(model, served.tokenizer, [prompt], max_new_tokens=length, batch_size=1,
+                         **options)  # fmt: skip
+        text = served.tokenizer.decode(job.tokens, skip_special_tokens=True).strip()
+        assert text == alone[0], prompt

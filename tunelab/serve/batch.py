@@ -15,7 +15,7 @@ sits in front of it, and its own decoding options.
   for its view (`tunelab.serve.prefix`: the chat template and system prompt, usually), only
   what follows it goes through the model, on a copy of those keys and values.
 - `step()`: one forward of every row's last token against the cache: one new token per row.
-- `fold(jobs)`: both in one forward (a mixed batch on a Llama-style model: `can_fold`): the
+- `fold(jobs)`: both in one forward (a running batch on a Llama-style model: `can_fold`): the
   running rows' last tokens and the joiners' new tokens (a prompt-tuning joiner's virtual
   embeddings first) as one-token rows, attention in two groups (`tunelab.serve.fold`), each
   joiner on its own cached prefix; the engine then skips that batch's step.
@@ -43,7 +43,7 @@ from transformers.cache_utils import DynamicLayer
 
 from tunelab.evaluate.generation import left_pad, stop_token_ids
 from tunelab.methods.prompt_cache import is_prompt_learning
-from tunelab.serve.fold import Fold, fold_ok, folding
+from tunelab.serve.fold import Fold, fold_ok, folding, install
 from tunelab.serve.mixed import Mixer, RowDelta
 from tunelab.serve.prefix import PrefixCache
 from tunelab.serve.rowguards import GuardOptions, RowGuards
@@ -132,6 +132,9 @@ class RunningBatch:
         self.last = torch.zeros(0, dtype=torch.long)  # (B,): each row's token not yet cached
         self.device = next(model.parameters()).device
         self.seen: list = []  # every job that was in the batch (for the engine's history)
+        self.foldable = fold_ok(model)
+        if self.foldable:
+            install(model)  # joining prompts may be folded into a step (`fold`)
 
     def __len__(self) -> int:
         return len(self.jobs)
@@ -165,16 +168,16 @@ class RunningBatch:
         self._add_rows(jobs, deltas, contexts, cache, mask)
         self._take(logits, start)
 
-    def can_fold(self, deltas: list[RowDelta | None]) -> bool:
-        """True when joiners (of any runs) can be folded into this batch's next step: a running
-        mixed batch on a model `tunelab.serve.fold` serves."""
-        return (self.mixer is not None and len(self.jobs) > 0 and self.cache is not None
-                and fold_ok(self.model))  # fmt: skip
+    def can_fold(self) -> bool:
+        """True when joiners can be folded into this batch's next step: it has rows, and its
+        model's attention is one `tunelab.serve.fold` serves."""
+        return self.foldable and len(self.jobs) > 0 and self.cache is not None
 
-    def fold(self, jobs: list, deltas: list[RowDelta | None]) -> None:
+    def fold(self, jobs: list, deltas: list[RowDelta | None] | None = None) -> None:
         """One forward: a decoding step of the running rows and the prefill of `jobs`' prompts
-        (`tunelab.serve.fold`), each on its own cached prefix if it has one; every row takes its
-        next token, the new rows their first."""
+        (`tunelab.serve.fold`; `deltas`: their runs, in a mixed batch), each on its own cached
+        prefix if it has one; every row takes its next token, the new rows their first."""
+        deltas = deltas or [None] * len(jobs)
         prompts = [job.prompt_ids for job in jobs]
         matches = [self._match(p, d) for p, d in zip(prompts, deltas, strict=True)]
         rows = len(self.jobs)

@@ -13,7 +13,7 @@ Requests are instead *batched*, continuously, into `RunningBatch`es (`tunelab.se
   tuning's KV prefix) are decoded by `generate`, one batch of one key at a time.
 
 Between two decoding steps the worker admits waiting jobs, oldest first: a job joins its batch
-while that has fewer than `max_batch` rows, or starts one. Joiners of a running mixed batch are
+while that has fewer than `max_batch` rows, or starts one. Joiners of a running batch are
 folded into its next step (one forward: `RunningBatch.fold`) where the model allows. Rows leave
 the batch the step they finish, so no forward is spent on them. Running batches take one step
 each in turn. An idle worker that is handed a first job waits up to `window` seconds (default
@@ -252,7 +252,7 @@ class Scheduler:
             self.batches[slot] = batch
         deltas = [job.delta for job in jobs] if batch.mixer else None
         with inference(batch.model):
-            if deltas is not None and batch.can_fold(deltas):
+            if batch.can_fold():
                 batch.fold(jobs, deltas)  # this turn's step of the batch too
                 self.folded.add(slot)
             else:

@@ -38,7 +38,6 @@ from torch import nn
 from tunelab.methods.bitfit import BiasedLinear
 from tunelab.serve.adapters import PEFT_PREFIX, shared_view
 from tunelab.serve.fastlora import plain_lora
-from tunelab.serve.fold import fold_ok, install
 
 MIXABLE = {"lora", "ia3", "bitfit", "prompt", "ptuning"}  # methods whose views may qualify
 WIDE = 16384  # output features from which a CPU product of 4+ rows is taken as W @ xᵀ
@@ -237,8 +236,6 @@ class Mixer:
     def __init__(self, base: nn.Module) -> None:
         self.base = base
         self.model = shared_view(base).eval()
-        if fold_ok(self.model):
-            install(self.model)  # joining prompts may be folded into a step (batch.py)
         self.plan = Plan()
         self.linears = {name: module for name, module in self.model.named_modules()
                         if type(module) is nn.Linear}  # fmt: skip
