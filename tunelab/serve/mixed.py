@@ -138,11 +138,14 @@ def _virtual(model, read: set) -> torch.Tensor | None:
 
 
 class Plan:
-    """The deltas of the rows of the next forward, in row order (None: the base)."""
+    """The deltas of the rows of the next forward, in row order (None: the base), and each of
+    their runs with its rows (a slice where they are consecutive, else an index tensor)."""
 
-    def __init__(self) -> None:
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
         self.rows: tuple[RowDelta | None, ...] = ()
         self.key: tuple[int, ...] = ()
+        self.runs: list[tuple[RowDelta, slice | torch.Tensor]] = []  # by first row
 
 
 class RowLinear(nn.Module):
@@ -182,23 +185,19 @@ class RowLinear(nn.Module):
         return y
 
     def _prepare(self) -> tuple | None:
-        """(scale_in, scale_out, bias, LoRA groups) for the plan's rows; None: nothing to add."""
-        layers = [row.layers.get(self.name) if row is not None else None for row in self.plan.rows]
-        if all(layer is None for layer in layers):
+        """(scale_in, scale_out, bias, LoRA groups) for the plan's rows; None: nothing to add.
+        Built per run present (a few), not per row: each run's rows are known to the plan."""
+        layers = [(delta.layers.get(self.name), rows) for delta, rows in self.plan.runs]
+        layers = [(layer, rows) for layer, rows in layers if layer is not None]
+        if not layers:
             return None
-        weight = self.linear.weight
+        count, weight = len(self.plan.rows), self.linear.weight
         out_features, in_features = weight.shape
-        ones_in = weight.new_ones(in_features)
-        ones_out, zeros = weight.new_ones(out_features), weight.new_zeros(out_features)
-        scale_in = _per_row(layers, "scale_in", ones_in)
-        scale_out = _per_row(layers, "scale_out", ones_out)
-        added = _per_row(layers, "bias", zeros)
-        groups: dict[int, tuple[list[int], tuple]] = {}
-        for index, layer in enumerate(layers):
-            if layer is not None and layer.lora is not None:
-                groups.setdefault(id(layer.lora), ([], layer.lora))[0].append(index)
-        gathered = [(_rows(indices, weight.device), *lora) for indices, lora in groups.values()]
-        return scale_in, scale_out, added, gathered
+        scale_in = _per_row(layers, "scale_in", weight, (count, 1, in_features), 1.0)
+        scale_out = _per_row(layers, "scale_out", weight, (count, 1, out_features), 1.0)
+        added = _per_row(layers, "bias", weight, (count, 1, out_features), 0.0)
+        groups = [(rows, *layer.lora) for layer, rows in layers if layer.lora is not None]
+        return scale_in, scale_out, added, groups
 
 
 def base_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -214,13 +213,19 @@ def base_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     return y if bias is None else y + bias
 
 
-def _per_row(layers: list, attribute: str, identity: torch.Tensor) -> torch.Tensor | None:
-    """(B, 1, features): each row's vector (`identity` where it has none); None if no row has
-    one."""
-    vectors = [getattr(layer, attribute) if layer is not None else None for layer in layers]
-    if all(vector is None for vector in vectors):
+def _per_row(
+    layers: list, attribute: str, like: torch.Tensor, shape: tuple, identity: float
+) -> torch.Tensor | None:
+    """`shape` (B, 1, features): each run's vector in its rows, `identity` (1: a scale, 0: a
+    bias) in the others; None if no run has one here."""
+    vectors = [(getattr(layer, attribute), rows) for layer, rows in layers]
+    vectors = [(vector, rows) for vector, rows in vectors if vector is not None]
+    if not vectors:
         return None
-    return torch.stack([identity if v is None else v for v in vectors])[:, None, :]
+    table = like.new_full(shape, identity)
+    for vector, rows in vectors:
+        table[rows] = vector
+    return table
 
 
 def _rows(indices: list[int], device) -> slice | torch.Tensor:
@@ -236,7 +241,7 @@ class Mixer:
     def __init__(self, base: nn.Module) -> None:
         self.base = base
         self.model = shared_view(base).eval()
-        self.plan = Plan()
+        self.plan = Plan(next(base.parameters()).device)
         self.linears = {name: module for name, module in self.model.named_modules()
                         if type(module) is nn.Linear}  # fmt: skip
         self.installed: set[str] = set()
@@ -266,3 +271,9 @@ class Mixer:
         key = tuple(-1 if row is None else row.serial for row in rows)
         if key != self.plan.key:
             self.plan.rows, self.plan.key = tuple(rows), key
+            runs: dict[int, tuple[RowDelta, list[int]]] = {}
+            for index, row in enumerate(rows):
+                if row is not None:
+                    runs.setdefault(row.serial, (row, []))[1].append(index)
+            device = self.plan.device
+            self.plan.runs = [(delta, _rows(indices, device)) for delta, indices in runs.values()]
