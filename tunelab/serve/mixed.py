@@ -172,16 +172,19 @@ class RowLinear(nn.Module):
         scale_in, scale_out, added, groups = prepared
         y = base_linear(x if scale_in is None else x * scale_in, weight, bias)
         if scale_out is not None:
-            y = y * scale_out
+            y.mul_(scale_out)  # y is this call's own tensor
         if added is not None:
-            y = y + added
-        for rows, a, b, scaling in groups:
+            y.add_(added)
+        for rows, a, b, scaling in groups:  # y[rows] += B(A(x[rows])) * scaling, fused
             part = x[rows] if isinstance(rows, slice) else x.index_select(0, rows)
-            product = F.linear(F.linear(part, a), b) * scaling
-            if isinstance(rows, slice):
-                y[rows] += product
+            low = F.linear(part, a)
+            if not isinstance(rows, slice):
+                y.index_add_(0, rows, F.linear(low, b), alpha=scaling)
+            elif y.is_contiguous():
+                flat = low.view(-1, low.shape[-1])
+                y[rows].view(-1, y.shape[-1]).addmm_(flat, b.t(), alpha=scaling)
             else:
-                y.index_add_(0, rows, product)
+                y[rows] += F.linear(low, b) * scaling
         return y
 
     def _prepare(self) -> tuple | None:
