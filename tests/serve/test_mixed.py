@@ -153,8 +153,9 @@ def test_prompts_folded_into_a_step_decode_what_each_run_decodes_alone(served, c
     """Joiners of seven runs folded into the running batch's decoding step (one forward of
     one-token rows, tunelab.serve.fold), prompt-tuning and p-tuning rows (virtual embeddings
     first) among them, with and without cached prompt prefixes (of different lengths, and none
-    for some joiners of the same fold): every row's text is its run's lone greedy text."""
-    names = [BASE, "lora_a", "lora_r2", "prompt", "bitfit", "ptuning", "lora_a", "ia3"]
+    for some joiners of the same fold; the second prompt-tuning row's covers its virtual
+    tokens): every row's text is its run's lone greedy text."""
+    names = [BASE, "lora_a", "lora_r2", "prompt", "bitfit", "ptuning", "prompt", "ia3"]
     prompts = [f"reverse: the words {word}" for word in
                ["abc", "served", "tunelab", "x", "hello there", "ok", "abcabc", "hi"]]  # fmt: skip
     lengths = [8, 7, 3, 8, 6, 8, 5, 8]
@@ -193,14 +194,14 @@ def test_a_fold_gives_the_logits_of_a_step_and_a_prefill(served, monkeypatch):
     """The folded forward's logits equal, to float32 rounding, those of a decoding step of the
     running rows followed by a separate prefill of the joiners (cached prefix in front for two,
     virtual tokens for one), and so do the next step's (the joiners' cache and positions)."""
-    names, joining = [BASE, "lora_a", "ia3"], ["ia3", "prompt", "lora_a"]
+    names, joining = [BASE, "lora_a", "ia3", "prompt"], ["ia3", "prompt", "lora_a", "ptuning"]
     of_run = {BASE: None}
     mixer = Mixer(served.base)
     for name in {*names, *joining} - {BASE}:
         run = served.runs[name]
         of_run[name] = row_delta(run.model, run.method, served.base)
         assert mixer.accept(of_run[name])
-    words = ["abc", "served", "x", "tunelab", "hi", "hello"]
+    words = ["abc", "served", "x", "zz", "tunelab", "hi", "hello", "ok"]
     prompts = [f"reverse: the words {word}" for word in words]
     ids = encode_prompts(served.tokenizer, prompts)
     seen: list[torch.Tensor] = []
@@ -215,9 +216,9 @@ def test_a_fold_gives_the_logits_of_a_step_and_a_prefill(served, monkeypatch):
         batch = RunningBatch(mixer.model, served.tokenizer, Wordlike(served.tokenizer), Stats(),
                              mixer, PrefixCache())  # fmt: skip
         with inference(mixer.model):
-            batch.join(jobs[:3], [of_run[name] for name in names])
+            batch.join(jobs[:4], [of_run[name] for name in names])
             batch.step()
-        return batch, jobs[3:]
+        return batch, jobs[4:]
 
     folded, new = batch_and_jobs()
     with inference(mixer.model):
@@ -230,7 +231,9 @@ def test_a_fold_gives_the_logits_of_a_step_and_a_prefill(served, monkeypatch):
         apart.join(new, [of_run[name] for name in joining])
         apart.step()
     assert folded.stats.folds == 1
-    assert folded.stats.prefix_hits == 2  # ia3's and lora_a's prefix from the cache, not prompt's
+    assert folded.stats.prefix_hits == 3  # all but p-tuning's (the prompt row's: virtual too)
+    virtual = len(of_run["prompt"].virtual)  # its cached prefix covers them and more:
+    assert folded._match(new[1].prompt_ids, of_run["prompt"])[0] > virtual
     torch.testing.assert_close(together, torch.cat([seen[-3], seen[-2]]), rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(after, seen[-1], rtol=1e-4, atol=1e-4)
 

@@ -12,8 +12,9 @@ sits in front of it, and its own decoding options.
   gives their first tokens; their cache and mask are then padded on the left to the running
   batch's length (or the batch's to theirs) and concatenated on the batch dimension. When
   every new row's prompt starts with a prefix whose keys and values the `PrefixCache` holds
-  for its view (`tunelab.serve.prefix`: the chat template and system prompt, usually), only
-  what follows it goes through the model, on a copy of those keys and values.
+  for its view (`tunelab.serve.prefix`: the chat template and system prompt, usually, behind a
+  prompt-tuning row's virtual tokens), only what follows it goes through the model, on a copy
+  of those keys and values.
 - `step()`: one forward of every row's last token against the cache: one new token per row.
 - `fold(jobs)`: both in one forward (a running batch on a Llama-style model: `can_fold`): the
   running rows' last tokens and the joiners' new tokens (a prompt-tuning joiner's virtual
@@ -48,6 +49,7 @@ from tunelab.serve.mixed import Mixer, RowDelta
 from tunelab.serve.prefix import PrefixCache
 from tunelab.serve.rowguards import GuardOptions, RowGuards
 
+VIRTUAL = -1  # a virtual token in a row's sequence (no token id is negative)
 HANDLED = {  # decoding options a running batch applies itself
     "do_sample", "repetition_penalty", "no_repeat_ngram_size", "repetition_guard",
     "output_repetition_penalty", "min_new_tokens", "stop_at_newline",
@@ -208,21 +210,21 @@ class RunningBatch:
         tokens (after its cached prefix of P tokens; a prompt-tuning joiner's virtual ones
         first) — as (inputs: ids (N, 1) or embeddings (N, 1, H), positions (N, 1), each row's
         delta, `where`, `seen`: the joiners' columns, see `Fold`)."""
-        news = [prompt[shared:] for prompt, (shared, _) in zip(prompts, matches, strict=True)]
-        counts = [len(_virtual(d)) + len(new) for d, new in zip(deltas, news, strict=True)]
-        length = max(count + shared for count, (shared, _) in zip(counts, matches, strict=True))
+        sequences = [_sequence(p, d) for p, d in zip(prompts, deltas, strict=True)]
+        news = [seq[shared:] for seq, (shared, _) in zip(sequences, matches, strict=True)]
+        length = max(len(new) + shared for new, (shared, _) in zip(news, matches, strict=True))
         where = torch.full((len(prompts), length), -1, dtype=torch.long)
         seen = torch.zeros(len(prompts), length, dtype=torch.bool)
         ids, positions = self.last.tolist(), self.mask.sum(dim=1).tolist()
         row_deltas, embedded, row = list(self.deltas), [], len(self.jobs)
-        joiners = zip(news, counts, matches, deltas, strict=True)
-        for index, (new, count, (shared, _), delta) in enumerate(joiners):
+        for index, (new, (shared, _), delta) in enumerate(zip(news, matches, deltas, strict=True)):
+            count = len(new)
             where[index, length - count :] = torch.arange(row, row + count)
             seen[index, length - count - shared :] = True
-            virtual = _virtual(delta)
+            virtual = _virtual(delta)[shared:]  # those not in its cached prefix
             if len(virtual):
                 embedded.append((row, virtual))
-            ids += [self.pad_id] * len(virtual) + new
+            ids += [token if token != VIRTUAL else self.pad_id for token in new]
             positions += range(shared, shared + count)
             row_deltas += [delta] * count
             row += count
@@ -269,8 +271,9 @@ class RunningBatch:
         row has one (only what follows it goes through the model), else whole."""
         cache = DynamicCache(config=self.model.config)
         shared, entries = self._cached_prefix(prompts, deltas)
-        if shared:
-            rest = left_pad([prompt[shared:] for prompt in prompts], self.pad_id)
+        if shared:  # every row's virtual tokens, if any, are in it: the rest are ids
+            sequences = [_sequence(p, d) for p, d in zip(prompts, deltas, strict=True)]
+            rest = left_pad([sequence[shared:] for sequence in sequences], self.pad_id)
             inputs = rest["input_ids"]
             mask = torch.cat([torch.ones(len(prompts), shared, dtype=torch.long),
                               rest["attention_mask"]], dim=1)  # fmt: skip
@@ -290,31 +293,32 @@ class RunningBatch:
         return cache, mask, logits
 
     def _cached_prefix(self, prompts: list[list[int]], deltas: list) -> tuple[int, list]:
-        """(P, each row's cache entry): the longest prefix every row has cached, or (0, [])."""
+        """(P, each row's cache entry): the longest prefix every row has cached (covering a
+        prompt-tuning row's virtual tokens), or (0, [])."""
         matches = [
             self._match(prompt, delta) for prompt, delta in zip(prompts, deltas, strict=True)
         ]
         shared = min(length for length, _ in matches)
+        if any(shared < len(_virtual(delta)) for delta in deltas):
+            shared = 0  # a row would start inside its virtual tokens: embeddings, not ids
         return (shared, [entry for _, entry in matches]) if shared else (0, [])
 
     def _match(self, prompt: list[int], delta: RowDelta | None) -> tuple[int, object]:
-        """(P, entry): the longest cached prefix of `prompt` on its row's view, or (0, None)
-        (no prefix cache, or a prompt-tuning row: its virtual tokens come first)."""
-        if self.prefixes is None or (delta is not None and delta.virtual is not None):
+        """(P, entry): the longest cached prefix of the row's sequence (`_sequence`) on its
+        row's view, or (0, None)."""
+        if self.prefixes is None:
             return 0, None
-        return self.prefixes.match(self.model, _view(delta), prompt)
+        return self.prefixes.match(self.model, _view(delta), _sequence(prompt, delta))
 
     def _remember(self, prompts: list[list[int]], deltas: list, cache, mask) -> None:
         """Store each prompt's K/V (its real columns) in the prefix cache."""
         if self.prefixes is None:
             return
         for row, (prompt, delta) in enumerate(zip(prompts, deltas, strict=True)):
-            if delta is not None and delta.virtual is not None:
-                continue
             real = mask[row].nonzero().squeeze(-1).to(self.device)
             keys = [layer.keys[row : row + 1].index_select(2, real) for layer in cache.layers]
             values = [layer.values[row : row + 1].index_select(2, real) for layer in cache.layers]
-            self.prefixes.store(self.model, _view(delta), prompt, keys, values)
+            self.prefixes.store(self.model, _view(delta), _sequence(prompt, delta), keys, values)
 
     def _prefill_inputs(self, prompts: list[list[int]], deltas: list) -> tuple:
         """(ids or embeddings, mask), left-padded; a prompt-tuning row's virtual tokens go
@@ -394,6 +398,12 @@ class RunningBatch:
         for layer in self.cache.layers:
             layer.keys = layer.keys.index_select(0, index)[:, :, cut:]
             layer.values = layer.values.index_select(0, index)[:, :, cut:]
+
+
+def _sequence(prompt: list[int], delta: RowDelta | None) -> list[int]:
+    """What a row's cache holds, as the prefix cache keys it: a prompt-tuning row's virtual
+    tokens (the same for every prompt of its run) as VIRTUAL, then its prompt."""
+    return [VIRTUAL] * len(_virtual(delta)) + prompt
 
 
 def _virtual(delta: RowDelta | None) -> torch.Tensor | list:

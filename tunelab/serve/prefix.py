@@ -8,7 +8,9 @@ prompts per *view* — a model, and in a mixed batch the row's run (its `RowDelt
 weights change the keys and values — and `RunningBatch.join` prefills only what follows the
 longest common prefix on top of a copy of it.
 
-Prompt-tuning rows (virtual tokens in front of the prompt) never use it. The cache is bounded:
+A prompt-tuning row's virtual tokens, in front of its prompt, are the same for every prompt of
+its run: the running batch keys its entries by that sequence, the virtual tokens written as a
+placeholder id (`batch.VIRTUAL`), so they are cached with the prefix. The cache is bounded:
 `per_view` entries per view and `size` in all, least recently used first out.
 """
 
