@@ -18,8 +18,8 @@ from tunelab.serve.mixed import Mixer, row_delta
 from tunelab.serve.prefix import PrefixCache, common_prefix
 
 SYSTEM = "system: answer with one word only.\nuser: "
-PROMPTS = [SYSTEM + text for text in ["reverse: abc", "hi", "reverse: served", "hello", "x"]]
-NAMES = [BASE, "lora_a", "ia3", "bitfit", "lora_a"]
+PROMPTS = [SYSTEM + text for text in ["reverse: abc", "hi", "reverse: served", "hello", "x", "ok"]]
+NAMES = [BASE, "lora_a", "ia3", "bitfit", "lora_a", "prompt"]
 OPTIONS = {"no_repeat_ngram_size": 1}  # greedy text of random models is otherwise "aaaa"
 
 
@@ -47,23 +47,27 @@ def jobs_for(served, names, prompts, length=6):
 
 
 def test_prefill_on_a_cached_prefix_is_the_whole_prefill(served):
-    """Base, LoRA, IA³ and BitFit rows: warmed by other prompts of the same views, the next
-    prefill takes the shared prefix from the cache, its logits match the whole prefill's and
-    every row decodes what its run decodes alone."""
+    """Base, LoRA, IA³, BitFit and prompt-tuning rows: warmed by other prompts of the same
+    views, the next prefill takes the shared prefix (a prompt-tuning row's virtual tokens
+    included) from the cache, its logits match the whole prefill's and every row decodes what
+    its run decodes alone."""
     cached, deltas = mixed_batch(served, PrefixCache())
     plain, _ = mixed_batch(served, None)
     rows = [deltas[name] for name in NAMES]
-    warm = jobs_for(served, NAMES[:4], [SYSTEM + "warm up", SYSTEM + "w", SYSTEM + "?", SYSTEM])
+    warming = [BASE, "lora_a", "ia3", "bitfit", "prompt"]
+    warm = jobs_for(served, warming, [SYSTEM + "warm up", SYSTEM + "w", SYSTEM + "?", SYSTEM,
+                                      SYSTEM + "hello there"])  # fmt: skip
     jobs = jobs_for(served, NAMES, PROMPTS)
     prompts = [job.prompt_ids for job in jobs]
     with inference(cached.model):
-        cached.join(warm, rows[:4])
+        cached.join(warm, [deltas[name] for name in warming])
         assert cached.stats.prefix_hits == 0
         _, _, expected = plain._prefill(prompts, rows)
         _, _, logits = cached._prefill(prompts, rows)
         assert cached.stats.prefix_hits == len(jobs)
         shared = common_prefix(prompts[0], prompts[1], 10**6)
         assert cached.stats.prefix_tokens >= len(jobs) * (shared - 1) > 0
+        assert cached._match(prompts[-1], rows[-1])[0] > len(deltas["prompt"].virtual) + 4
         torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5)
         assert torch.equal(logits.argmax(-1), expected.argmax(-1))
         cached.join(jobs, rows)
@@ -77,7 +81,7 @@ def test_prefill_on_a_cached_prefix_is_the_whole_prefill(served):
         assert text == alone[0], name
 
 
-def test_views_do_not_share_and_prompt_tuning_rows_skip_the_cache(served):
+def test_views_do_not_share_the_cache(served):
     batch, deltas = mixed_batch(served, PrefixCache())
     with inference(batch.model):
         batch.join(jobs_for(served, [BASE], [SYSTEM + "one"]), [None])
@@ -85,7 +89,7 @@ def test_views_do_not_share_and_prompt_tuning_rows_skip_the_cache(served):
         assert batch.stats.prefix_hits == 0  # LoRA's keys are not the base's
         batch.join(jobs_for(served, [BASE, "prompt"], [SYSTEM + "3", SYSTEM + "4"]),
                    [None, deltas["prompt"]])  # fmt: skip
-        assert batch.stats.prefix_hits == 0  # a prompt-tuning row: the whole prefill
+        assert batch.stats.prefix_hits == 0  # the prompt-tuning run's first prompt
         batch.join(jobs_for(served, [BASE, "lora_a"], [SYSTEM + "5", SYSTEM + "6"]),
                    [None, deltas["lora_a"]])  # fmt: skip
         assert batch.stats.prefix_hits == 2
