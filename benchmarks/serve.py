@@ -41,6 +41,7 @@ import argparse
 import json
 import os
 import random
+import signal
 import statistics
 import subprocess
 import sys
@@ -207,14 +208,18 @@ def start_server(command: list[str], port: int) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)
     deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        try:
-            httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json={}, timeout=5)
-            return process
-        except httpx.TransportError:
-            time.sleep(0.5)
-    process.kill()
-    raise RuntimeError(f"server on port {port} did not start")
+    try:
+        while time.monotonic() < deadline:
+            try:
+                httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json={}, timeout=5)
+                return process
+            except httpx.TransportError:
+                time.sleep(0.5)
+        raise RuntimeError(f"server on port {port} did not start")
+    except BaseException:  # not started, or the benchmark stopped meanwhile
+        process.kill()
+        process.wait()
+        raise
 
 
 def engine_stats(url: str) -> dict:
@@ -379,6 +384,11 @@ def _engine_once(adapters, asks: list[str], ids: list[list[int]], tokens: int, m
     return {"cpu_s_per_token": cost / made, "tokens": made, **scheduler.stats.summary()}
 
 
+def stop(signum: int, frame) -> None:
+    """SIGTERM: leave through the `finally` that terminates both servers."""
+    raise SystemExit(128 + signum)
+
+
 def start_both(args) -> dict[str, tuple[str, subprocess.Popen]]:
     """Both servers, each in its own process and idle while the other is driven:
     {label: (url, process)}."""
@@ -491,6 +501,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     runs = discover([args.runs])
     names = ["base", *runs]
+    signal.signal(signal.SIGTERM, stop)  # so that a terminated benchmark stops its servers too
     servers = start_both(args)
     try:
         for url, _ in servers.values():

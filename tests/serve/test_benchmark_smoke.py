@@ -7,6 +7,10 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import torch
@@ -55,3 +59,38 @@ def test_both_servers_run_every_workload_in_alternating_rounds(
     assert len(engine) == 4 and all("decoding forwards" in line for line in engine)
     assert [RATIO.match(line)[1] for line in lines if RATIO.match(line)] == ["one", "distinct"]
     assert any(line.startswith("LoRA per token, CPU ms (1 thread): served view") for line in lines)
+
+
+def children(pid: int) -> set[int]:
+    """The live child processes of `pid` (Linux's /proc)."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.add(int(stat.parent.name))
+    return found
+
+
+def test_a_terminated_benchmark_stops_both_servers(tmp_path, make_run):
+    """SIGTERM (a job killed by its scheduler, `timeout`) must not leave the two servers
+    running: the benchmark leaves through the `finally` that terminates them."""
+    runs = tmp_path / "runs"
+    make_run(runs, "lora", "lora", 3e-2)
+    command = [sys.executable, str(ROOT / "benchmarks" / "serve.py"), "--runs", str(runs),
+               "--clients", "1", "--seconds", "600", "--max-tokens", "4"]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while len(children(process.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        servers = children(process.pid)
+        assert len(servers) == 2  # both started (the second perhaps still loading)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 128 + signal.SIGTERM
+    finally:
+        process.kill()
+    for pid in servers:
+        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text()
