@@ -83,6 +83,22 @@ class Stats:
     classic_s: float = 0.0  # in `generate` batches,
     idle_s: float = 0.0  # and waiting for work (no job, or a batch filling)
 
+    def stepped(self, jobs: list) -> None:
+        """Count a decoding forward over `jobs`' rows."""
+        self.steps += 1
+        self.step_rows += len(jobs)
+        self.step_runs += len({job.adapter for job in jobs})
+
+    def prefilled(self, rows: int) -> None:
+        """Count a prefill of `rows` prompts."""
+        self.prefills += 1
+        self.prefill_rows += rows
+
+    def cached(self, lengths: list[int]) -> None:
+        """Count prompts prefilled on a cached prefix of these `lengths`."""
+        self.prefix_hits += len(lengths)
+        self.prefix_tokens += sum(lengths)
+
     def summary(self) -> dict:
         forwards = self.steps + self.prefills
         return {
@@ -161,8 +177,7 @@ class RunningBatch:
         deltas = deltas or [None] * len(jobs)
         prompts = [job.prompt_ids for job in jobs]
         cache, mask, logits = self._prefill(prompts, deltas)
-        self.stats.prefills += 1
-        self.stats.prefill_rows += len(jobs)
+        self.stats.prefilled(len(jobs))
         start = len(self.jobs)
         # generate() decodes a prompt-tuning row from embeddings: its processors see no prompt
         embedded = [delta is not None and delta.virtual is not None for delta in deltas]
@@ -194,11 +209,8 @@ class RunningBatch:
         for index, (keys, values) in enumerate(zip(fold.keys, fold.values, strict=True)):
             cache.update(keys, values, index)
         mask = seen.to(torch.long)
-        self.stats.steps += 1
-        self.stats.step_rows += rows
-        self.stats.step_runs += len({job.adapter for job in self.jobs})
-        self.stats.prefills += 1
-        self.stats.prefill_rows += len(jobs)
+        self.stats.stepped(self.jobs)
+        self.stats.prefilled(len(jobs))
         self.stats.folds += 1
         self._remember(prompts, deltas, cache, mask)
         contexts = [[] if len(_virtual(d)) else p for p, d in zip(prompts, deltas, strict=True)]
@@ -251,9 +263,7 @@ class RunningBatch:
                     keys[row, :, start : start + shared] = entry.keys[index][0, :, :shared]
                     values[row, :, start : start + shared] = entry.values[index][0, :, :shared]
             layers.append((keys, values))
-        hits = [shared for shared, _ in matches if shared]
-        self.stats.prefix_hits += len(hits)
-        self.stats.prefix_tokens += sum(hits)
+        self.stats.cached([shared for shared, _ in matches if shared])
         return layers
 
     def _add_rows(self, jobs: list, deltas: list, contexts: list, cache, mask) -> None:
@@ -281,8 +291,7 @@ class RunningBatch:
                 keys = torch.cat([entry.keys[index][:, :, :shared] for entry in entries])
                 values = torch.cat([entry.values[index][:, :, :shared] for entry in entries])
                 cache.update(keys, values, index)
-            self.stats.prefix_hits += len(prompts)
-            self.stats.prefix_tokens += shared * len(prompts)
+            self.stats.cached([shared] * len(prompts))
         else:
             inputs, mask = self._prefill_inputs(prompts, deltas)
         positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)[
@@ -346,9 +355,7 @@ class RunningBatch:
         self.mask = torch.cat([self.mask, torch.ones(len(self.jobs), 1, dtype=torch.long)], dim=1)
         positions = self.mask.sum(dim=1, keepdim=True) - 1  # (B, 1): the row's own position
         logits = self._forward(self.last[:, None], self.mask, positions, self.cache, self.deltas)
-        self.stats.steps += 1
-        self.stats.step_rows += len(self.jobs)
-        self.stats.step_runs += len({job.adapter for job in self.jobs})
+        self.stats.stepped(self.jobs)
         self._take(logits, 0)
 
     def _take(self, logits: torch.Tensor, start: int) -> None:

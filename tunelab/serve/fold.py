@@ -19,6 +19,7 @@ with the layer's `layer_idx` (transformers' Llama-style models) on the sdpa impl
 from __future__ import annotations
 
 import threading
+import weakref
 from dataclasses import dataclass, field
 
 import torch
@@ -27,6 +28,7 @@ import torch.nn.functional as F
 NAME = "tunelab_fold"
 FOLDABLE = {"llama", "qwen2", "qwen3", "smollm3"}  # decoder families with that attention
 _active = threading.local()
+_installed: weakref.WeakSet = weakref.WeakSet()  # models attending through `attention`
 
 
 @dataclass
@@ -66,12 +68,16 @@ def fold_ok(model) -> bool:
 
 
 def install(model) -> None:
-    """Make `model` (a view: its configs are its own) attend through `attention`."""
+    """Make `model` (a view: its configs are its own) attend through `attention`; once per
+    model (every batch of a view calls it)."""
+    if model in _installed:
+        return
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
     AttentionInterface.register(NAME, attention)
     AttentionMaskInterface.register(NAME, sdpa_mask)
+    _installed.add(model)
     for module in model.modules():
         config = getattr(module, "config", None)
         if config is not None and hasattr(config, "_attn_implementation"):
