@@ -363,6 +363,12 @@ def serve(
     ),
     max_queue: int = typer.Option(64, "--max-queue", min=1, help="requests waiting or running"),
     max_tokens: int = typer.Option(256, "--max-tokens", min=1, help="cap on max_tokens"),
+    prepack: bool = typer.Option(
+        True,
+        "--prepack/--no-prepack",
+        help="pack the weights for MKL's small-batch product: "
+        "faster CPU decoding steps for about twice the weights' memory",
+    ),
     print_vllm: bool = typer.Option(False, "--print-vllm", help="print a vllm serve command"),
 ):
     """Serve the base model and every run on it: an OpenAI-compatible API and a web page."""
@@ -376,7 +382,7 @@ def serve(
         print(print_vllm_command(plan))
         return
     limits = dict(max_batch=max_batch, max_queue=max_queue, max_tokens=max_tokens,
-                  window=batch_window / 1000)  # fmt: skip
+                  window=batch_window / 1000, prepack=prepack)  # fmt: skip
     run_server(
         plan,
         roots,

@@ -12,7 +12,7 @@ import torch
 
 from tunelab.evaluate.generation import encode_prompts, generate
 from tunelab.evaluate.modes import inference
-from tunelab.serve import mixed
+from tunelab.serve import mixed, prepack
 from tunelab.serve.adapters import BASE, AdapterSet
 from tunelab.serve.batch import RunningBatch, Stats
 from tunelab.serve.engine import Job, Scheduler, Wordlike
@@ -54,19 +54,33 @@ def test_which_runs_join_a_mixed_batch(served):
 
 
 @pytest.mark.parametrize(
-    ("options", "wide"), [*((o, False) for o in [*OPTIONS, "alternating"]), ("alternating", True)]
-)
-def test_mixed_rows_decode_what_each_run_decodes_alone(served, options, wide, monkeypatch):
+    ("options", "variant"),
+    [*((o, None) for o in [*OPTIONS, "alternating"]), ("alternating", "wide"),
+     ("alternating", "packed")],
+)  # fmt: skip
+def test_mixed_rows_decode_what_each_run_decodes_alone(served, options, variant, monkeypatch):
     """Eight rows of seven runs (the first LoRA's two apart, so gathered by index) join one
     batch in three groups and leave at their own max_tokens; every row's text is its run's
-    lone greedy text (also with rows of different decoding options in the batch, and with
-    every product of 4+ rows taken as W @ xᵀ, as the output layer of a real vocabulary is)."""
-    if wide:
+    lone greedy text (also with rows of different decoding options in the batch, with every
+    product of 4+ rows taken as W @ xᵀ, as the output layer of a real vocabulary is, and with
+    every weight packed for MKL's small-batch product, as `tunelab serve` does on a CPU)."""
+    if variant == "wide":
         monkeypatch.setattr(mixed, "WIDE", 1)
+    if variant == "packed" and not prepack.available():
+        pytest.skip("this torch has no MKL packed product (`prepack.available()` is False)")
     names = [BASE, *JOINING, "lora_a"]
     per_row = [OPTIONS[i % 2] if options == "alternating" else options for i in range(8)]
     lengths = [8, 8, 3, 5, 8, 7, 6, 8]
-    mixer = Mixer(served.base)
+    mixer = Mixer(served.base, pack=variant == "packed")
+    if variant == "packed":  # every Linear of the view takes its products from a pack
+        linears = [m for m in mixer.model.modules() if isinstance(m, torch.nn.Linear)]
+        assert linears and all(type(m.packed) is torch.Tensor for m in mixer.model.modules()
+                               if isinstance(m, RowLinear))  # fmt: skip
+        assert all(any(r.linear is m for r in mixer.model.modules() if isinstance(r, RowLinear))
+                   for m in linears)  # fmt: skip
+        packed_products = []
+        real = prepack.linear
+        monkeypatch.setattr(prepack, "linear", lambda *a: packed_products.append(1) or real(*a))
     deltas = []
     for name in names:
         run = served.runs.get(name)
@@ -90,6 +104,8 @@ def test_mixed_rows_decode_what_each_run_decodes_alone(served, options, wide, mo
             batch.step()
     assert stats.steps < sum(lengths) // 2  # rows shared forwards
     assert stats.summary()["mean_runs_per_step"] > 3  # of different runs
+    if variant == "packed":
+        assert packed_products  # the steps of 4 to 8 rows
     for job, name, prompt, length in zip(jobs, names, PROMPTS, lengths, strict=True):
         alone = generate(model_of(served, name), served.tokenizer, [prompt],
                          max_new_tokens=length, batch_size=1, **job.decoding)  # fmt: skip

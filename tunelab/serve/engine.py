@@ -50,6 +50,7 @@ from tunelab.serve.batch import RunningBatch, Stats, continuous_ok, decoding_ok
 from tunelab.serve.jobs import Job, decode
 from tunelab.serve.mixed import Mixer, RowDelta, row_delta
 from tunelab.serve.prefix import PrefixCache
+from tunelab.serve.prepack import FEW, available
 
 log = logging.getLogger(__name__)
 NO_DELTA = RowDelta()  # the base's rows in a mixed batch
@@ -68,10 +69,12 @@ class Scheduler:
 
     def __init__(
         self, adapters: AdapterSet, *, max_batch: int = 8, max_queue: int = 64,
-        window: float = 0.01, mix: bool = True,
+        window: float = 0.01, mix: bool = True, prepack: bool = True,
     ) -> None:  # fmt: skip
         self.adapters, self.max_batch, self.max_queue = adapters, max_batch, max_queue
         self.mix = mix  # False: every run decodes in batches of its own (for comparisons)
+        # the mixed view's weights packed for MKL's small-batch product (`serve.prepack`)
+        self.prepack = prepack and max_batch >= FEW and available()
         self.window = window  # seconds an idle worker waits for a batch to fill
         self.pending: deque[Job] = deque()
         self.running: list[Job] = []
@@ -88,6 +91,8 @@ class Scheduler:
         self.closed = False
         self.history: deque[tuple[str, list[str | None]]] = deque(maxlen=100)  # ended batches:
         # (adapter, each job's finish reason), for tests and the benchmark
+        if mix:
+            self._mixer()  # packing the weights takes a moment: at start, not at a request
         self.thread = threading.Thread(target=self._work, name="tunelab-serve", daemon=True)
         self.thread.start()
 
@@ -230,7 +235,7 @@ class Scheduler:
     def _mixer(self) -> Mixer:
         """The mixed view of the current base (a new one if the base was replaced)."""
         if self.mixer is None or self.mixer.base is not self.adapters.base:
-            self.mixer = Mixer(self.adapters.base)
+            self.mixer = Mixer(self.adapters.base, pack=self.prepack)
             self.continuous.clear()
             self.stop_ids = stop_token_ids(self.adapters.base, self.adapters.tokenizer)
         return self.mixer

@@ -23,7 +23,8 @@ the view does not share with the base must be one this module reads.
 `Mixer` holds one more view of the base in which each Linear that some run touches is a
 `RowLinear`; before a forward the running batch sets the rows' deltas (`Mixer.use`), and each
 `RowLinear` builds its per-row tensors once per distinct set of rows. The output layer is a
-`RowLinear` from the start, for its product's sake (`base_linear`).
+`RowLinear` from the start, for its product's sake (`base_linear`); with `pack`, every Linear
+is, holding its weight packed for MKL's small-batch product (`tunelab.serve.prepack`).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tunelab.methods.bitfit import BiasedLinear
+from tunelab.serve import prepack
 from tunelab.serve.adapters import PEFT_PREFIX, shared_view
 from tunelab.serve.fastlora import plain_lora
 
@@ -151,9 +153,10 @@ class Plan:
 class RowLinear(nn.Module):
     """A base Linear that adds each row's own delta (see the module docstring)."""
 
-    def __init__(self, linear: nn.Linear, name: str, plan: Plan) -> None:
+    def __init__(self, linear: nn.Linear, name: str, plan: Plan, packed=None) -> None:
         super().__init__()
         self.linear, self.name, self.plan = linear, name, plan
+        self.packed = packed  # the weight packed for a few rows (`prepack.pack`), or None
         self.prepared: dict[tuple, tuple | None] = {}  # plan key -> per-row tensors
 
     @property
@@ -168,9 +171,9 @@ class RowLinear(nn.Module):
             prepared = self.prepared[self.plan.key] = self._prepare()
         weight, bias = self.linear.weight, self.linear.bias
         if prepared is None:
-            return base_linear(x, weight, bias)
+            return base_linear(x, weight, bias, self.packed)
         scale_in, scale_out, added, groups = prepared
-        y = base_linear(x if scale_in is None else x * scale_in, weight, bias)
+        y = base_linear(x if scale_in is None else x * scale_in, weight, bias, self.packed)
         if scale_out is not None:
             y.mul_(scale_out)  # y is this call's own tensor
         if added is not None:
@@ -203,13 +206,18 @@ class RowLinear(nn.Module):
         return scale_in, scale_out, added, groups
 
 
-def base_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """`F.linear(x, weight, bias)`; for a wide layer (the output layer: 49,152 × 576 on SmolLM2)
-    on the CPU with 4 or more rows, computed as `weight @ xᵀ`. MKL's `x @ Wᵀ` there costs, on 2
-    cores, 7.2 ms for 1 row, 12.9–15.4 ms for 4–6, 18.8 for 7, 32.2 for 12, 36.1 for 15 (and 14.8
-    for 16); `W @ xᵀ` 13.0–14.7 ms from 4 rows to 32. The same sums, another order of rounding:
-    logits agree to float32 precision, not bit for bit."""
+def base_linear(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, packed=None
+) -> torch.Tensor:
+    """`F.linear(x, weight, bias)`: from `packed` (the weight packed by `prepack.pack`) for as
+    many rows as that serves (`prepack.packs`); otherwise, for a wide layer (the output layer:
+    49,152 × 576 on SmolLM2) on the CPU with 4 or more rows, computed as `weight @ xᵀ`. MKL's
+    `x @ Wᵀ` there costs, on 2 cores, 7.2 ms for 1 row, 12.9–15.4 ms for 4–6, 18.8 for 7, 32.2
+    for 12, 36.1 for 15 (and 14.8 for 16); `W @ xᵀ` 13.0–14.7 ms from 4 rows to 32. The same
+    sums, another order of rounding: logits agree to float32 precision, not bit for bit."""
     rows = x.numel() // x.shape[-1]
+    if packed is not None and prepack.packs(rows):
+        return prepack.linear(x, weight, bias, packed)
     if weight.shape[0] < WIDE or rows < 4 or x.device.type != "cpu":
         return F.linear(x, weight, bias)
     y = (weight @ x.reshape(rows, -1).T).T.reshape(*x.shape[:-1], weight.shape[0])
@@ -241,15 +249,16 @@ def _rows(indices: list[int], device) -> slice | torch.Tensor:
 class Mixer:
     """A view of `base` whose Linears apply each row's delta; `use` sets the rows' deltas."""
 
-    def __init__(self, base: nn.Module) -> None:
+    def __init__(self, base: nn.Module, pack: bool = False) -> None:
         self.base = base
         self.model = shared_view(base).eval()
         self.plan = Plan(next(base.parameters()).device)
         self.linears = {name: module for name, module in self.model.named_modules()
                         if type(module) is nn.Linear}  # fmt: skip
         self.installed: set[str] = set()
+        self.pack = pack  # every Linear a RowLinear with its weight packed (`prepack`)
         head = self.model.get_output_embeddings()
-        names = [name for name, linear in self.linears.items() if linear is head]
+        names = [name for name, linear in self.linears.items() if linear is head or pack]
         self._install(names)  # no run's delta there (yet): for `base_linear`'s product
 
     def accept(self, delta: RowDelta) -> bool:
@@ -266,7 +275,9 @@ class Mixer:
         for name in set(names) - self.installed:
             parent, _, attribute = name.rpartition(".")
             holder = self.model.get_submodule(parent)
-            setattr(holder, attribute, RowLinear(self.linears[name], name, self.plan))
+            linear = self.linears[name]
+            packed = prepack.pack(linear.weight) if self.pack else None
+            setattr(holder, attribute, RowLinear(linear, name, self.plan, packed))
             self.installed.add(name)
 
     def use(self, rows: list[RowDelta | None]) -> None:

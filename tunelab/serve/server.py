@@ -178,7 +178,9 @@ def run_server(plan: Plan, roots: list[Path], *, host: str, port: int, echo=prin
 
     adapters = load_adapters(plan)
     batching = {
-        key: limits.pop(key) for key in ("max_batch", "max_queue", "window") if key in limits
+        key: limits.pop(key)
+        for key in ("max_batch", "max_queue", "window", "prepack")
+        if key in limits
     }
     scheduler = Scheduler(adapters, **batching)
     state = ServerState(adapters, scheduler, roots=roots, **limits)
