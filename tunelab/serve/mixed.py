@@ -158,6 +158,7 @@ class RowLinear(nn.Module):
         self.linear, self.name, self.plan = linear, name, plan
         self.packed = packed  # the weight packed for a few rows (`prepack.pack`), or None
         self.prepared: dict[tuple, tuple | None] = {}  # plan key -> per-row tensors
+        self.stacked: dict[tuple, tuple] = {}  # LoRA runs present -> their stacked pairs
 
     @property
     def weight(self) -> torch.Tensor:  # as the Linear's (`get_output_embeddings().weight`)
@@ -172,27 +173,33 @@ class RowLinear(nn.Module):
         weight, bias = self.linear.weight, self.linear.bias
         if prepared is None:
             return base_linear(x, weight, bias, self.packed)
-        scale_in, scale_out, added, groups = prepared
+        scale_in, scale_out, added, lora = prepared
         y = base_linear(x if scale_in is None else x * scale_in, weight, bias, self.packed)
         if scale_out is not None:
             y.mul_(scale_out)  # y is this call's own tensor
         if added is not None:
             y.add_(added)
-        for rows, a, b, scaling in groups:  # y[rows] += B(A(x[rows])) * scaling, fused
-            part = x[rows] if isinstance(rows, slice) else x.index_select(0, rows)
-            low = F.linear(part, a)
-            if not isinstance(rows, slice):
-                y.index_add_(0, rows, F.linear(low, b), alpha=scaling)
-            elif y.is_contiguous():
-                flat = low.view(-1, low.shape[-1])
-                y[rows].view(-1, y.shape[-1]).addmm_(flat, b.t(), alpha=scaling)
+        if lora is not None:  # y += (x Aᵀ ⊙ each row's scaling) Bᵀ, every LoRA run at once
+            a, b, scaling = lora
+            flat = x.reshape(-1, x.shape[-1])
+            low = torch.mm(flat, a)
+            if isinstance(scaling, float):  # one run on every row
+                low.mul_(scaling)
             else:
-                y[rows] += F.linear(low, b) * scaling
+                low.view(x.shape[0], -1, low.shape[-1]).mul_(scaling)
+            if y.is_contiguous():
+                y.view(-1, y.shape[-1]).addmm_(low, b)
+            else:  # the wide product's transposed output
+                y = y + torch.mm(low, b).view(y.shape)
         return y
 
     def _prepare(self) -> tuple | None:
-        """(scale_in, scale_out, bias, LoRA groups) for the plan's rows; None: nothing to add.
-        Built per run present (a few), not per row: each run's rows are known to the plan."""
+        """(scale_in, scale_out, bias, LoRA) for the plan's rows; None: nothing to add. Built
+        per run present (a few), not per row: each run's rows are known to the plan.
+
+        LoRA: every run's A stacked (in, Σr) and B (Σr, out), transposed for `mm`, and each
+        row's scaling on its run's r columns, zeros on the others' (B, 1, Σr), so that one
+        product of all rows applies every run's pair: another run's columns add exact zeros."""
         layers = [(delta.layers.get(self.name), rows) for delta, rows in self.plan.runs]
         layers = [(layer, rows) for layer, rows in layers if layer is not None]
         if not layers:
@@ -202,8 +209,29 @@ class RowLinear(nn.Module):
         scale_in = _per_row(layers, "scale_in", weight, (count, 1, in_features), 1.0)
         scale_out = _per_row(layers, "scale_out", weight, (count, 1, out_features), 1.0)
         added = _per_row(layers, "bias", weight, (count, 1, out_features), 0.0)
-        groups = [(rows, *layer.lora) for layer, rows in layers if layer.lora is not None]
-        return scale_in, scale_out, added, groups
+        pairs = [(layer.lora, rows) for layer, rows in layers if layer.lora is not None]
+        return scale_in, scale_out, added, self._stacked(pairs, count) if pairs else None
+
+    def _stacked(self, pairs: list, count: int) -> tuple:
+        """(Aᵀ, Bᵀ, scaling) of the LoRA runs `pairs` ((A, B, scale), rows): the stacked pair
+        kept per set of runs, the scaling a float when one run has every row."""
+        key = tuple(id(a) for (a, _, _), _ in pairs)  # alive while kept in the value: unique
+        stacked = self.stacked.get(key)
+        if stacked is None:
+            if len(self.stacked) > 8:
+                self.stacked.clear()
+            a = torch.cat([a for (a, _, _), _ in pairs]).t().contiguous()
+            b = torch.cat([b for (_, b, _), _ in pairs], dim=1).t().contiguous()
+            stacked = self.stacked[key] = (a, b, [a for (a, _, _), _ in pairs])
+        (_, _, scale), rows = pairs[0]
+        if len(pairs) == 1 and rows == slice(0, count):
+            return stacked[0], stacked[1], float(scale)
+        scaling = stacked[0].new_zeros(count, 1, stacked[0].shape[1])
+        start = 0
+        for (a, _, scale), rows in pairs:
+            scaling[rows, :, start : start + a.shape[0]] = scale
+            start += a.shape[0]
+        return stacked[0], stacked[1], scaling
 
 
 def base_linear(
