@@ -30,9 +30,10 @@ clients themselves used (`clients_cpu_s`, taken from the same cores), and the sh
 machine's CPU time stolen by other guests meanwhile (`stolen_share`); for tunelab also what the
 engine did (decoding forwards, rows per forward, prefills); then tunelab / reference ratios of
 both, each from the tokens, wall and CPU seconds summed over the rounds. Last, the per-token CPU
-cost of an unmerged LoRA as a served view (lean LoRA forward) and as PEFT's own model against the
-same LoRA merged into the weights (greedy decoding of one prompt, one thread, median of
-`--repeats`).
+cost of an unmerged LoRA as the server decodes it (a row of a mixed batch) against the same LoRA
+merged into the weights decoded by the same loop, and as a served view (lean LoRA forward) and
+PEFT's own model against the merged one through `generate` (greedy decoding of one prompt, one
+thread, median of `--repeats`).
 """
 
 from __future__ import annotations
@@ -256,17 +257,28 @@ def warm(url: str, names: list[str]) -> None:
 
 
 def merged_overhead(run: Path, repeats: int, tokens: int) -> dict[str, float]:
-    """CPU s/token of one LoRA run, greedy, one prompt, one torch thread, as a served view (the
-    lean LoRA forward), as PEFT's own model (`load_run`), and merged into the weights; each the
-    median of `repeats`, interleaved. CPU time, so that other load on the machine barely
-    moves it."""
+    """CPU s/token of one LoRA run, greedy, one prompt, one torch thread, each the median of
+    `repeats`, interleaved (CPU time, so that other load on the machine barely moves it):
+
+    - `served`: as `tunelab serve` decodes it — a row of a mixed running batch over the base
+      (`Mixer`, the LoRA as that row's term) — against `merged`: the same LoRA merged into the
+      weights, decoded by the same loop (a running batch of the merged model);
+    - `view` (a served view, lean LoRA forward) and `peft` (PEFT's own model) against
+      `merged_generate`: the three through `generate`, as `tunelab generate` decodes."""
     import tempfile
 
+    from tunelab.config import DataConfig
+    from tunelab.data.templates import render_prompt
     from tunelab.evaluate import generate
+    from tunelab.evaluate.generation import encode_prompts
+    from tunelab.evaluate.modes import inference
     from tunelab.export.merge import merge_run
     from tunelab.models import load_model_and_tokenizer
     from tunelab.run import load_run, read_run_config
     from tunelab.serve.adapters import AdapterSet
+    from tunelab.serve.batch import RunningBatch, Stats
+    from tunelab.serve.engine import Job, Wordlike
+    from tunelab.serve.mixed import Mixer, row_delta
 
     torch.set_num_threads(1)
     served = AdapterSet.from_runs({"lora": run})
@@ -275,13 +287,35 @@ def merged_overhead(run: Path, repeats: int, tokens: int) -> dict[str, float]:
         merge_run(run, Path(folder) / "merged")
         config = read_run_config(run).model.model_copy(update={"name": f"{folder}/merged"})
         merged, tokenizer = load_model_and_tokenizer(config)
-    models = {"view": served.model, "peft": peft_model, "merged": merged}
-    timings = {label: [] for label in models}
+    text = render_prompt(PROMPTS[1], tokenizer, DataConfig())
+    ids = encode_prompts(tokenizer, [text])[0]
+    force = {"min_new_tokens": tokens}
+    mixers = {"served": Mixer(served.base), "merged": Mixer(merged)}  # 1 row: packs unused
+    delta = row_delta(served.model, "lora", served.base)
+    assert delta is not None and mixers["served"].accept(delta), "not a mixable LoRA run"
+    deltas = {"served": [delta], "merged": [None]}
+
+    def running(label: str) -> None:
+        mixer = mixers[label]
+        batch = RunningBatch(mixer.model, tokenizer, Wordlike(tokenizer), Stats(), mixer)
+        job = Job("lora", ids, tokens, emit=lambda event: None, decoding=dict(force))
+        with inference(mixer.model):
+            batch.join([job], deltas[label])
+            while len(batch):
+                batch.step()
+
+    def through_generate(model) -> None:
+        generate(model, tokenizer, [text], max_new_tokens=tokens, batch_size=1, **force)
+
+    ways = {"served": lambda: running("served"), "merged": lambda: running("merged"),
+            "view": lambda: through_generate(served.model),
+            "peft": lambda: through_generate(peft_model),
+            "merged_generate": lambda: through_generate(merged)}  # fmt: skip
+    timings = {label: [] for label in ways}
     for _ in range(repeats):
-        for label, model in models.items():
+        for label, way in ways.items():
             start = time.process_time()
-            generate(model, tokenizer, [PROMPTS[1]], max_new_tokens=tokens, batch_size=1,
-                     min_new_tokens=tokens)  # fmt: skip
+            way()
             timings[label].append((time.process_time() - start) / tokens)
     return {label: statistics.median(values) for label, values in timings.items()}
 
@@ -521,11 +555,15 @@ def main(argv: list[str] | None = None) -> None:
     lora = next((path for name, path in runs.items() if name.startswith("lora")), None)
     if lora:
         cost = merged_overhead(lora, args.repeats, args.max_tokens)
-        merged = cost["merged"]
-        print(f"LoRA per token, CPU ms (1 thread): served view {cost['view'] * 1000:.1f} "
-              f"({100 * (cost['view'] / merged - 1):+.1f} % over merged), PEFT's forward "
-              f"{cost['peft'] * 1000:.1f} ({100 * (cost['peft'] / merged - 1):+.1f} %), merged "
-              f"{merged * 1000:.1f}")  # fmt: skip
+        over = lambda label, base: (  # noqa: E731
+            f"{cost[label] * 1000:.1f} ({100 * (cost[label] / cost[base] - 1):+.1f} %)"
+        )
+        print(f"LoRA per token, CPU ms (1 thread): as served (a mixed batch's row) "
+              f"{over('served', 'merged')} over merged in the same loop "
+              f"{cost['merged'] * 1000:.1f}; through generate: a served view "
+              f"{over('view', 'merged_generate')}, PEFT's forward "
+              f"{over('peft', 'merged_generate')} over merged "
+              f"{cost['merged_generate'] * 1000:.1f}")  # fmt: skip
 
 
 if __name__ == "__main__":

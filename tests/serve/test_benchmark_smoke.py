@@ -58,7 +58,8 @@ def test_both_servers_run_every_workload_in_alternating_rounds(
     engine = [line for line in lines if line.startswith("  engine:")]
     assert len(engine) == 4 and all("decoding forwards" in line for line in engine)
     assert [RATIO.match(line)[1] for line in lines if RATIO.match(line)] == ["one", "distinct"]
-    assert any(line.startswith("LoRA per token, CPU ms (1 thread): served view") for line in lines)
+    lora = [line for line in lines if line.startswith("LoRA per token, CPU ms (1 thread): as ")]
+    assert len(lora) == 1 and "over merged in the same loop" in lora[0] and "PEFT" in lora[0]
 
 
 def children(pid: int) -> set[int]:

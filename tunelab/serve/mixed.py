@@ -181,16 +181,15 @@ class RowLinear(nn.Module):
             y.add_(added)
         if lora is not None:  # y += (x Aᵀ ⊙ each row's scaling) Bᵀ, every LoRA run at once
             a, b, scaling = lora
-            flat = x.reshape(-1, x.shape[-1])
-            low = torch.mm(flat, a)
-            if isinstance(scaling, float):  # one run on every row
-                low.mul_(scaling)
+            low, alpha = torch.mm(x.reshape(-1, x.shape[-1]), a), 1.0
+            if isinstance(scaling, float):  # one run on every row: in the product
+                alpha = scaling
             else:
                 low.view(x.shape[0], -1, low.shape[-1]).mul_(scaling)
             if y.is_contiguous():
-                y.view(-1, y.shape[-1]).addmm_(low, b)
+                y.view(-1, y.shape[-1]).addmm_(low, b, alpha=alpha)
             else:  # the wide product's transposed output
-                y = y + torch.mm(low, b).view(y.shape)
+                y = y + torch.mm(low, b).mul_(alpha).view(y.shape)
         return y
 
     def _prepare(self) -> tuple | None:
