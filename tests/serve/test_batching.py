@@ -7,6 +7,7 @@ from __future__ import annotations
 import random
 import threading
 import time
+from dataclasses import replace
 
 import pytest
 import torch
@@ -55,24 +56,26 @@ def offline_scores(options: GuardOptions, prompt: list[int], output: list[int], 
 
 @pytest.mark.parametrize("seed", range(3))
 def test_row_guards_compute_what_the_offline_processors_compute(seed):
-    """Random rows over a 12-token vocabulary (so n-grams repeat), each with its own options,
-    joining at random steps."""
+    """Random rows over 12 tokens (so n-grams repeat; punctuation and letters, so that the
+    output penalty has word tokens to act on), each with its own options, joining at random
+    steps."""
     pick = random.Random(seed)
     tok = byte_tokenizer()
-    vocab = 12
+    vocab, drawn = 72, range(60, 72)  # the byte tokenizer's "]^_`abcdefgh"
+    penalised = 0  # scores the output penalty changed (it must have acted)
 
     def draw() -> GuardOptions:
         return GuardOptions(
             repetition_penalty=pick.choice([1.0, 1.4, 1.2]),
             no_repeat_ngram_size=pick.choice([0, 1, 2, 3]), repetition_guard=pick.choice([0, 2, 3]),
-            output_repetition_penalty=pick.choice([1.0, 1.7, 1.3]),
+            output_repetition_penalty=pick.choice([1.7, 1.3] if not options else [1.0, 1.7, 1.3]),
         )  # fmt: skip
 
     guards = RowGuards(GuardOptions(), vocab, [0], Wordlike(tok))
     prompts, outputs, options = [], [], []
-    for _ in range(14):
+    for _ in range(30):
         if len(prompts) < 5 and pick.random() < 0.4:  # a row joins
-            prompts.append([pick.randrange(vocab) for _ in range(pick.randrange(1, 7))])
+            prompts.append([pick.choice(drawn) for _ in range(pick.randrange(1, 7))])
             outputs.append([])
             options.append(draw())
             guards.add(prompts[-1:], options=options[-1:])
@@ -89,10 +92,15 @@ def test_row_guards_compute_what_the_offline_processors_compute(seed):
         for row, (prompt, output) in enumerate(zip(prompts, outputs, strict=True)):
             want = offline_scores(options[row], prompt, output, scores[row : row + 1].clone(), tok)
             assert torch.equal(got[row : row + 1], want), (options[row], prompt, output)
-        tokens = [pick.randrange(vocab) for _ in prompts]
+            if options[row].output_repetition_penalty != 1.0:
+                alone = replace(options[row], output_repetition_penalty=1.0)
+                before = offline_scores(alone, prompt, output, scores[row : row + 1].clone(), tok)
+                penalised += int((before != want).sum())
+        tokens = [pick.choice(drawn) for _ in prompts]
         guards.observe(tokens)
         for output, token in zip(outputs, tokens, strict=True):
             output.append(token)
+    assert penalised > 0
 
 
 def decode_staggered(served: AdapterSet, prompts: list[str], options: dict, lengths: list[int]):

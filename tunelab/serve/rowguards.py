@@ -9,7 +9,7 @@ row's state itself and updates it by one token per step:
 
 - the two penalties are (B, V) boolean masks of the tokens they apply to (prompt and output for
   `repetition_penalty`, output word tokens not in the prompt for the output penalty), applied
-  with one `torch.where` over the batch;
+  at those tokens only (gathered, one `torch.where`, scattered back);
 - the two n-gram bans keep, per row, a dict from the last n-1 tokens to the tokens that followed
   them (every n-gram of prompt and output for `no_repeat_ngram_size`, output n-grams the prompt
   lacks for the guard); a step looks up each row's context once and sets every banned
@@ -111,28 +111,23 @@ class RowGuards:
 
     def apply(self, scores: torch.Tensor, start: int = 0) -> torch.Tensor:
         """Scores (B - start, V) of rows start.. with every guard applied, in `generate`'s
-        order."""
+        order (a new tensor)."""
         rows = self.rows[start:]
+        scores = scores.clone()
         values = [row.options.repetition_penalty for row in rows]
-        for penalty in sorted(set(values) - {1.0}):
-            penalised = torch.where(scores < 0, scores * penalty, scores / penalty)
-            chosen = self.seen[start:] & _having(values, penalty)
-            scores = torch.where(chosen.to(scores.device), penalised, scores)
+        for penalty in sorted(set(values) - {1.0}):  # transformers': negative scores * p
+            _penalise(scores, self.seen[start:], values, penalty, lambda s: s < 0)
         banned = self._banned(rows)
         if banned:
             where, tokens = zip(*banned, strict=True)
-            scores = scores.clone()
             scores[list(where), list(tokens)] = -float("inf")
         early = [i for i, row in enumerate(rows) if row.generated < row.options.min_new_tokens]
         if early:
-            scores = scores.clone()
             eos = torch.tensor(self.eos_ids)[None, :]
             scores[torch.tensor(early)[:, None], eos] = -float("inf")
         values = [row.options.output_repetition_penalty for row in rows]
-        for penalty in sorted(set(values) - {1.0}):
-            penalised = torch.where(scores > 0, scores / penalty, scores * penalty)
-            chosen = self.used[start:] & _having(values, penalty)
-            scores = torch.where(chosen.to(scores.device), penalised, scores)
+        for penalty in sorted(set(values) - {1.0}):  # ours: positive scores / p
+            _penalise(scores, self.used[start:], values, penalty, lambda s: s <= 0)
         return scores
 
     def _banned(self, rows: list[_Row]) -> list[tuple[int, int]]:
@@ -166,6 +161,13 @@ class RowGuards:
                 self.used[index, token] = True
 
 
-def _having(values: list[float], value: float) -> torch.Tensor:
-    """(B, 1) True for the rows whose setting is `value`."""
-    return torch.tensor([v == value for v in values])[:, None]
+def _penalise(scores: torch.Tensor, mask: torch.Tensor, values: list, penalty: float, times):
+    """In place, for the rows whose setting is `penalty`, at their tokens in `mask` (B, V):
+    score * penalty where `times(score)`, else score / penalty — the processors' `torch.where`
+    over the whole vocabulary, taken only where it changes something (a few dozen tokens a
+    row instead of the vocabulary)."""
+    if any(value != penalty for value in values):
+        mask = mask & torch.tensor([value == penalty for value in values])[:, None]
+    rows, tokens = mask.to(scores.device).nonzero(as_tuple=True)
+    picked = scores[rows, tokens]
+    scores[rows, tokens] = torch.where(times(picked), picked * penalty, picked / penalty)
