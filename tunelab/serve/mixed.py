@@ -5,7 +5,7 @@ A run can join such a batch when everything it changes is a per-row term on top 
 `nn.Linear` whose weight it shares, or lies in front of the prompt:
 
 - LoRA (plain layers as `fastlora` fuses them, any rank): `+ B(A(x)) * scaling` for its rows,
-  the rows of one run gathered into one pair of small products;
+  every LoRA run of the batch in one pair of small products (`RowLinear._stacked`);
 - IA³: its rows' inputs (feed-forward layers) or outputs multiplied by its vector;
 - BitFit whose biases were all *added* (`BiasedLinear`, zero at start): `+ bias` for its rows;
 - prompt tuning and p-tuning: its learned virtual-token embeddings go in front of the row's
