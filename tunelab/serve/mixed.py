@@ -223,7 +223,7 @@ class RowLinear(nn.Module):
             b = torch.cat([b for (_, b, _), _ in pairs], dim=1).t().contiguous()
             stacked = self.stacked[key] = (a, b, [a for (a, _, _), _ in pairs])
         (_, _, scale), rows = pairs[0]
-        if len(pairs) == 1 and rows == slice(0, count):
+        if len(pairs) == 1 and isinstance(rows, slice) and rows == slice(0, count):
             return stacked[0], stacked[1], float(scale)
         scaling = stacked[0].new_zeros(count, 1, stacked[0].shape[1])
         start = 0

@@ -5,7 +5,7 @@ A decoding step multiplies a handful of rows (one per running request) by every 
 model. For 4 to 8 rows MKL's plain `sgemm` repacks the whole weight on every call, and on 2
 cores that copy costs more than the product: SmolLM2-135M's 8-row step took 126 ms through
 `F.linear` and 88 ms with every Linear's weight packed beforehand (`cblas_sgemm_pack`, the same
-numbers to float32 rounding), its output layer 22.7 ms against 8.8. One or two rows take MKL's
+numbers to float32 rounding), its output layer 22.7 ms against 8.8. One to three rows take MKL's
 matrix-vector path, which packs nothing, and from about a dozen rows on the plain product packs
 as well as this does; so a product is taken from the pack for `FEW` to `ROWS` rows only, the
 rows padded with zeros to `ROWS` (each row of the product depends on its own row alone:
