@@ -15,6 +15,9 @@ import httpx
 from typer.testing import CliRunner
 
 from tunelab.cli import app
+from tunelab.serve.adapters import AdapterSet
+from tunelab.serve.engine import Scheduler
+from tunelab.serve.prepack import available
 from tunelab.serve.server import free_port, plan_runs
 
 runner = CliRunner()
@@ -49,6 +52,27 @@ def test_runs_of_another_base_are_refused_with_one_line(method_runs, tmp_path, m
         result.stderr)  # fmt: skip
     missing = runner.invoke(app, ["serve", "--runs", str(tmp_path / "nowhere")])
     assert missing.exit_code == 2 and "not a directory" in missing.stderr
+
+
+def test_no_prepack_reaches_the_engine(method_runs, monkeypatch):
+    """`--prepack` (the default) / `--no-prepack` go to the server, which hands them to the
+    engine: its mixed view holds packed weights or none."""
+    given = {}
+    monkeypatch.setattr("tunelab.serve.server.run_server",
+                        lambda plan, roots, **options: given.update(options))  # fmt: skip
+    root = str(method_runs["lora_a"].parent)
+    assert runner.invoke(app, ["serve", "--runs", root]).exit_code == 0
+    assert given["prepack"] is True
+    assert runner.invoke(app, ["serve", "--runs", root, "--no-prepack"]).exit_code == 0
+    assert given["prepack"] is False
+    served = AdapterSet.from_runs({"lora_a": method_runs["lora_a"]})
+    for prepack in (False, True):
+        scheduler = Scheduler(served, prepack=prepack)
+        try:
+            packed = [m.packed for m in scheduler.mixer.model.modules() if hasattr(m, "packed")]
+            assert any(p is not None for p in packed) == (prepack and available())
+        finally:
+            scheduler.close()
 
 
 def test_serve_starts_answers_and_stops_on_ctrl_c(method_runs):
