@@ -148,6 +148,7 @@ class Plan:
         self.rows: tuple[RowDelta | None, ...] = ()
         self.key: tuple[int, ...] = ()
         self.runs: list[tuple[RowDelta, slice | torch.Tensor]] = []  # by first row
+        self.scalings: dict[tuple, torch.Tensor] = {}  # LoRA runs' scaling per row (`_stacked`)
 
 
 class RowLinear(nn.Module):
@@ -225,11 +226,17 @@ class RowLinear(nn.Module):
         (_, _, scale), rows = pairs[0]
         if len(pairs) == 1 and isinstance(rows, slice) and rows == slice(0, count):
             return stacked[0], stacked[1], float(scale)
-        scaling = stacked[0].new_zeros(count, 1, stacked[0].shape[1])
-        start = 0
-        for (a, _, scale), rows in pairs:
-            scaling[rows, :, start : start + a.shape[0]] = scale
-            start += a.shape[0]
+        # the same for every layer these runs touch with these ranks and scales: built once a
+        # plan (its rows objects live as long as the plan, and `use` empties the table with it)
+        key = tuple((a.shape[0], float(scale), id(rows)) for (a, _, scale), rows in pairs)
+        scaling = self.plan.scalings.get(key)
+        if scaling is None:
+            scaling = stacked[0].new_zeros(count, 1, stacked[0].shape[1])
+            start = 0
+            for (a, _, scale), rows in pairs:
+                scaling[rows, :, start : start + a.shape[0]] = scale
+                start += a.shape[0]
+            self.plan.scalings[key] = scaling
         return stacked[0], stacked[1], scaling
 
 
@@ -311,7 +318,7 @@ class Mixer:
         """The deltas of the next forward's rows, in row order."""
         key = tuple(-1 if row is None else row.serial for row in rows)
         if key != self.plan.key:
-            self.plan.rows, self.plan.key = tuple(rows), key
+            self.plan.rows, self.plan.key, self.plan.scalings = tuple(rows), key, {}
             runs: dict[int, tuple[RowDelta, list[int]]] = {}
             for index, row in enumerate(rows):
                 if row is not None:
