@@ -256,6 +256,20 @@ def warm(url: str, names: list[str]) -> None:
             one_request(connection, url, name, PROMPTS[0], 4)
 
 
+def run_to_end(model, tokenizer, jobs: list, mixer=None, deltas=None) -> None:
+    """Decode `jobs` in one continuous batch (`RunningBatch`; on `mixer`'s view with the rows'
+    `deltas`), all joining at once, until every one has finished."""
+    from tunelab.evaluate.modes import inference
+    from tunelab.serve.batch import RunningBatch, Stats
+    from tunelab.serve.engine import Wordlike
+
+    batch = RunningBatch(model, tokenizer, Wordlike(tokenizer), Stats(), mixer)
+    with inference(model):
+        batch.join(jobs, deltas)
+        while len(batch):
+            batch.step()
+
+
 def merged_overhead(run: Path, repeats: int, tokens: int) -> dict[str, float]:
     """CPU s/token of one LoRA run, greedy, one prompt, one torch thread, each the median of
     `repeats`, interleaved (CPU time, so that other load on the machine barely moves it):
@@ -271,13 +285,11 @@ def merged_overhead(run: Path, repeats: int, tokens: int) -> dict[str, float]:
     from tunelab.data.templates import render_prompt
     from tunelab.evaluate import generate
     from tunelab.evaluate.generation import encode_prompts
-    from tunelab.evaluate.modes import inference
     from tunelab.export.merge import merge_run
     from tunelab.models import load_model_and_tokenizer
     from tunelab.run import load_run, read_run_config
     from tunelab.serve.adapters import AdapterSet
-    from tunelab.serve.batch import RunningBatch, Stats
-    from tunelab.serve.engine import Job, Wordlike
+    from tunelab.serve.engine import Job
     from tunelab.serve.mixed import Mixer, row_delta
 
     torch.set_num_threads(1)
@@ -296,13 +308,8 @@ def merged_overhead(run: Path, repeats: int, tokens: int) -> dict[str, float]:
     deltas = {"served": [delta], "merged": [None]}
 
     def running(label: str) -> None:
-        mixer = mixers[label]
-        batch = RunningBatch(mixer.model, tokenizer, Wordlike(tokenizer), Stats(), mixer)
         job = Job("lora", ids, tokens, emit=lambda event: None, decoding=dict(force))
-        with inference(mixer.model):
-            batch.join([job], deltas[label])
-            while len(batch):
-                batch.step()
+        run_to_end(mixers[label].model, tokenizer, [job], mixers[label], deltas[label])
 
     def through_generate(model) -> None:
         generate(model, tokenizer, [text], max_new_tokens=tokens, batch_size=1, **force)
@@ -330,10 +337,8 @@ def engine_cpu(model: str, prompts: int, tokens: int) -> dict[str, float]:
     from tunelab.data.templates import render_prompt
     from tunelab.evaluate import generate
     from tunelab.evaluate.generation import encode_prompts
-    from tunelab.evaluate.modes import inference
     from tunelab.serve.adapters import AdapterSet
-    from tunelab.serve.batch import RunningBatch, Stats
-    from tunelab.serve.engine import Job, Wordlike, decode
+    from tunelab.serve.engine import Job, decode
 
     torch.set_num_threads(1)
     served = AdapterSet(model)
@@ -352,11 +357,7 @@ def engine_cpu(model: str, prompts: int, tokens: int) -> dict[str, float]:
     decode(served.base, tokenizer, jobs())
     cost["generate batch"] = time.process_time() - start
     start = time.process_time()
-    batch = RunningBatch(served.base, tokenizer, Wordlike(tokenizer), Stats())
-    with inference(served.base):
-        batch.join(jobs())
-        while len(batch):
-            batch.step()
+    run_to_end(served.base, tokenizer, jobs())
     cost["continuous batch"] = time.process_time() - start
     return cost
 
