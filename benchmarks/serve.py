@@ -95,10 +95,17 @@ def reference_app(runs_dir: Path):
     from tunelab.run import load_run, read_run_config
     from tunelab.serve.catalog import discover
     from tunelab.serve.server import plan_runs
+    from tunelab.serve.threads import apart
 
     runs = discover([runs_dir])
-    models = {"base": load_model_and_tokenizer(plan_runs([runs_dir], {}, None).base)}
-    models |= {name: load_run(path) for name, path in runs.items()}
+
+    def load_all() -> dict:
+        models = {"base": load_model_and_tokenizer(plan_runs([runs_dir], {}, None).base)}
+        return models | {name: load_run(path) for name, path in runs.items()}
+
+    # loaded in a thread that ends, as tunelab serve loads: a main thread that kept libgomp's
+    # pool would halve the speed of every request's generate thread (`tunelab.serve.threads`)
+    models = apart(load_all)
     datas = {"base": DataConfig()} | {n: read_run_config(p).data for n, p in runs.items()}
     lock = threading.Lock()
     app = FastAPI()

@@ -2,6 +2,8 @@
 
 Why one thread: the views of an `AdapterSet` share the base's tensors and torch already uses
 every core for one forward pass, so running two generations at once only makes both slower.
+(And it should be the process's only thread that ran torch's parallel work: load the adapters
+with `tunelab.serve.threads.apart`, as `tunelab serve` does, or every step runs at half speed.)
 Requests are instead *batched*, continuously, into `RunningBatch`es (`tunelab.serve.batch`):
 
 - greedy jobs of every run whose changes a shared base forward can apply per row (LoRA, IA³,
@@ -51,6 +53,7 @@ from tunelab.serve.jobs import Job, decode
 from tunelab.serve.mixed import Mixer, RowDelta, row_delta
 from tunelab.serve.prefix import PrefixCache
 from tunelab.serve.prepack import FEW, available
+from tunelab.serve.threads import apart
 
 log = logging.getLogger(__name__)
 NO_DELTA = RowDelta()  # the base's rows in a mixed batch
@@ -91,8 +94,8 @@ class Scheduler:
         self.closed = False
         self.history: deque[tuple[str, list[str | None]]] = deque(maxlen=100)  # ended batches:
         # (adapter, each job's finish reason), for tests and the benchmark
-        if mix:
-            self._mixer()  # packing the weights takes a moment: at start, not at a request
+        if mix:  # packing the weights takes a moment: at start, not at a request; and
+            apart(self._mixer)  # apart: the worker's OpenMP pool is to be the only one
         self.thread = threading.Thread(target=self._work, name="tunelab-serve", daemon=True)
         self.thread.start()
 

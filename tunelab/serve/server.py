@@ -22,6 +22,7 @@ from tunelab.errors import TunelabError
 from tunelab.run import read_run_config
 from tunelab.serve.adapters import AdapterSet, describe
 from tunelab.serve.catalog import discover, is_finished_run
+from tunelab.serve.threads import apart
 
 
 @dataclass
@@ -176,7 +177,7 @@ def run_server(plan: Plan, roots: list[Path], *, host: str, port: int, echo=prin
     from tunelab.serve.api import ServerState, create_app
     from tunelab.serve.engine import Scheduler
 
-    adapters = load_adapters(plan)
+    adapters = apart(load_adapters, plan)  # the worker's pool is to be the only one
     batching = {
         key: limits.pop(key)
         for key in ("max_batch", "max_queue", "window", "prepack")

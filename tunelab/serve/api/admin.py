@@ -2,9 +2,10 @@
 
 A run is loaded only from inside the folders given with --runs at start (the path is resolved,
 links and `..` included, before it is checked), so a client cannot make the server read
-anything else. The new view is built in a worker thread while requests go on; only when it is
-complete does it replace the name (a reload), so a failing load (missing folder, another base,
-a corrupt file) answers 400 with the reason and disturbs nothing.
+anything else. The new view is built while requests go on, in a thread that ends with the build
+(`tunelab.serve.threads`); only when it is complete does it replace the name (a reload), so a
+failing load (missing folder, another base, a corrupt file) answers 400 with the reason and
+disturbs nothing.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from tunelab.serve.api.errors import APIError
 from tunelab.serve.api.schemas import LoadRequest, UnloadRequest
 from tunelab.serve.api.state import ServerState, get_state, require_key
 from tunelab.serve.catalog import content_hash, is_finished_run, within
+from tunelab.serve.threads import apart
 
 router = APIRouter(prefix="/admin", dependencies=[Depends(require_key)])
 
@@ -53,7 +55,7 @@ async def load(body: LoadRequest, state: ServerState = Depends(get_state)) -> di
     run_dir = resolve_run(body.run, state.roots)
     async with state.admin_lock:
         try:
-            served = await asyncio.to_thread(state.adapters.build, run_dir)
+            served = await asyncio.to_thread(apart, state.adapters.build, run_dir)
             digest = await asyncio.to_thread(content_hash, run_dir)
         except Exception as error:  # a corrupt file is as much the client's problem as a path
             message = str(error).splitlines()[0] if str(error) else type(error).__name__
