@@ -55,6 +55,8 @@ async def load(body: LoadRequest, state: ServerState = Depends(get_state)) -> di
     run_dir = resolve_run(body.run, state.roots)
     async with state.admin_lock:
         try:
+            # to_thread's pool threads live on (and would keep an OpenMP pool beside the
+            # worker's); `apart` builds in a thread that ends with the build
             served = await asyncio.to_thread(apart, state.adapters.build, run_dir)
             digest = await asyncio.to_thread(content_hash, run_dir)
         except Exception as error:  # a corrupt file is as much the client's problem as a path
