@@ -361,6 +361,13 @@ def serve(
     batch_window: float = typer.Option(
         10.0, "--batch-window-ms", min=0, help="an idle server waits this long to fill a batch"
     ),
+    fold_wait: float = typer.Option(
+        2.5,
+        "--fold-wait-steps",
+        min=0,
+        help="a lone request joining a half-full batch waits up to this many decoding steps "
+        "for another to fold in with it (0: at once)",
+    ),
     max_queue: int = typer.Option(64, "--max-queue", min=1, help="requests waiting or running"),
     max_tokens: int = typer.Option(256, "--max-tokens", min=1, help="cap on max_tokens"),
     prepack: bool = typer.Option(
@@ -382,7 +389,7 @@ def serve(
         print(print_vllm_command(plan))
         return
     limits = dict(max_batch=max_batch, max_queue=max_queue, max_tokens=max_tokens,
-                  window=batch_window / 1000, prepack=prepack)  # fmt: skip
+                  window=batch_window / 1000, fold_wait=fold_wait, prepack=prepack)  # fmt: skip
     run_server(
         plan,
         roots,

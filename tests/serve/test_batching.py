@@ -185,3 +185,48 @@ def test_scheduler_fills_one_batch_and_rows_leave_when_done(served):
     assert stats["steps"] == max(lengths) - 1
     assert stats["step_rows"] == sum(n - 1 for n in lengths)
     assert list(scheduler.history) == [("base", ["length"] * 6)]
+
+
+def test_a_lone_joiner_of_a_half_full_batch_waits_a_few_steps_for_a_second(served):
+    """A fold costs about as much for two joiners as for one: a job alone in waiting for a
+    running batch of at least max_batch / 2 rows is held up to `fold_wait` mean steps; two
+    waiting jobs, a smaller batch or fold_wait 0 admit it at once."""
+    scheduler = Scheduler(served, max_batch=8, window=0.0, fold_wait=2.5)
+    ids = encode_prompts(served.tokenizer, PROMPTS)
+
+    def job(index: int) -> Job:
+        decoding = {"no_repeat_ngram_size": 1}
+        return Job("base", ids[index % len(ids)], 3, emit=lambda event: None, decoding=decoding)
+
+    try:
+        with scheduler.condition:  # the worker sleeps until notified: nothing moves meanwhile
+            running = [job(index) for index in range(4)]
+            slot = scheduler._slot(running[0], served.base)
+            scheduler._join(slot, running)
+            scheduler.running.extend(running)  # cancelled by close()
+            batch = scheduler.batches[slot]
+            assert len(batch) == 4 and batch.can_fold()
+            scheduler.stats.steps, scheduler.stats.step_s = 10, 1.0  # a mean step of 0.1 s
+
+            def admitted(*jobs: Job) -> list[Job]:
+                scheduler.pending.extend(jobs)
+                joining, classic = scheduler._admit()
+                assert classic == []
+                return joining.get(slot, [])
+
+            lone = job(4)
+            assert admitted(lone) == [] and list(scheduler.pending) == [lone]  # held
+            scheduler.fold_wait = 0.0
+            assert admitted() == [lone] and not scheduler.pending
+            scheduler.fold_wait = 2.5
+            late = job(5)
+            assert admitted(late) == []
+            late.arrived -= 0.3  # three mean steps ago: past fold_wait
+            assert admitted() == [late]
+            pair = [job(0), job(1)]
+            assert admitted(*pair) == pair  # a second joiner: both at once
+            batch._keep([0, 1, 2])  # under half full: at once
+            alone = job(2)
+            assert admitted(alone) == [alone]
+    finally:
+        scheduler.close()
