@@ -149,6 +149,7 @@ class Plan:
         self.key: tuple[int, ...] = ()
         self.runs: list[tuple[RowDelta, slice | torch.Tensor]] = []  # by first row
         self.scalings: dict[tuple, torch.Tensor] = {}  # LoRA runs' scaling per row (`_stacked`)
+        self.which: dict[tuple, torch.Tensor] = {}  # runs -> each row's place among them (`_table`)
 
 
 class RowLinear(nn.Module):
@@ -159,6 +160,7 @@ class RowLinear(nn.Module):
         self.linear, self.name, self.plan = linear, name, plan
         self.packed = packed  # the weight packed for a few rows (`prepack.pack`), or None
         self.prepared: dict[tuple, tuple | None] = {}  # plan key -> per-row tensors
+        self.vectors: dict[tuple, torch.Tensor] = {}  # (field, runs) -> their vectors (`_table`)
         self.stacked: dict[tuple, tuple] = {}  # LoRA runs present -> their stacked pairs
 
     @property
@@ -200,17 +202,43 @@ class RowLinear(nn.Module):
         LoRA: every run's A stacked (in, Σr) and B (Σr, out), transposed for `mm`, and each
         row's scaling on its run's r columns, zeros on the others' (B, 1, Σr), so that one
         product of all rows applies every run's pair: another run's columns add exact zeros."""
-        layers = [(delta.layers.get(self.name), rows) for delta, rows in self.plan.runs]
-        layers = [(layer, rows) for layer, rows in layers if layer is not None]
+        layers = [(delta, delta.layers.get(self.name), rows) for delta, rows in self.plan.runs]
+        layers = [(delta, layer, rows) for delta, layer, rows in layers if layer is not None]
         if not layers:
             return None
-        count, weight = len(self.plan.rows), self.linear.weight
-        out_features, in_features = weight.shape
-        scale_in = _per_row(layers, "scale_in", weight, (count, 1, in_features), 1.0)
-        scale_out = _per_row(layers, "scale_out", weight, (count, 1, out_features), 1.0)
-        added = _per_row(layers, "bias", weight, (count, 1, out_features), 0.0)
-        pairs = [(layer.lora, rows) for layer, rows in layers if layer.lora is not None]
+        count = len(self.plan.rows)
+        scale_in = self._table(layers, "scale_in", 1.0)
+        scale_out = self._table(layers, "scale_out", 1.0)
+        added = self._table(layers, "bias", 0.0)
+        pairs = [(layer.lora, rows) for _, layer, rows in layers if layer.lora is not None]
         return scale_in, scale_out, added, self._stacked(pairs, count) if pairs else None
+
+    def _table(self, layers: list, field: str, identity: float) -> torch.Tensor | None:
+        """(B, 1, features): each row's run's vector `field` here, `identity` (1: a scale, 0: a
+        bias) for rows of runs without one; None if no run has one. One gather per plan from
+        the runs' vectors stacked behind an identity row (kept while those runs come and go
+        together), by each row's place among them (the same for every layer those runs touch:
+        built once a plan)."""
+        present = [(delta, getattr(layer, field), rows) for delta, layer, rows in layers]
+        present = [(delta, vector, rows) for delta, vector, rows in present if vector is not None]
+        if not present:
+            return None
+        runs = tuple(delta.serial for delta, _, _ in present)
+        vectors = self.vectors.get((field, runs))
+        if vectors is None:
+            if len(self.vectors) > 16:
+                self.vectors.clear()
+            identities = self.linear.weight.new_full((1, present[0][1].shape[0]), identity)
+            stacked = [vector[None].to(identities.dtype) for _, vector, _ in present]
+            vectors = torch.cat([identities, *stacked])
+            self.vectors[(field, runs)] = vectors
+        which = self.plan.which.get(runs)
+        if which is None:  # 0: the identity row, k: the k-th run's vector
+            which = torch.zeros(len(self.plan.rows), dtype=torch.long, device=self.plan.device)
+            for place, (_, _, rows) in enumerate(present, start=1):
+                which[rows] = place
+            self.plan.which[runs] = which
+        return vectors.index_select(0, which).unsqueeze(1)
 
     def _stacked(self, pairs: list, count: int) -> tuple:
         """(Aᵀ, Bᵀ, scaling) of the LoRA runs `pairs` ((A, B, scale), rows): the stacked pair
@@ -256,21 +284,6 @@ def base_linear(
         return F.linear(x, weight, bias)
     y = (weight @ x.reshape(rows, -1).T).T.reshape(*x.shape[:-1], weight.shape[0])
     return y if bias is None else y + bias
-
-
-def _per_row(
-    layers: list, attribute: str, like: torch.Tensor, shape: tuple, identity: float
-) -> torch.Tensor | None:
-    """`shape` (B, 1, features): each run's vector in its rows, `identity` (1: a scale, 0: a
-    bias) in the others; None if no run has one here."""
-    vectors = [(getattr(layer, attribute), rows) for layer, rows in layers]
-    vectors = [(vector, rows) for vector, rows in vectors if vector is not None]
-    if not vectors:
-        return None
-    table = like.new_full(shape, identity)
-    for vector, rows in vectors:
-        table[rows] = vector
-    return table
 
 
 def _rows(indices: list[int], device) -> slice | torch.Tensor:
@@ -319,6 +332,7 @@ class Mixer:
         key = tuple(-1 if row is None else row.serial for row in rows)
         if key != self.plan.key:
             self.plan.rows, self.plan.key, self.plan.scalings = tuple(rows), key, {}
+            self.plan.which = {}
             runs: dict[int, tuple[RowDelta, list[int]]] = {}
             for index, row in enumerate(rows):
                 if row is not None:
