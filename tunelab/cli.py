@@ -402,11 +402,23 @@ def serve(
     )  # soft_wrap: the printed snippets must paste whole
 
 
-def main() -> None:  # pragma: no cover - console entry point
+def main() -> None:  # pragma: no cover - console entry point (tested through a process)
+    """Run the CLI; a bad flag or argument is one line on stderr and exit 2, as every bad
+    input (Typer would draw a box of usage and error)."""
     try:
-        app()
-    except KeyboardInterrupt:
+        code = app(standalone_mode=False)
+    except (typer.Abort, KeyboardInterrupt):
         sys.exit(130)
+    except Exception as error:  # Click's usage errors (Typer ships its own copy of Click)
+        message, status = getattr(error, "format_message", None), getattr(error, "exit_code", None)
+        if not callable(message) or not isinstance(status, int):
+            raise
+        if type(error).__name__ == "NoArgsIsHelpError":  # a bare `tunelab`: the help
+            app(["--help"], standalone_mode=False)
+        else:
+            typer.echo(f"error: {message()}", err=True)
+        sys.exit(status)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 def print_json(data) -> None:

@@ -57,3 +57,27 @@ def test_real_process_stderr_is_one_line(tmp_path, finished_runs):
     assert done.stderr.strip().splitlines() == [done.stderr.strip()], done.stderr
     assert expected in done.stderr
     assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["train", "config.yaml", "--no-such-flag"], "No such option: --no-such-flag"),
+        (["serve", "--fold-wait-steps", "-1"], "Invalid value for '--fold-wait-steps'"),
+        (["serve", "--max-batch", "x"], "Invalid value for '--max-batch'"),
+        (["train"], "Missing argument 'config'"),
+        (["trian"], "No such command 'trian'"),
+    ],
+)
+def test_bad_flags_and_commands_are_one_line_exit_2(argv, expected, tmp_path):
+    """What the CLI's parser rejects (unknown flags and commands, values of the wrong type or
+    range, missing arguments) is one line on stderr and exit 2 in a real process too, not
+    Typer's box of usage and error."""
+    before = snapshot(tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TUNELAB_CACHE": str(tmp_path / "cache")}
+    done = subprocess.run([sys.executable, "-m", "tunelab.cli", *argv], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [done.stderr.strip()], done.stderr
+    assert done.stderr.startswith("error: ") and expected in done.stderr, done.stderr
+    assert snapshot(tmp_path) == before
