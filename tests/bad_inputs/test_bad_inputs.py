@@ -49,14 +49,7 @@ def test_real_process_stderr_is_one_line(tmp_path, finished_runs):
     """In a real process nothing else reaches stderr either (library warnings, logging): the
     case that gets furthest (model loaded, PEFT imported) before its error."""
     argv, expected = CASES["target_modules_typo"](tmp_path, finished_runs)
-    before = snapshot(tmp_path)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TUNELAB_CACHE": str(tmp_path / "cache")}
-    done = subprocess.run([sys.executable, "-m", "tunelab.cli", *argv], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
-    assert done.returncode == 2, done.stderr
-    assert done.stderr.strip().splitlines() == [done.stderr.strip()], done.stderr
-    assert expected in done.stderr
-    assert snapshot(tmp_path) == before
+    assert expected in rejected_in_a_process(argv, tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -73,11 +66,18 @@ def test_bad_flags_and_commands_are_one_line_exit_2(argv, expected, tmp_path):
     """What the CLI's parser rejects (unknown flags and commands, values of the wrong type or
     range, missing arguments) is one line on stderr and exit 2 in a real process too, not
     Typer's box of usage and error."""
-    before = snapshot(tmp_path)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TUNELAB_CACHE": str(tmp_path / "cache")}
-    done = subprocess.run([sys.executable, "-m", "tunelab.cli", *argv], cwd=tmp_path, env=env,
+    line = rejected_in_a_process(argv, tmp_path)
+    assert line.startswith("error: ") and expected in line, line
+
+
+def rejected_in_a_process(argv: list[str], folder: Path) -> str:
+    """`python -m tunelab.cli ARGV` run in `folder`: exit 2, one line on stderr (returned),
+    nothing written or changed under `folder`."""
+    before = snapshot(folder)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TUNELAB_CACHE": str(folder / "cache")}
+    done = subprocess.run([sys.executable, "-m", "tunelab.cli", *argv], cwd=folder, env=env,
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip().splitlines() == [done.stderr.strip()], done.stderr
-    assert done.stderr.startswith("error: ") and expected in done.stderr, done.stderr
-    assert snapshot(tmp_path) == before
+    assert snapshot(folder) == before
+    return done.stderr.strip()
