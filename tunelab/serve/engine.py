@@ -43,7 +43,7 @@ import logging
 import threading
 import time
 import weakref
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -183,22 +183,21 @@ class Scheduler:
         `generate` must decode form batches of one key, as before."""
         joining: dict[tuple, list[Job]] = {}
         classic: dict[tuple, list[Job]] = {}
-        now, waiting = time.monotonic(), {}
+        slots = {}  # each live job's slot, found once a turn
         for job in self.pending:
-            model = self._model(job)
+            model = None if job.cancelled.is_set() else self._model(job)
             if model is not None:
-                slot = self._slot(job, model)
-                waiting[slot] = waiting.get(slot, 0) + 1
+                slots[id(job)] = self._slot(job, model)
+        waiting, now = Counter(slots.values()), time.monotonic()
         for job in list(self.pending):
             if job.cancelled.is_set():
                 self.pending.remove(job)
                 continue
-            model = self._model(job)
-            if model is None:
+            slot = slots.get(id(job))
+            if slot is None:
                 self.pending.remove(job)
                 job.emit({"error": f"the model {job.adapter!r} was unloaded", "status": 404})
                 continue
-            slot = self._slot(job, model)
             if waiting.get(slot) == 1 and self._hold(slot, job, now):
                 continue
             if slot[0] != "classic":
