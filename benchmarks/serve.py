@@ -548,6 +548,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         for url, _ in servers.values():
             warm(url, names)
+        products = engine_stats(servers["tunelab"][0]).get("products") or {}
+        for part, kinds in products.items():  # measured by the server at start
+            print(f"tunelab products ({part}, rows: kind):", json.dumps(kinds), flush=True)
         table = compare(servers, names, args)
     finally:
         for _, process in servers.values():

@@ -373,8 +373,14 @@ def serve(
     prepack: bool = typer.Option(
         True,
         "--prepack/--no-prepack",
-        help="pack the weights for MKL's small-batch product: "
-        "faster CPU decoding steps for about twice the weights' memory",
+        help="also pack the weights for MKL's small-batch product, taken for the row counts "
+        "where it measures fastest at start (kept only then: about twice the weights' memory)",
+    ),
+    measure: bool = typer.Option(
+        True,
+        "--measure/--no-measure",
+        help="time the ways of taking the CPU products at start (2-3 s) and take the fastest "
+        "per row count; --no-measure: packed for 4-8 rows, plain otherwise",
     ),
     print_vllm: bool = typer.Option(False, "--print-vllm", help="print a vllm serve command"),
 ):
@@ -389,7 +395,8 @@ def serve(
         print(print_vllm_command(plan))
         return
     limits = dict(max_batch=max_batch, max_queue=max_queue, max_tokens=max_tokens,
-                  window=batch_window / 1000, fold_wait=fold_wait, prepack=prepack)  # fmt: skip
+                  window=batch_window / 1000, fold_wait=fold_wait, prepack=prepack,
+                  measure=measure)  # fmt: skip
     run_server(
         plan,
         roots,

@@ -55,6 +55,8 @@ def test_both_servers_run_every_workload_in_alternating_rounds(
         assert figures["tokens"] > 0 and figures["requests"] >= 2 and figures["wall"] >= 1
         assert figures["cpu_s"] > 0 and figures["clients_cpu_s"] >= 0
         assert 0 <= figures["stolen_share"] <= 1
+    measured = [line for line in lines if line.startswith("tunelab products (")]
+    assert [line.split()[2] for line in measured] == ["(layers,", "(head,"]
     engine = [line for line in lines if line.startswith("  engine:")]
     assert len(engine) == 4 and all("decoding forwards" in line for line in engine)
     assert [RATIO.match(line)[1] for line in lines if RATIO.match(line)] == ["one", "distinct"]

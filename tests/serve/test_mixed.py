@@ -12,12 +12,13 @@ import torch
 
 from tunelab.evaluate.generation import encode_prompts, generate
 from tunelab.evaluate.modes import inference
-from tunelab.serve import mixed, prepack
+from tunelab.serve import prepack, products
 from tunelab.serve.adapters import BASE, AdapterSet
 from tunelab.serve.batch import RunningBatch, Stats
 from tunelab.serve.engine import Job, Scheduler, Wordlike
-from tunelab.serve.mixed import Mixer, RowLinear, base_linear, row_delta
+from tunelab.serve.mixed import Mixer, RowLinear, row_delta
 from tunelab.serve.prefix import PrefixCache
+from tunelab.serve.products import SIZES, Products
 
 JOINING = ["lora_a", "lora_r2", "ia3", "bitfit", "prompt", "ptuning"]
 APART = ["dora", "prefix", "adapter", "full", "ulmfit", "importance"]
@@ -63,15 +64,17 @@ def test_mixed_rows_decode_what_each_run_decodes_alone(served, options, variant,
     batch in three groups and leave at their own max_tokens; every row's text is its run's
     lone greedy text (also with rows of different decoding options in the batch, with every
     product of 4+ rows taken as W @ xᵀ, as the output layer of a real vocabulary is, and with
-    every weight packed for MKL's small-batch product, as `tunelab serve` does on a CPU)."""
-    if variant == "wide":
-        monkeypatch.setattr(mixed, "WIDE", 1)
+    every weight packed for MKL's small-batch product, the products `tunelab serve` may measure
+    as the fastest on a CPU)."""
     if variant == "packed" and not prepack.available():
         pytest.skip("this torch has no MKL packed product (`prepack.available()` is False)")
     names = [BASE, *JOINING, "lora_a"]
     per_row = [OPTIONS[i % 2] if options == "alternating" else options for i in range(8)]
     lengths = [8, 8, 3, 5, 8, 7, 6, 8]
     mixer = Mixer(served.base, pack=variant == "packed")
+    if variant == "wide":
+        transposed = ("transposed",) * len(SIZES)
+        mixer.plan.products = Products(SIZES, transposed, transposed)
     if variant == "packed":  # every Linear of the view takes its products from a pack
         linears = [m for m in mixer.model.modules() if isinstance(m, torch.nn.Linear)]
         assert linears and all(type(m.packed) is torch.Tensor for m in mixer.model.modules()
@@ -114,21 +117,30 @@ def test_mixed_rows_decode_what_each_run_decodes_alone(served, options, variant,
         assert text == alone[0], (name, prompt, job.decoding)
 
 
-def test_wide_products_equal_f_linear_and_the_head_is_a_row_linear(served):
-    """`base_linear` takes W @ xᵀ for a wide weight at 4+ rows: the same values as F.linear
-    (to float32 rounding) at every row count, with and without a bias; the mixer's output
-    layer is a RowLinear over the base head's very weight."""
+def test_every_kind_of_product_equals_f_linear_and_the_head_is_a_row_linear(served):
+    """Each way `products.product` takes a product gives F.linear's values (to float32
+    rounding) at every row count, with and without a bias; every Linear of the mixer's view is
+    a RowLinear over the base's very weight, the output layer marked as the head."""
     generator = torch.Generator().manual_seed(0)
-    weight = torch.randn(mixed.WIDE, 24, generator=generator)
-    bias = torch.randn(mixed.WIDE, generator=generator)
+    weight = torch.randn(40, 24, generator=generator)
+    bias = torch.randn(40, generator=generator)
+    packed = prepack.pack(weight)
     for rows in range(1, 18):
         x = torch.randn(rows, 1, 24, generator=generator)
-        for b in (None, bias):
-            got, want = base_linear(x, weight, b), torch.nn.functional.linear(x, weight, b)
-            assert got.shape == want.shape
-            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
-    head = Mixer(served.base).model.get_output_embeddings()
-    assert type(head) is RowLinear and head.weight is served.base.get_output_embeddings().weight
+        for kind in products.KINDS:
+            for b in (None, bias):
+                got = products.product(x, weight, b, packed, kind)
+                want = torch.nn.functional.linear(x, weight, b)
+                assert got.shape == want.shape
+                torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    mixer = Mixer(served.base)
+    head = mixer.model.get_output_embeddings()
+    assert type(head) is RowLinear and head.head
+    assert head.weight is served.base.get_output_embeddings().weight
+    rows = [m for m in mixer.model.modules() if isinstance(m, RowLinear)]
+    base = [m for m in served.base.modules() if type(m) is torch.nn.Linear]
+    assert sorted(id(r.linear.weight) for r in rows) == sorted(id(m.weight) for m in base)
+    assert [r for r in rows if r.head] == [head]
 
 
 def test_scheduler_puts_joining_runs_in_one_batch_and_others_in_their_own(served):

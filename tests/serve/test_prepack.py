@@ -8,8 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tunelab.serve import prepack
-from tunelab.serve.mixed import base_linear
+from tunelab.serve import prepack, products
 
 pytestmark = pytest.mark.skipif(
     not prepack.available(), reason="this torch has no MKL packed product (x86 CPU wheels do)"
@@ -45,14 +44,15 @@ def test_a_rows_product_does_not_depend_on_the_other_rows():
 
 
 def test_the_pack_serves_only_the_row_counts_it_is_faster_for(monkeypatch):
-    """`base_linear` takes 4 to 8 rows from the pack, fewer or more from F.linear; a weight
-    that cannot be packed (not float32) has no pack."""
+    """A `packed` product takes 4 to 8 rows from the pack, fewer or more from F.linear; a
+    weight that cannot be packed (not float32) has no pack."""
     weight = torch.randn(16, 8)
     packed, taken = prepack.pack(weight), []
     real = prepack.linear
     monkeypatch.setattr(prepack, "linear", lambda *a: taken.append(a[0].shape[0]) or real(*a))
     for rows in range(1, 13):
         x = torch.randn(rows, 8)
-        torch.testing.assert_close(base_linear(x, weight, None, packed), F.linear(x, weight))
+        got = products.product(x, weight, None, packed, "packed")
+        torch.testing.assert_close(got, F.linear(x, weight))
     assert taken == list(range(prepack.FEW, prepack.ROWS + 1))
     assert prepack.pack(weight.to(torch.bfloat16)) is None

@@ -55,8 +55,8 @@ def test_runs_of_another_base_are_refused_with_one_line(method_runs, tmp_path, m
 
 
 def test_no_prepack_reaches_the_engine(method_runs, monkeypatch):
-    """`--prepack` (the default) / `--no-prepack` go to the server, which hands them to the
-    engine: its mixed view holds packed weights or none."""
+    """`--prepack` (the default) / `--no-prepack` and `--measure` / `--no-measure` go to the
+    server, which hands them to the engine: its mixed view holds packed weights or none."""
     given = {}
     monkeypatch.setattr("tunelab.serve.server.run_server",
                         lambda plan, roots, **options: given.update(options))  # fmt: skip
@@ -65,9 +65,12 @@ def test_no_prepack_reaches_the_engine(method_runs, monkeypatch):
     assert given["prepack"] is True
     assert runner.invoke(app, ["serve", "--runs", root, "--no-prepack"]).exit_code == 0
     assert given["prepack"] is False
+    assert given["measure"] is True  # the default: products measured at start
+    assert runner.invoke(app, ["serve", "--runs", root, "--no-measure"]).exit_code == 0
+    assert given["measure"] is False
     served = AdapterSet.from_runs({"lora_a": method_runs["lora_a"]})
-    for prepack in (False, True):
-        scheduler = Scheduler(served, prepack=prepack)
+    for prepack in (False, True):  # (unmeasured: a measurement drops the packs it finds slower)
+        scheduler = Scheduler(served, prepack=prepack, measure=False)
         try:
             packed = [m.packed for m in scheduler.mixer.model.modules() if hasattr(m, "packed")]
             assert any(p is not None for p in packed) == (prepack and available())

@@ -82,6 +82,7 @@ class Stats:
     prefill_s: float = 0.0  # in prefills (rows joining),
     classic_s: float = 0.0  # in `generate` batches,
     idle_s: float = 0.0  # and waiting for work (no job, or a batch filling)
+    products: dict | None = None  # the mixed view's measured products (`Products.describe`)
 
     def stepped(self, jobs: list) -> None:
         """Count a decoding forward over `jobs`' rows."""

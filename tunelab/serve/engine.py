@@ -33,8 +33,9 @@ token by a stopping criterion, the worker busy until that batch ends.
 Each job hands deltas of its text to its `emit` callback (thread-safe, never blocking: a slow
 client cannot stall the worker), applies stop strings and its own `max_tokens`, and ends when
 its client went away (`cancelled`). `stats` counts forwards and rows per forward, and the
-worker's wall seconds in steps, prefills, `generate` batches and waiting; `/tunelab/stats`
-serves it.
+worker's wall seconds in steps, prefills, `generate` batches and waiting, and holds which
+product each row count of the mixed view takes (measured on the machine when the mixed view is
+built: `Mixer.measure`); `/tunelab/stats` serves it.
 """
 
 from __future__ import annotations
@@ -76,11 +77,13 @@ class Scheduler:
     def __init__(
         self, adapters: AdapterSet, *, max_batch: int = 8, max_queue: int = 64,
         window: float = 0.01, mix: bool = True, prepack: bool = True, fold_wait: float = 2.5,
+        measure: bool = True,
     ) -> None:  # fmt: skip
         self.adapters, self.max_batch, self.max_queue = adapters, max_batch, max_queue
         self.mix = mix  # False: every run decodes in batches of its own (for comparisons)
         # the mixed view's weights packed for MKL's small-batch product (`serve.prepack`)
         self.prepack = prepack and max_batch >= FEW and available()
+        self.measure = measure  # time the ways of taking products at start (`serve.products`)
         self.window = window  # seconds an idle worker waits for a batch to fill
         self.fold_wait = fold_wait  # steps a lone joiner of a half-full batch waits for a second
         self.pending: deque[Job] = deque()
@@ -263,6 +266,8 @@ class Scheduler:
         """The mixed view of the current base (a new one if the base was replaced)."""
         if self.mixer is None or self.mixer.base is not self.adapters.base:
             self.mixer = Mixer(self.adapters.base, pack=self.prepack)
+            if self.measure:
+                self.stats.products = self.mixer.measure().describe()
             self.continuous.clear()
             self.stop_ids = stop_token_ids(self.adapters.base, self.adapters.tokenizer)
         return self.mixer

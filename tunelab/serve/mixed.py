@@ -20,11 +20,12 @@ extended the vocabulary — yield no `RowDelta`, and the engine batches them on 
 Whether a run qualifies is decided from its view, not its method name alone: every parameter
 the view does not share with the base must be one this module reads.
 
-`Mixer` holds one more view of the base in which each Linear that some run touches is a
-`RowLinear`; before a forward the running batch sets the rows' deltas (`Mixer.use`), and each
-`RowLinear` builds its per-row tensors once per distinct set of rows. The output layer is a
-`RowLinear` from the start, for its product's sake (`base_linear`); with `pack`, every Linear
-is, holding its weight packed for MKL's small-batch product (`tunelab.serve.prepack`).
+`Mixer` holds one more view of the base in which every Linear is a `RowLinear`; before a
+forward the running batch sets the rows' deltas (`Mixer.use`), and each `RowLinear` builds its
+per-row tensors once per distinct set of rows. Each takes its base product the way the plan's
+`Products` says for the forward's row count (`tunelab.serve.products`: measured on the machine
+by `Mixer.measure`), with `pack` from its weight packed for MKL's small-batch product
+(`tunelab.serve.prepack`) where that is the fastest.
 """
 
 from __future__ import annotations
@@ -33,16 +34,15 @@ import itertools
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from tunelab.methods.bitfit import BiasedLinear
-from tunelab.serve import prepack
+from tunelab.serve import prepack, products
 from tunelab.serve.adapters import PEFT_PREFIX, shared_view
 from tunelab.serve.fastlora import plain_lora
+from tunelab.serve.products import Products
 
 MIXABLE = {"lora", "ia3", "bitfit", "prompt", "ptuning"}  # methods whose views may qualify
-WIDE = 16384  # output features from which a CPU product of 4+ rows is taken as W @ xᵀ
 
 
 @dataclass(eq=False)
@@ -150,15 +150,19 @@ class Plan:
         self.runs: list[tuple[RowDelta, slice | torch.Tensor]] = []  # by first row
         self.scalings: dict[tuple, torch.Tensor] = {}  # LoRA runs' scaling per row (`_stacked`)
         self.which: dict[tuple, torch.Tensor] = {}  # runs -> each row's place among them (`_table`)
+        self.products: Products = products.fixed(packs=False)  # how base products are taken
 
 
 class RowLinear(nn.Module):
     """A base Linear that adds each row's own delta (see the module docstring)."""
 
-    def __init__(self, linear: nn.Linear, name: str, plan: Plan, packed=None) -> None:
+    def __init__(
+        self, linear: nn.Linear, name: str, plan: Plan, packed=None, head: bool = False
+    ) -> None:  # fmt: skip
         super().__init__()
         self.linear, self.name, self.plan = linear, name, plan
         self.packed = packed  # the weight packed for a few rows (`prepack.pack`), or None
+        self.head = head  # the output layer (its own table in `Products`)
         self.prepared: dict[tuple, tuple | None] = {}  # plan key -> per-row tensors
         self.vectors: dict[tuple, torch.Tensor] = {}  # (field, runs) -> their vectors (`_table`)
         self.stacked: dict[tuple, tuple] = {}  # LoRA runs present -> their stacked pairs
@@ -174,10 +178,12 @@ class RowLinear(nn.Module):
                 self.prepared.clear()
             prepared = self.prepared[self.plan.key] = self._prepare()
         weight, bias = self.linear.weight, self.linear.bias
+        kind = self.plan.products.kind(x.numel() // x.shape[-1], self.head)
         if prepared is None:
-            return base_linear(x, weight, bias, self.packed)
+            return products.product(x, weight, bias, self.packed, kind)
         scale_in, scale_out, added, lora = prepared
-        y = base_linear(x if scale_in is None else x * scale_in, weight, bias, self.packed)
+        x_in = x if scale_in is None else x * scale_in
+        y = products.product(x_in, weight, bias, self.packed, kind)
         if scale_out is not None:
             y.mul_(scale_out)  # y is this call's own tensor
         if added is not None:
@@ -191,7 +197,7 @@ class RowLinear(nn.Module):
                 low.view(x.shape[0], -1, low.shape[-1]).mul_(scaling)
             if y.is_contiguous():
                 y.view(-1, y.shape[-1]).addmm_(low, b, alpha=alpha)
-            else:  # the wide product's transposed output
+            else:  # a transposed product's output
                 y = y + torch.mm(low, b).mul_(alpha).view(y.shape)
         return y
 
@@ -268,24 +274,6 @@ class RowLinear(nn.Module):
         return stacked[0], stacked[1], scaling
 
 
-def base_linear(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, packed=None
-) -> torch.Tensor:
-    """`F.linear(x, weight, bias)`: from `packed` (the weight packed by `prepack.pack`) for as
-    many rows as that serves (`prepack.packs`); otherwise, for a wide layer (the output layer:
-    49,152 × 576 on SmolLM2) on the CPU with 4 or more rows, computed as `weight @ xᵀ`. MKL's
-    `x @ Wᵀ` there costs, on 2 cores, 7.2 ms for 1 row, 12.9–15.4 ms for 4–6, 18.8 for 7, 32.2
-    for 12, 36.1 for 15 (and 14.8 for 16); `W @ xᵀ` 13.0–14.7 ms from 4 rows to 32. The same
-    sums, another order of rounding: logits agree to float32 precision, not bit for bit."""
-    rows = x.numel() // x.shape[-1]
-    if packed is not None and prepack.packs(rows):
-        return prepack.linear(x, weight, bias, packed)
-    if weight.shape[0] < WIDE or rows < 4 or x.device.type != "cpu":
-        return F.linear(x, weight, bias)
-    y = (weight @ x.reshape(rows, -1).T).T.reshape(*x.shape[:-1], weight.shape[0])
-    return y if bias is None else y + bias
-
-
 def _rows(indices: list[int], device) -> slice | torch.Tensor:
     """A slice where the rows are consecutive (a view, no copy), else an index tensor."""
     if indices == list(range(indices[0], indices[-1] + 1)):
@@ -303,10 +291,25 @@ class Mixer:
         self.linears = {name: module for name, module in self.model.named_modules()
                         if type(module) is nn.Linear}  # fmt: skip
         self.installed: set[str] = set()
-        self.pack = pack  # every Linear a RowLinear with its weight packed (`prepack`)
-        head = self.model.get_output_embeddings()
-        names = [name for name, linear in self.linears.items() if linear is head or pack]
-        self._install(names)  # no run's delta there (yet): for `base_linear`'s product
+        self.pack = pack  # every Linear's weight packed for MKL's small-batch product too
+        self.head = self.model.get_output_embeddings()
+        self.plan.products = products.fixed(packs=pack and prepack.available())
+        self._install(self.linears)  # no run's delta there yet: for the products' sake
+
+    def measure(self) -> Products:
+        """Time the ways of taking the base products on this machine (`products.measure`) and
+        take the fastest from now on; packs no row count is faster from are dropped."""
+        if self.plan.device.type != "cpu":
+            return self.plan.products
+        rows = [module for module in self.model.modules() if type(module) is RowLinear]
+        layers = [(row.linear.weight, row.packed) for row in rows if not row.head]
+        head = next(((row.linear.weight, row.packed) for row in rows if row.head), None)
+        measured = products.measure(layers, head or layers[-1])  # (no output Linear: unused)
+        for row in rows:  # a pack no row count is taken from: its memory back
+            if "packed" not in (measured.head if row.head else measured.layers):
+                row.packed = None
+        self.plan.products = measured
+        return measured
 
     def accept(self, delta: RowDelta) -> bool:
         """Make room for `delta`'s layers; False when one is not a Linear of this base."""
@@ -324,7 +327,8 @@ class Mixer:
             holder = self.model.get_submodule(parent)
             linear = self.linears[name]
             packed = prepack.pack(linear.weight) if self.pack else None
-            setattr(holder, attribute, RowLinear(linear, name, self.plan, packed))
+            row = RowLinear(linear, name, self.plan, packed, head=linear is self.head)
+            setattr(holder, attribute, row)
             self.installed.add(name)
 
     def use(self, rows: list[RowDelta | None]) -> None:

@@ -7,9 +7,9 @@ cores that copy costs more than the product: SmolLM2-135M's 8-row step took 126 
 `F.linear` and 88 ms with every Linear's weight packed beforehand (`cblas_sgemm_pack`, the same
 numbers to float32 rounding), its output layer 22.7 ms against 8.8. One to three rows take MKL's
 matrix-vector path, which packs nothing, and from about a dozen rows on the plain product packs
-as well as this does; so a product is taken from the pack for `FEW` to `ROWS` rows only, the
-rows padded with zeros to `ROWS` (each row of the product depends on its own row alone:
-tested), and from `F.linear` otherwise.
+as well as this does; so a pack serves `FEW` to `ROWS` rows only, the rows padded with zeros to
+`ROWS` (each row of the product depends on its own row alone: tested). On other machines the
+pack is slower than either plain product: `tunelab.serve.products` measures which to take.
 
 The pack is a copy in MKL's own layout: it roughly doubles the memory the packed weights take
 (+1.06 GB resident for SmolLM2-135M), the price of the faster step; `tunelab serve --no-prepack`

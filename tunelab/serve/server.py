@@ -180,7 +180,7 @@ def run_server(plan: Plan, roots: list[Path], *, host: str, port: int, echo=prin
     adapters = apart(load_adapters, plan)  # the worker's pool is to be the only one
     batching = {
         key: limits.pop(key)
-        for key in ("max_batch", "max_queue", "window", "fold_wait", "prepack")
+        for key in ("max_batch", "max_queue", "window", "fold_wait", "prepack", "measure")
         if key in limits
     }
     scheduler = Scheduler(adapters, **batching)
