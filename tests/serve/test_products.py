@@ -92,3 +92,23 @@ def test_a_real_measurement_drops_unused_packs_and_the_engine_reports_it(method_
         assert unmeasured.mixer.plan.products == products.fixed(packs=unmeasured.prepack)
     finally:
         unmeasured.close()
+
+
+def test_a_replaced_base_takes_the_start_measurement_without_timing_again(method_runs, monkeypatch):
+    """A new base (a run that extended the vocabulary) gets a new mixed view, built in the
+    worker under the scheduler's lock: it takes the measurement made at start, not a new one."""
+    served = AdapterSet.from_runs({"lora_a": method_runs["lora_a"]})
+    timed = []
+    real = products.measure
+    monkeypatch.setattr(products, "measure", lambda *a, **k: timed.append(1) or real(*a, **k))
+    scheduler = Scheduler(served)
+    try:
+        first = scheduler.mixer
+        with scheduler.condition:
+            served.base = AdapterSet.from_runs({"lora_a": method_runs["lora_a"]}).base
+            mixer = scheduler._mixer()
+        assert mixer is not first and mixer.base is served.base
+        assert timed == [1]
+        assert mixer.plan.products is first.plan.products is scheduler.measured
+    finally:
+        scheduler.close()

@@ -84,6 +84,7 @@ class Scheduler:
         # the mixed view's weights packed for MKL's small-batch product (`serve.prepack`)
         self.prepack = prepack and max_batch >= FEW and available()
         self.measure = measure  # time the ways of taking products at start (`serve.products`)
+        self.measured = None  # that measurement, taken again by a later base's mixed view
         self.window = window  # seconds an idle worker waits for a batch to fill
         self.fold_wait = fold_wait  # steps a lone joiner of a half-full batch waits for a second
         self.pending: deque[Job] = deque()
@@ -266,8 +267,11 @@ class Scheduler:
         """The mixed view of the current base (a new one if the base was replaced)."""
         if self.mixer is None or self.mixer.base is not self.adapters.base:
             self.mixer = Mixer(self.adapters.base, pack=self.prepack)
-            if self.measure:
-                self.stats.products = self.mixer.measure().describe()
+            if self.measured is not None:  # a replaced base, the same machine: built in the
+                self.mixer.take(self.measured)  # worker under the lock, so no second timing
+            elif self.measure:
+                self.measured = self.mixer.measure()
+                self.stats.products = self.measured.describe()
             self.continuous.clear()
             self.stop_ids = stop_token_ids(self.adapters.base, self.adapters.tokenizer)
         return self.mixer

@@ -143,14 +143,14 @@ class Plan:
     """The deltas of the rows of the next forward, in row order (None: the base), and each of
     their runs with its rows (a slice where they are consecutive, else an index tensor)."""
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, taken: Products) -> None:
         self.device = device
+        self.products = taken  # how the base products are taken (`tunelab.serve.products`)
         self.rows: tuple[RowDelta | None, ...] = ()
         self.key: tuple[int, ...] = ()
         self.runs: list[tuple[RowDelta, slice | torch.Tensor]] = []  # by first row
         self.scalings: dict[tuple, torch.Tensor] = {}  # LoRA runs' scaling per row (`_stacked`)
         self.which: dict[tuple, torch.Tensor] = {}  # runs -> each row's place among them (`_table`)
-        self.products: Products = products.fixed(packs=False)  # how base products are taken
 
 
 class RowLinear(nn.Module):
@@ -287,29 +287,37 @@ class Mixer:
     def __init__(self, base: nn.Module, pack: bool = False) -> None:
         self.base = base
         self.model = shared_view(base).eval()
-        self.plan = Plan(next(base.parameters()).device)
+        self.plan = Plan(
+            next(base.parameters()).device, products.fixed(pack and prepack.available())
+        )
         self.linears = {name: module for name, module in self.model.named_modules()
                         if type(module) is nn.Linear}  # fmt: skip
         self.installed: set[str] = set()
         self.pack = pack  # every Linear's weight packed for MKL's small-batch product too
         self.head = self.model.get_output_embeddings()
-        self.plan.products = products.fixed(packs=pack and prepack.available())
         self._install(self.linears)  # no run's delta there yet: for the products' sake
 
     def measure(self) -> Products:
         """Time the ways of taking the base products on this machine (`products.measure`) and
-        take the fastest from now on; packs no row count is faster from are dropped."""
+        take the fastest from now on (`take`)."""
         if self.plan.device.type != "cpu":
             return self.plan.products
-        rows = [module for module in self.model.modules() if type(module) is RowLinear]
+        rows = self._rows()
         layers = [(row.linear.weight, row.packed) for row in rows if not row.head]
         head = next(((row.linear.weight, row.packed) for row in rows if row.head), None)
-        measured = products.measure(layers, head or layers[-1])  # (no output Linear: unused)
-        for row in rows:  # a pack no row count is taken from: its memory back
-            if "packed" not in (measured.head if row.head else measured.layers):
+        self.take(products.measure(layers, head or layers[-1]))  # (no output Linear: unused)
+        return self.plan.products
+
+    def take(self, taken: Products) -> None:
+        """Take the base products as `taken` says (a measurement of this machine, made on this
+        mixer or an earlier one); packs no row count is taken from are dropped (memory back)."""
+        for row in self._rows():
+            if "packed" not in (taken.head if row.head else taken.layers):
                 row.packed = None
-        self.plan.products = measured
-        return measured
+        self.plan.products = taken
+
+    def _rows(self) -> list[RowLinear]:
+        return [module for module in self.model.modules() if type(module) is RowLinear]
 
     def accept(self, delta: RowDelta) -> bool:
         """Make room for `delta`'s layers; False when one is not a Linear of this base."""
